@@ -11,6 +11,7 @@ pub mod actions;
 pub mod codec;
 pub mod credential;
 pub mod envelope;
+pub mod files;
 pub mod keys;
 pub mod names;
 pub mod reply;
