@@ -1,1 +1,44 @@
+//! The gearmq orchestrator library: sign requests, publish them to hosts over RabbitMQ,
+//! and accept only replies that are provably from the hosts that were asked.
+//!
+//! ```no_run
+//! use gearmq_orchestrator::{CallSpec, Orchestrator, OrchestratorConfig, Selection};
+//! use gearmq_schemas::{ActionName, actions::PingArgs, codec};
+//! use std::time::Duration;
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let config = OrchestratorConfig::load("fleet/orchestrator.toml".as_ref())?;
+//! let orch = Orchestrator::connect(&config).await?;
+//! let mut call = orch
+//!     .start(CallSpec {
+//!         selection: Selection::All,
+//!         action: ActionName::new("ping")?,
+//!         args: codec::encode(&PingArgs {}),
+//!         timeout: Duration::from_secs(5),
+//!     })
+//!     .await?;
+//! // React as verified replies arrive...
+//! while let Some(progress) = call.next().await {
+//!     println!("{progress:?}");
+//! }
+//! // ...then take the per-host results and the summary.
+//! let result = call.finish().await;
+//! println!("{}/{} ok", result.summary.ok, result.summary.targets);
+//! orch.close().await;
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod correlate;
+pub mod inventory;
+pub mod outcome;
+
+pub use client::{Call, CallSpec, Orchestrator, OrchestratorError, Progress, Selection};
+pub use config::OrchestratorConfig;
+pub use correlate::Rejection;
+pub use inventory::Inventory;
+pub use outcome::{CallResult, HostResult, HostStatus, Summary};

@@ -1,0 +1,633 @@
+//! The orchestrator: a broker session that signs requests once, publishes them per
+//! target and turns verified replies into per-host results.
+
+use crate::config::OrchestratorConfig;
+use crate::correlate::{Correlator, Rejected, Rejection, Verdict, open_reply};
+use crate::inventory::Inventory;
+use crate::outcome::{CallResult, HostResult, HostStatus};
+use futures_util::StreamExt;
+use gearmq_schemas::envelope::{Opened, Signed};
+use gearmq_schemas::files::{FileError, load_credential, load_signing_key, load_trusted_issuers};
+use gearmq_schemas::request::reply_queue_name;
+use gearmq_schemas::time::{duration_ms, now_ms};
+use gearmq_schemas::{
+    ActionName, CredentialVerifier, Name, Reply, Request, Role, SigningKey, Status, Targets,
+    TrustAnchors,
+};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// Exchange requests are published to.
+pub const REQUESTS_EXCHANGE: &str = "gearmq.requests";
+/// Exchange replies are published to.
+pub const REPLIES_EXCHANGE: &str = "gearmq.replies";
+/// MIME type of gearmq messages.
+pub const CONTENT_TYPE: &str = "application/x-gearmq";
+
+/// What can go wrong talking to the fleet (not per-host outcomes: those are results).
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// A key, credential or issuer file.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The identity files do not fit together.
+    #[error("{0}")]
+    Identity(String),
+    /// The inventory directory could not be read.
+    #[error("cannot read inventory {path}: {source}")]
+    Inventory {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No broker URL could be connected to.
+    #[error("cannot connect to the broker ({urls}): {reason}")]
+    Connect {
+        /// The URLs tried, without passwords.
+        urls: String,
+        /// The last error.
+        reason: String,
+    },
+    /// The broker refused an operation.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// An argument the caller gave is invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which hosts a call is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// These hosts by name.
+    Hosts(Vec<Name>),
+    /// Every host in the inventory.
+    All,
+}
+
+/// What to ask.
+#[derive(Debug, Clone)]
+pub struct CallSpec {
+    /// Which hosts.
+    pub selection: Selection,
+    /// The action.
+    pub action: ActionName,
+    /// Its arguments, MessagePack-encoded.
+    pub args: Vec<u8>,
+    /// How long to wait for replies; the request expires then too.
+    pub timeout: Duration,
+}
+
+/// Something that happened during a call, as it happened.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A host's final result.
+    Host(HostResult),
+    /// A non-final reply (streamed output) from a host.
+    Partial {
+        /// The host.
+        host: Name,
+        /// Its sequence number.
+        seq: u32,
+        /// The reply's data.
+        data: Option<Vec<u8>>,
+    },
+    /// A reply was rejected.
+    Rejected(Rejected),
+}
+
+enum Event {
+    Reply(Box<Opened<Reply>>),
+    Rejected(Rejected),
+}
+
+struct Shared {
+    name: Name,
+    key: SigningKey,
+    credential: Vec<u8>,
+    verifier: CredentialVerifier,
+    correlator: Mutex<Correlator>,
+    routes: Mutex<HashMap<Uuid, mpsc::Sender<Event>>>,
+    rejections: Mutex<BTreeMap<Rejection, u64>>,
+    max_message_bytes: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a few map operations that cannot panic halfway in
+    // a way that breaks an invariant, so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connected orchestrator. One per process; each has its own reply queue, so two
+/// never take each other's replies.
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+    inventory: Inventory,
+    connection: Connection,
+    channel: lapin::Channel,
+    reply_queue: String,
+    broker_user: String,
+    consumer: tokio::task::JoinHandle<()>,
+}
+
+/// The username in an AMQP URL (percent-decoded), which the broker checks `user_id`
+/// against.
+pub fn broker_user(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.authority.userinfo.username)
+        .unwrap_or_default()
+}
+
+/// An AMQP URL with its password masked, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(u) => format!(
+            "{}://{}@{}:{}/{}",
+            if url.starts_with("amqps") {
+                "amqps"
+            } else {
+                "amqp"
+            },
+            u.authority.userinfo.username,
+            u.authority.host,
+            u.authority.port,
+            u.vhost
+        ),
+        Err(_) => "(unparsable url)".into(),
+    }
+}
+
+impl Orchestrator {
+    /// Loads identity and inventory, connects to the first reachable broker URL,
+    /// declares this process's reply queue and starts taking replies.
+    pub async fn connect(config: &OrchestratorConfig) -> Result<Self, OrchestratorError> {
+        let name = Name::new(config.name.clone())
+            .map_err(|e| OrchestratorError::Identity(format!("config name: {e}")))?;
+        let issuers = load_trusted_issuers(&config.trusted_issuers)?;
+        let key = load_signing_key(&config.key_file)?;
+        let (cred, credential) = load_credential(&config.credential_file, &issuers)?;
+        if cred.name != name || cred.role != Role::Operator {
+            return Err(OrchestratorError::Identity(format!(
+                "{} is a {} credential for {}, but this orchestrator is operator {name}",
+                config.credential_file.display(),
+                cred.role,
+                cred.name
+            )));
+        }
+        if cred.public_key != key.public_key() {
+            return Err(OrchestratorError::Identity(format!(
+                "{} does not hold the key of credential {}",
+                config.key_file.display(),
+                config.credential_file.display()
+            )));
+        }
+        let inventory = Inventory::load(&config.inventory_dir, &issuers).map_err(|source| {
+            OrchestratorError::Inventory {
+                path: config.inventory_dir.display().to_string(),
+                source,
+            }
+        })?;
+        for s in inventory.skipped() {
+            tracing::warn!(skipped = %s, "inventory entry not used");
+        }
+
+        let (connection, url) = connect_any(&config.broker.urls, &name).await?;
+        let broker_user = broker_user(&url);
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        if !config.broker.provisioned {
+            for ex in [REQUESTS_EXCHANGE, REPLIES_EXCHANGE] {
+                channel
+                    .exchange_declare(
+                        ex.into(),
+                        ExchangeKind::Topic,
+                        ExchangeDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+        let instance = format!("{:08x}", rand::random::<u32>());
+        let reply_queue = reply_queue_name(&name, &instance);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(config.broker.reply_queue_max_length)),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        let consume_channel = connection.create_channel().await?;
+        consume_channel
+            .queue_declare(
+                reply_queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await?;
+        consume_channel
+            .queue_bind(
+                reply_queue.as_str().into(),
+                REPLIES_EXCHANGE.into(),
+                reply_queue.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = consume_channel
+            .basic_consume(
+                reply_queue.as_str().into(),
+                ShortString::from(format!("gearmq-{instance}")),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+
+        let shared = Arc::new(Shared {
+            name,
+            key,
+            credential,
+            verifier: CredentialVerifier::new(TrustAnchors::new(issuers), 100_000),
+            correlator: Mutex::new(Correlator::new(
+                config.limits.finished_retention,
+                config.broker.require_user_id,
+                config.limits.clock_skew,
+            )),
+            routes: Mutex::new(HashMap::new()),
+            rejections: Mutex::new(BTreeMap::new()),
+            max_message_bytes: config.limits.max_message_bytes,
+        });
+        let consumer = tokio::spawn(take_replies(shared.clone(), consumer));
+        tracing::debug!(queue = %reply_queue, broker = %redact_url(&url), "orchestrator connected");
+        Ok(Orchestrator {
+            shared,
+            inventory,
+            connection,
+            channel,
+            reply_queue,
+            broker_user,
+            consumer,
+        })
+    }
+
+    /// The enrolled hosts.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// This process's reply queue.
+    pub fn reply_queue(&self) -> &str {
+        &self.reply_queue
+    }
+
+    /// The operator name requests are signed as.
+    pub fn name(&self) -> &Name {
+        &self.shared.name
+    }
+
+    /// Replies rejected so far by this orchestrator, by reason (including those that
+    /// could not be tied to a call).
+    pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.shared.rejections)
+            .iter()
+            .map(|(r, n)| (r.as_str(), *n))
+            .collect()
+    }
+
+    /// Signs and publishes a request and collects every target's result.
+    pub async fn request(&self, spec: CallSpec) -> Result<CallResult, OrchestratorError> {
+        Ok(self.start(spec).await?.finish().await)
+    }
+
+    /// Signs the request once, publishes the same bytes to each target host's route and
+    /// returns a [`Call`] that yields results as they arrive.
+    pub async fn start(&self, spec: CallSpec) -> Result<Call, OrchestratorError> {
+        let started = Instant::now();
+        let mut results = BTreeMap::new();
+        let (signed_targets, wanted): (Targets, Vec<Name>) = match spec.selection {
+            Selection::Hosts(h) => {
+                let set: BTreeSet<Name> = h.into_iter().collect();
+                if set.is_empty() {
+                    return Err(OrchestratorError::Invalid("no target hosts given".into()));
+                }
+                let list: Vec<Name> = set.into_iter().collect();
+                (Targets::Hosts(list.clone()), list)
+            }
+            Selection::All => (Targets::All, self.inventory.names()),
+        };
+        let mut targets = BTreeSet::new();
+        for h in wanted {
+            if self.inventory.get(&h).is_some() {
+                targets.insert(h);
+            } else {
+                let r = HostResult::no_reply(h.clone(), "unknown host: not in the inventory");
+                results.insert(h, r);
+            }
+        }
+        let issued_at = now_ms();
+        let mut request = Request::new(
+            self.shared.name.clone(),
+            issued_at,
+            issued_at.saturating_add(duration_ms(spec.timeout)),
+            signed_targets,
+            self.reply_queue.clone(),
+            spec.action.clone(),
+            spec.args,
+        );
+        request.id = Uuid::now_v7();
+        let body = gearmq_schemas::codec::encode(&request);
+        let digest = gearmq_schemas::sha256(&body);
+        let bytes = Signed::seal_bytes(
+            gearmq_schemas::Context::Request,
+            body,
+            &self.shared.key,
+            &self.shared.credential,
+        );
+
+        let (tx, rx) = mpsc::channel(1024);
+        lock(&self.shared.routes).insert(request.id, tx);
+        lock(&self.shared.correlator).register(request.id, digest, targets.clone());
+
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_correlation_id(request.id.to_string().into())
+            .with_reply_to(self.reply_queue.as_str().into())
+            .with_user_id(self.broker_user.as_str().into());
+        let mut confirms = Vec::with_capacity(targets.len());
+        for host in &targets {
+            let c = self
+                .channel
+                .basic_publish(
+                    REQUESTS_EXCHANGE.into(),
+                    format!("host.{host}").into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &bytes,
+                    props.clone(),
+                )
+                .await;
+            confirms.push((host.clone(), c));
+        }
+        for (host, c) in confirms {
+            let outcome = match c {
+                Ok(pc) => pc.await,
+                Err(e) => Err(e),
+            };
+            let unroutable = match outcome {
+                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => None,
+                Ok(Confirmation::Ack(Some(_))) => Some(format!(
+                    "not routable: no queue is bound for host.{host} (agent never started?)"
+                )),
+                Ok(Confirmation::Nack(_)) => Some("the broker refused the request".to_string()),
+                Err(e) => Some(format!("publish failed: {e}")),
+            };
+            if let Some(reason) = unroutable {
+                results.insert(host.clone(), HostResult::no_reply(host, reason));
+            }
+        }
+        let waiting: BTreeSet<Name> = targets
+            .into_iter()
+            .filter(|h| !results.contains_key(h))
+            .collect();
+        tracing::debug!(id = %request.id, action = %request.action, targets = waiting.len(), "request published");
+        Ok(Call {
+            id: request.id,
+            digest,
+            action: spec.action,
+            rx,
+            shared: self.shared.clone(),
+            started,
+            deadline: started + spec.timeout,
+            results,
+            waiting,
+            pending_results: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// Closes the broker connection (the reply queue goes with it).
+    pub async fn close(self) {
+        self.consumer.abort();
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+async fn connect_any(
+    urls: &[String],
+    name: &Name,
+) -> Result<(Connection, String), OrchestratorError> {
+    let mut last = String::from("no URL configured");
+    for url in urls {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("gearmq-orchestrator {name}").into());
+        match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
+            Ok(Ok(c)) => return Ok((c, url.clone())),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out after 10s".into(),
+        }
+        tracing::debug!(url = %redact_url(url), error = %last, "broker connect failed");
+    }
+    Err(OrchestratorError::Connect {
+        urls: urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: last,
+    })
+}
+
+async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
+    while let Some(delivery) = consumer.next().await {
+        let delivery = match delivery {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reply consumer stopped");
+                break;
+            }
+        };
+        let user_id = delivery
+            .properties
+            .user_id()
+            .as_ref()
+            .map(|s| s.as_str().to_string());
+        let opened = open_reply(&delivery.data, shared.max_message_bytes, &shared.verifier);
+        let verdict =
+            lock(&shared.correlator).judge(opened, user_id.as_deref(), now_ms(), Instant::now());
+        let (id, event) = match verdict {
+            Verdict::Accepted(a) => (Some(a.request_id), Event::Reply(Box::new(a.reply))),
+            Verdict::Rejected(r) => {
+                *lock(&shared.rejections).entry(r.reason).or_default() += 1;
+                let level_security = r.reason.is_security();
+                if level_security {
+                    tracing::warn!(reason = r.reason.as_str(), detail = %r.detail, broker_user = user_id.as_deref().unwrap_or("-"), "reply rejected");
+                } else {
+                    tracing::info!(reason = r.reason.as_str(), detail = %r.detail, "reply not taken");
+                }
+                (r.request_id, Event::Rejected(r))
+            }
+        };
+        let Some(id) = id else { continue };
+        let tx = lock(&shared.routes).get(&id).cloned();
+        if let Some(tx) = tx {
+            match event {
+                // Accepted replies are few per call (one final per target); wait.
+                Event::Reply(_) => {
+                    let _ = tx.send(event).await;
+                }
+                // Rejections are counted already; their events may be dropped under load.
+                Event::Rejected(_) => {
+                    let _ = tx.try_send(event);
+                }
+            }
+        }
+    }
+}
+
+/// A request in flight. Yields results as they arrive; ends when every target has
+/// answered or the deadline passes.
+pub struct Call {
+    id: Uuid,
+    digest: [u8; 32],
+    action: ActionName,
+    rx: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
+    started: Instant,
+    deadline: Instant,
+    results: BTreeMap<Name, HostResult>,
+    waiting: BTreeSet<Name>,
+    pending_results: Vec<HostResult>,
+    done: bool,
+}
+
+impl Call {
+    /// The request id.
+    pub fn request_id(&self) -> Uuid {
+        self.id
+    }
+
+    /// SHA-256 of the request body bytes (what replies must carry).
+    pub fn request_digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// Hosts that have not answered yet.
+    pub fn waiting(&self) -> &BTreeSet<Name> {
+        &self.waiting
+    }
+
+    /// Results known so far (including hosts that could not be reached at all).
+    pub fn results(&self) -> impl Iterator<Item = &HostResult> {
+        self.results.values()
+    }
+
+    /// The next thing that happens, or `None` once every target has answered or the
+    /// deadline has passed.
+    pub async fn next(&mut self) -> Option<Progress> {
+        if let Some(r) = self.pending_results.pop() {
+            return Some(Progress::Host(r));
+        }
+        if self.done || self.waiting.is_empty() {
+            self.done = true;
+            return None;
+        }
+        let ev = match tokio::time::timeout_at(self.deadline.into(), self.rx.recv()).await {
+            Ok(Some(ev)) => ev,
+            Ok(None) | Err(_) => {
+                self.done = true;
+                return None;
+            }
+        };
+        match ev {
+            Event::Rejected(r) => Some(Progress::Rejected(r)),
+            Event::Reply(opened) => {
+                let reply = opened.body();
+                if !reply.is_final {
+                    return Some(Progress::Partial {
+                        host: reply.host.clone(),
+                        seq: reply.seq,
+                        data: reply.data.as_ref().map(|d| d.to_vec()),
+                    });
+                }
+                self.waiting.remove(&reply.host);
+                let ok = reply.status == Status::Ok;
+                let r = HostResult {
+                    host: reply.host.clone(),
+                    status: if ok {
+                        HostStatus::Ok
+                    } else {
+                        HostStatus::Error
+                    },
+                    code: Some(reply.status),
+                    message: reply.error.clone(),
+                    data: reply.data.as_ref().map(|d| d.to_vec()),
+                    elapsed: Some(self.started.elapsed()),
+                };
+                self.results.insert(r.host.clone(), r.clone());
+                Some(Progress::Host(r))
+            }
+        }
+    }
+
+    /// Waits for the rest and returns every target's result.
+    pub async fn finish(mut self) -> CallResult {
+        while self.next().await.is_some() {}
+        let rejected = self.end();
+        let mut results: Vec<HostResult> =
+            std::mem::take(&mut self.results).into_values().collect();
+        for h in std::mem::take(&mut self.waiting) {
+            results.push(HostResult::no_reply(h, "no reply before the deadline"));
+        }
+        CallResult::new(
+            self.id,
+            self.action.clone(),
+            results,
+            rejected,
+            self.started.elapsed(),
+        )
+    }
+
+    fn end(&mut self) -> BTreeMap<String, u64> {
+        lock(&self.shared.routes).remove(&self.id);
+        lock(&self.shared.correlator)
+            .finish(self.id, Instant::now())
+            .into_iter()
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect()
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Idempotent: a finished call was already removed.
+        lock(&self.shared.routes).remove(&self.id);
+        lock(&self.shared.correlator).finish(self.id, Instant::now());
+    }
+}

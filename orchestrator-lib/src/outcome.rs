@@ -1,0 +1,145 @@
+//! What a call produced: a result per host and a summary, for people and programs.
+
+use gearmq_schemas::{ActionName, Name, Status};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How one host ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostStatus {
+    /// A verified reply with status ok.
+    Ok,
+    /// A verified reply with another status.
+    Error,
+    /// No verified reply (not enrolled, not routable, or silent until the deadline).
+    NoReply,
+}
+
+/// One host's result.
+#[derive(Debug, Clone)]
+pub struct HostResult {
+    /// The host.
+    pub host: Name,
+    /// How it ended.
+    pub status: HostStatus,
+    /// The reply's status code (ok and error).
+    pub code: Option<Status>,
+    /// The error message, or why there was no reply.
+    pub message: Option<String>,
+    /// The action's result (MessagePack), when ok.
+    pub data: Option<Vec<u8>>,
+    /// Time from publishing to the verified final reply.
+    pub elapsed: Option<Duration>,
+}
+
+impl HostResult {
+    /// A host that gave no verified reply, and why.
+    pub fn no_reply(host: Name, reason: impl Into<String>) -> Self {
+        HostResult {
+            host,
+            status: HostStatus::NoReply,
+            code: None,
+            message: Some(reason.into()),
+            data: None,
+            elapsed: None,
+        }
+    }
+}
+
+/// Counts over a call.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Hosts asked.
+    pub targets: usize,
+    /// Hosts that answered ok.
+    pub ok: usize,
+    /// Hosts that answered with an error.
+    pub failed: usize,
+    /// Hosts that gave no verified reply.
+    pub no_reply: usize,
+    /// Replies rejected, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Wall time of the call, in ms.
+    pub elapsed_ms: f64,
+}
+
+/// Everything a call produced.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    /// The request's id.
+    pub request_id: Uuid,
+    /// The action asked.
+    pub action: ActionName,
+    /// One per target, in host order.
+    pub results: Vec<HostResult>,
+    /// Counts.
+    pub summary: Summary,
+}
+
+impl CallResult {
+    /// Builds the summary from results and rejection counts.
+    pub fn new(
+        request_id: Uuid,
+        action: ActionName,
+        mut results: Vec<HostResult>,
+        rejected: BTreeMap<String, u64>,
+        elapsed: Duration,
+    ) -> Self {
+        results.sort_by(|a, b| a.host.cmp(&b.host));
+        let count = |s: HostStatus| results.iter().filter(|r| r.status == s).count();
+        let summary = Summary {
+            targets: results.len(),
+            ok: count(HostStatus::Ok),
+            failed: count(HostStatus::Error),
+            no_reply: count(HostStatus::NoReply),
+            rejected,
+            elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+        };
+        CallResult {
+            request_id,
+            action,
+            results,
+            summary,
+        }
+    }
+
+    /// Whether every target answered ok.
+    pub fn all_ok(&self) -> bool {
+        self.summary.ok == self.summary.targets
+    }
+
+    /// The documented JSON document:
+    /// `{"request_id","action","results":[{"host","status","code","message","data",
+    /// "elapsed_ms"}],"summary":{"targets","ok","failed","no_reply","rejected","elapsed_ms"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let results: Vec<_> = self
+            .results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "host": r.host.as_str(),
+                    "status": r.status,
+                    "code": r.code.map(|c| c.code()),
+                    "message": r.message,
+                    "data": r.data.as_deref().map(data_to_json),
+                    "elapsed_ms": r.elapsed.map(|d| d.as_secs_f64() * 1000.0),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "request_id": self.request_id.to_string(),
+            "action": self.action.as_str(),
+            "results": results,
+            "summary": self.summary,
+        })
+    }
+}
+
+/// An action's MessagePack result as JSON (hex string if it is not representable).
+pub fn data_to_json(data: &[u8]) -> serde_json::Value {
+    rmp_serde::from_slice::<serde_json::Value>(data)
+        .unwrap_or_else(|_| serde_json::Value::String(hex::encode(data)))
+}
