@@ -23,3 +23,13 @@ pub struct PingResult {
     /// How long the agent has run, in ms.
     pub uptime_ms: u64,
 }
+
+/// Every action this protocol version defines, in the order `--help` lists them.
+pub const ALL_ACTIONS: &[&str] = &[
+    "ping", "install", "start", "stop", "restart", "delete", "status", "list", "logs", "facts",
+    "cancel", "stats",
+];
+
+/// The actions of a read-only operator: they observe and never change a host.
+pub const READ_ONLY_ACTIONS: &[&str] =
+    &["ping", "status", "list", "logs", "facts", "cancel", "stats"];

@@ -1,0 +1,210 @@
+//! `gearmq init`: a whole local fleet in one go, for trying gearmq and for tests.
+//!
+//! Layout (relied on by scripts and documented in the README):
+//! `DIR/issuer.{key,pub}`, `DIR/operator.{key,pub,cred}`, `DIR/orchestrator.toml`, and per
+//! host `DIR/hosts/<name>/{host.key,host.pub,host.cred,agent.toml}`.
+
+use crate::enroll::{Enrollment, make_key_pair};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use gearmq_schemas::actions::ALL_ACTIONS;
+use gearmq_schemas::files::{load_signing_key, write_file};
+use gearmq_schemas::{Name, Role};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default development broker.
+pub const DEFAULT_BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Directory for the fleet (created; must be empty unless --force).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Host names, comma-separated: web1,web2,db1.
+    #[arg(long, value_delimiter = ',', required = true)]
+    hosts: Vec<String>,
+    /// Broker URL written into every config.
+    #[arg(long, default_value = DEFAULT_BROKER)]
+    broker: String,
+    /// Name of the operator identity.
+    #[arg(long, default_value = "ops")]
+    operator: String,
+    /// Write into a non-empty directory, replacing files.
+    #[arg(long)]
+    force: bool,
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn toml_path(p: &Path) -> String {
+    toml_str(&p.to_string_lossy())
+}
+
+pub fn run(a: InitArgs) -> Result<()> {
+    let hosts: Vec<Name> = a
+        .hosts
+        .iter()
+        .map(|h| Name::new(h.as_str()).with_context(|| "in --hosts".to_string()))
+        .collect::<Result<_>>()?;
+    let operator = Name::new(a.operator.as_str()).context("in --operator")?;
+    let mut seen = std::collections::BTreeSet::new();
+    for h in &hosts {
+        if !seen.insert(h) {
+            bail!("host {h} is named twice in --hosts");
+        }
+    }
+    if a.broker.parse::<lapin::uri::AMQPUri>().is_err() {
+        bail!(
+            "--broker {:?} is not an AMQP URL (amqp://user:pass@host:port/vhost)",
+            a.broker
+        );
+    }
+    if a.dir.exists()
+        && std::fs::read_dir(&a.dir)
+            .with_context(|| format!("cannot read {}", a.dir.display()))?
+            .next()
+            .is_some()
+        && !a.force
+    {
+        bail!(
+            "{} is not empty; use --force to write a new fleet over it",
+            a.dir.display()
+        );
+    }
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let dir = a
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", a.dir.display()))?;
+    let force = a.force;
+
+    let issuer_pub = dir.join("issuer.pub");
+    make_key_pair(&dir.join("issuer.key"), &issuer_pub, force)?;
+    let issuer = load_signing_key(&dir.join("issuer.key"))?;
+
+    let op_key = dir.join("operator.key");
+    let op_pub = make_key_pair(&op_key, &dir.join("operator.pub"), force)?;
+    let (_, op_cred) = Enrollment {
+        name: operator.clone(),
+        role: Role::Operator,
+        public_key: op_pub,
+        valid_for: Duration::from_secs(30 * 86400),
+        labels: Default::default(),
+        actions: crate::enroll::parse_actions(
+            &ALL_ACTIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )?,
+        may_delegate: true,
+    }
+    .issue(&issuer)?;
+    write_file(&dir.join("operator.cred"), &op_cred, 0o644, force)?;
+
+    let hosts_dir = dir.join("hosts");
+    for h in &hosts {
+        let hd = hosts_dir.join(h.as_str());
+        std::fs::create_dir_all(&hd).with_context(|| format!("cannot create {}", hd.display()))?;
+        let public = make_key_pair(&hd.join("host.key"), &hd.join("host.pub"), force)?;
+        let (_, cred) = Enrollment {
+            name: h.clone(),
+            role: Role::Host,
+            public_key: public,
+            valid_for: Duration::from_secs(365 * 86400),
+            labels: Default::default(),
+            actions: Vec::new(),
+            may_delegate: false,
+        }
+        .issue(&issuer)?;
+        write_file(&hd.join("host.cred"), &cred, 0o644, force)?;
+        write_file(
+            &hd.join("agent.toml"),
+            agent_toml(h, &hd, &issuer_pub, &a.broker).as_bytes(),
+            0o600,
+            force,
+        )?;
+    }
+    write_file(
+        &dir.join("orchestrator.toml"),
+        orchestrator_toml(&operator, &dir, &a.broker).as_bytes(),
+        0o600,
+        force,
+    )?;
+
+    println!("fleet written to {}", dir.display());
+    println!("  issuer        {}", issuer_pub.display());
+    println!(
+        "  operator      {operator} ({})",
+        dir.join("operator.cred").display()
+    );
+    for h in &hosts {
+        println!(
+            "  host          {h} ({})",
+            hosts_dir.join(h.as_str()).join("agent.toml").display()
+        );
+    }
+    println!();
+    println!(
+        "start an agent:   gearmq-agent --config {}",
+        hosts_dir.join("<name>/agent.toml").display()
+    );
+    println!(
+        "ping them all:    gearmq --config {} ping --all",
+        dir.join("orchestrator.toml").display()
+    );
+    Ok(())
+}
+
+fn agent_toml(host: &Name, hd: &Path, issuer_pub: &Path, broker: &str) -> String {
+    format!(
+        "# gearmq-agent configuration for host {host}, written by `gearmq init`.\n\
+         name = {name}\n\
+         key_file = {key}\n\
+         credential_file = {cred}\n\
+         trusted_issuers = [{issuer}]\n\
+         state_dir = {state}\n\
+         \n\
+         [broker]\n\
+         urls = [{broker}]\n\
+         # A development broker: the agent declares its own queue and bindings.\n\
+         provisioned = false\n",
+        name = toml_str(host.as_str()),
+        key = toml_path(&hd.join("host.key")),
+        cred = toml_path(&hd.join("host.cred")),
+        issuer = toml_path(issuer_pub),
+        state = toml_path(&hd.join("state")),
+        broker = toml_str(broker),
+    )
+}
+
+fn orchestrator_toml(operator: &Name, dir: &Path, broker: &str) -> String {
+    format!(
+        "# gearmq orchestrator configuration, written by `gearmq init`.\n\
+         name = {name}\n\
+         key_file = {key}\n\
+         credential_file = {cred}\n\
+         trusted_issuers = [{issuer}]\n\
+         # Every */host.cred below this directory is an enrolled host.\n\
+         inventory_dir = {hosts}\n\
+         \n\
+         [broker]\n\
+         urls = [{broker}]\n\
+         provisioned = false\n\
+         # Every agent of this development fleet logs in as the same broker user, so the\n\
+         # reply user_id cannot name the host. A provisioned broker turns this on.\n\
+         require_user_id = false\n\
+         \n\
+         [defaults]\n\
+         timeout = \"5s\"\n",
+        name = toml_str(operator.as_str()),
+        key = toml_path(&dir.join("operator.key")),
+        cred = toml_path(&dir.join("operator.cred")),
+        issuer = toml_path(&dir.join("issuer.pub")),
+        hosts = toml_path(&dir.join("hosts")),
+        broker = toml_str(broker),
+    )
+}
