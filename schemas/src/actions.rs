@@ -33,3 +33,173 @@ pub const ALL_ACTIONS: &[&str] = &[
 /// The actions of a read-only operator: they observe and never change a host.
 pub const READ_ONLY_ACTIONS: &[&str] =
     &["ping", "status", "list", "logs", "facts", "cancel", "stats"];
+
+use crate::units::UnitSpec;
+use std::collections::BTreeMap;
+
+/// `install`: write the unit file (atomically), reload, optionally start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallArgs {
+    /// What to install.
+    pub spec: UnitSpec,
+    /// Start (or, if it was updated while running, restart) it afterwards.
+    pub start: bool,
+}
+
+/// `start`, `stop`, `restart`, `delete`: one unit by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitArgs {
+    /// The unit name (without `gearmq-` and `.service`).
+    pub unit: String,
+}
+
+/// `status`: one unit, or every managed unit when `unit` is absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusArgs {
+    /// The unit name, or none for all.
+    pub unit: Option<String>,
+}
+
+/// `list`: no arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {}
+
+/// `facts`: no arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsArgs {}
+
+/// `logs`: the last lines of a unit's output, optionally followed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsArgs {
+    /// The unit name.
+    pub unit: String,
+    /// How many of the last lines (capped by the agent's config).
+    pub lines: u32,
+    /// Keep streaming new lines as replies with rising `seq`.
+    pub follow: bool,
+}
+
+/// `cancel`: end a stream (`logs --follow`) the same caller started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelArgs {
+    /// The id of the request whose stream to end.
+    pub request_id: uuid::Uuid,
+}
+
+/// What an action changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// A new unit was written.
+    Created,
+    /// The same spec was already installed.
+    Unchanged,
+    /// A different spec replaced the installed one.
+    Updated,
+    /// The unit was started.
+    Started,
+    /// The unit was already running.
+    AlreadyRunning,
+    /// The unit was stopped.
+    Stopped,
+    /// The unit was already stopped.
+    AlreadyStopped,
+    /// The unit was restarted.
+    Restarted,
+    /// The unit was removed.
+    Deleted,
+    /// There was nothing to remove.
+    Absent,
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitState {
+    /// The unit name.
+    pub unit: String,
+    /// LoadState (loaded, not-found, …).
+    pub load_state: String,
+    /// ActiveState (active, inactive, failed, …).
+    pub active_state: String,
+    /// SubState (running, dead, exited, …).
+    pub sub_state: String,
+    /// MainPID, 0 when none.
+    pub main_pid: u32,
+    /// When it entered the current active state (ms since epoch), when known.
+    pub since_ms: Option<u64>,
+    /// Memory in use, in bytes, when the cgroup reports it.
+    pub memory_bytes: Option<u64>,
+    /// How many times systemd restarted it.
+    pub restarts: u32,
+    /// Whether MemoryMax/CPUQuota are enforced on this host (cgroup controllers
+    /// available); `None` when the unit sets no limits.
+    pub limits_enforced: Option<bool>,
+}
+
+/// Result of install/start/stop/restart/delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitChangeResult {
+    /// What changed (for install with `start`, the install change).
+    pub change: Change,
+    /// Further change made (install with `start`: started / restarted / already running).
+    pub then: Option<Change>,
+    /// The unit's state afterwards (absent after delete).
+    pub state: Option<UnitState>,
+}
+
+/// Result of status and list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitsResult {
+    /// One per unit, in name order.
+    pub units: Vec<UnitState>,
+}
+
+/// One reply's worth of log lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsResult {
+    /// The lines, oldest first, without newlines.
+    pub lines: Vec<String>,
+    /// Whether lines were left out to respect the byte cap.
+    pub truncated: bool,
+}
+
+/// Result of facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactsResult {
+    /// The kernel's host name.
+    pub hostname: String,
+    /// PRETTY_NAME from os-release.
+    pub os: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Total memory in bytes.
+    pub memory_bytes: u64,
+    /// Host uptime in ms.
+    pub uptime_ms: u64,
+    /// The agent's credential labels.
+    pub labels: BTreeMap<String, String>,
+    /// Units gearmq manages here.
+    pub managed_units: u32,
+    /// Of those, how many are active.
+    pub active_units: u32,
+    /// Whether resource limits are enforced (cgroup controllers available).
+    pub limits_enforced: bool,
+    /// When the host's credential expires (ms since epoch).
+    pub credential_expires_at: u64,
+    /// The agent's version.
+    pub agent_version: String,
+}

@@ -19,6 +19,7 @@ pub mod request;
 pub mod status;
 pub mod time;
 pub mod trust;
+pub mod units;
 
 pub use codec::DecodeError;
 pub use credential::{Credential, CredentialError, Role};
