@@ -1,1 +1,21 @@
+//! gearmq-agent: the host daemon. It consumes signed requests from its broker queue,
+//! verifies them in DESIGN.md's order, runs the action, and publishes a signed reply.
+//!
+//! Flow of one message: [`server`] (consume, concurrency, reconnect) → [`handler`]
+//! (one delivery) → [`verifier`] (signature, target, windows, policy) → [`replay`]
+//! (redelivery and replay) → [`dispatch`] → [`actions`] → [`session`] (publish with
+//! confirms) → ack.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod actions;
+pub mod config;
+pub mod dispatch;
+pub mod handler;
+pub mod identity;
+pub mod replay;
+pub mod revocation;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod verifier;

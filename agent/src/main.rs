@@ -1,1 +1,211 @@
-fn main() {}
+//! `gearmq-agent --config FILE [--log-format human|json]`: the host daemon.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for configuration errors
+//! (bad file, unreadable key, credential that does not fit), 1 for anything else.
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use gearmq_agent::actions::ActionContext;
+use gearmq_agent::config::AgentConfig;
+use gearmq_agent::handler::Handler;
+use gearmq_agent::identity::HostIdentity;
+use gearmq_agent::replay::ReplayStore;
+use gearmq_agent::revocation::Revocations;
+use gearmq_agent::server::{Server, ServerSettings};
+use gearmq_agent::session::Endpoint;
+use gearmq_agent::stats::Stats;
+use gearmq_agent::verifier::{RequestVerifier, VerifierSettings, now_ms, rfc3339};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Extra time beyond the action timeout that shutdown waits for in-flight requests.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// gearmq host agent: executes signed requests from the broker and signs its replies.
+#[derive(Debug, Parser)]
+#[command(name = "gearmq-agent", version)]
+struct Args {
+    /// The agent configuration file (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+/// A failure that ends the process, with its exit code.
+enum Failure {
+    /// Configuration: exit 2.
+    Config(anyhow::Error),
+    /// Anything else: exit 1.
+    Runtime(anyhow::Error),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gearmq-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("gearmq-agent: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("gearmq-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let agent_started = Instant::now();
+    let cfg = AgentConfig::load(&args.config).map_err(|e| Failure::Config(e.into()))?;
+    let identity = HostIdentity::load(&cfg).map_err(|e| Failure::Config(e.into()))?;
+    if let Err(r) = gearmq_agent::verifier::check_credential_window(
+        &identity.credential,
+        now_ms(),
+        cfg.limits.clock_skew,
+    ) {
+        warn!(
+            "host credential is outside its validity window; orchestrators will refuse replies: {}",
+            r.message
+        );
+    }
+    let endpoints = cfg
+        .broker
+        .urls
+        .iter()
+        .map(|u| Endpoint::new(u, cfg.broker.user_id.as_deref()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Config(e.into()))?;
+    let (store, report) =
+        ReplayStore::open(&cfg.state_dir, cfg.limits.max_stored_reply_bytes, now_ms())
+            .with_context(|| {
+                format!(
+                    "cannot open the replay store in {}",
+                    cfg.state_dir.display()
+                )
+            })
+            .map_err(Failure::Config)?;
+    info!(
+        state_dir = %cfg.state_dir.display(),
+        since = %rfc3339(report.created_at),
+        resumed = report.resumed,
+        loaded = report.loaded,
+        expired = report.expired,
+        damaged = report.damaged,
+        "replay store open"
+    );
+    if report.damaged {
+        warn!("the replay journal ended in a damaged record; entries after it were ignored");
+    }
+    let revocations = Revocations::none();
+    if !revocations.has_list() {
+        warn!("no revocation list support yet: revoked credentials are not refused");
+    }
+    let verifier = RequestVerifier::new(
+        identity.anchors.clone(),
+        identity.name.clone(),
+        identity.credential.labels.clone(),
+        VerifierSettings {
+            max_message_bytes: cfg.limits.max_message_bytes,
+            clock_skew: cfg.limits.clock_skew,
+            max_request_lifetime: cfg.limits.max_request_lifetime,
+        },
+        revocations,
+    );
+    let stats = Arc::new(Stats::default());
+    let handler = Arc::new(Handler::new(
+        identity,
+        verifier,
+        store,
+        stats.clone(),
+        ActionContext { agent_started },
+        cfg.limits.action_timeout,
+        cfg.limits.clock_skew,
+    ));
+    let server = Server::new(
+        handler,
+        ServerSettings {
+            host: cfg.name.clone(),
+            endpoints,
+            provisioned: cfg.broker.provisioned,
+            prefetch: cfg.broker.prefetch,
+            drain_timeout: cfg.limits.action_timeout + DRAIN_GRACE,
+        },
+    );
+    let shutdown = CancellationToken::new();
+    spawn_signal_watch(shutdown.clone()).map_err(Failure::Runtime)?;
+    server.run(shutdown).await;
+    let s = stats.snapshot();
+    info!(
+        received = s.received,
+        verified = s.verified,
+        executed = s.executed,
+        not_target = s.not_target,
+        resent = s.resent,
+        dead_lettered = s.dead_lettered,
+        unroutable_replies = s.unroutable_replies,
+        reconnects = s.reconnects,
+        refused = ?s.refused,
+        "agent stopped"
+    );
+    Ok(())
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+fn spawn_signal_watch(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutting down: finishing in-flight requests");
+        shutdown.cancel();
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        warn!("second signal: exiting without waiting");
+        std::process::exit(130);
+    });
+    Ok(())
+}

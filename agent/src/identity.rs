@@ -1,0 +1,184 @@
+//! The host's identity: its key, its issuer-signed credential and the issuers it trusts.
+//!
+//! Loaded once at start and checked against each other, so the agent refuses to start
+//! with a credential that no receiver would accept for its replies.
+
+use crate::config::AgentConfig;
+use gearmq_schemas::credential::{CredentialError, verify_credential};
+use gearmq_schemas::{Credential, Name, PublicKey, Role, SigningKey, TrustAnchors};
+use std::path::{Path, PathBuf};
+
+/// Why the identity could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A file could not be read.
+    #[error("cannot read {what} {path}: {reason}")]
+    Read {
+        /// What the file holds (`host key`, …).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The system's reason.
+        reason: String,
+    },
+    /// A file was read but its content is not valid.
+    #[error("{what} {path} is not valid: {reason}")]
+    Invalid {
+        /// What the file holds.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The credential does not chain to a trusted issuer.
+    #[error("host credential {path} does not verify against the trusted issuers: {source}")]
+    Untrusted {
+        /// The credential file.
+        path: PathBuf,
+        /// Why.
+        source: CredentialError,
+    },
+    /// The credential verifies but does not fit this host.
+    #[error("host credential {path} {reason}")]
+    Mismatch {
+        /// The credential file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+}
+
+/// The host's verified identity.
+#[derive(Debug)]
+pub struct HostIdentity {
+    /// The host name (config and credential agree).
+    pub name: Name,
+    /// The private key that signs replies.
+    pub key: SigningKey,
+    /// The decoded host credential.
+    pub credential: Credential,
+    /// The credential as issued; travels in every reply.
+    pub credential_bytes: Vec<u8>,
+    /// The issuer keys trusted for requests.
+    pub anchors: TrustAnchors,
+}
+
+impl HostIdentity {
+    /// Loads and cross-checks key, credential and trusted issuers named in `cfg`.
+    pub fn load(cfg: &AgentConfig) -> Result<Self, IdentityError> {
+        let key_text = read_text("host key", &cfg.key_file)?;
+        let key = SigningKey::from_pem(&key_text).map_err(|e| IdentityError::Invalid {
+            what: "host key",
+            path: cfg.key_file.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut issuers = Vec::with_capacity(cfg.trusted_issuers.len());
+        for path in &cfg.trusted_issuers {
+            let text = read_text("trusted issuer key", path)?;
+            let pk = PublicKey::from_hex(&text).map_err(|e| IdentityError::Invalid {
+                what: "trusted issuer key",
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            issuers.push(pk);
+        }
+        let credential_bytes = read_bytes("host credential", &cfg.credential_file)?;
+        let credential = verify_credential(&credential_bytes, &issuers).map_err(|source| {
+            IdentityError::Untrusted {
+                path: cfg.credential_file.clone(),
+                source,
+            }
+        })?;
+        check_fits(&credential, &cfg.name, &key.public_key()).map_err(|reason| {
+            IdentityError::Mismatch {
+                path: cfg.credential_file.clone(),
+                reason,
+            }
+        })?;
+        Ok(HostIdentity {
+            name: cfg.name.clone(),
+            key,
+            credential,
+            credential_bytes,
+            anchors: TrustAnchors::new(issuers),
+        })
+    }
+}
+
+/// Checks that a verified credential is a host credential for `name` and `key`.
+fn check_fits(credential: &Credential, name: &Name, key: &PublicKey) -> Result<(), String> {
+    if credential.role != Role::Host {
+        return Err(format!(
+            "is a {} credential; the agent needs a host credential",
+            credential.role
+        ));
+    }
+    if &credential.name != name {
+        return Err(format!(
+            "is for host {}, but the configured name is {name}",
+            credential.name
+        ));
+    }
+    if &credential.public_key != key {
+        return Err(format!(
+            "is for public key {}, but the host key's public key is {key}",
+            credential.public_key
+        ));
+    }
+    Ok(())
+}
+
+fn read_text(what: &'static str, path: &Path) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|e| IdentityError::Read {
+        what,
+        path: path.to_path_buf(),
+        reason: io_reason(&e),
+    })
+}
+
+fn read_bytes(what: &'static str, path: &Path) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|e| IdentityError::Read {
+        what,
+        path: path.to_path_buf(),
+        reason: io_reason(&e),
+    })
+}
+
+/// The system's message for an I/O error without the trailing `(os error N)`.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(role: Role, name: &str, key: &SigningKey) -> Credential {
+        Credential::new(1, Name::new(name).unwrap(), role, key.public_key(), 0, 10)
+    }
+
+    #[test]
+    fn credential_must_fit_the_host() {
+        let k = SigningKey::from_seed(&[3; 32]);
+        let other = SigningKey::from_seed(&[4; 32]);
+        let web1 = Name::new("web1").unwrap();
+        assert!(check_fits(&cred(Role::Host, "web1", &k), &web1, &k.public_key()).is_ok());
+        let e = check_fits(&cred(Role::Operator, "web1", &k), &web1, &k.public_key());
+        assert!(e.unwrap_err().contains("operator credential"));
+        let e = check_fits(&cred(Role::Host, "web2", &k), &web1, &k.public_key());
+        assert!(e.unwrap_err().contains("web2"));
+        let e = check_fits(&cred(Role::Host, "web1", &other), &web1, &k.public_key());
+        assert!(e.unwrap_err().contains("public key"));
+    }
+
+    #[test]
+    fn io_reason_drops_the_os_error_number() {
+        let e = std::fs::read("/nonexistent/x").unwrap_err();
+        assert_eq!(io_reason(&e), "No such file or directory");
+    }
+}

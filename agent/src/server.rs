@@ -1,0 +1,218 @@
+//! The agent's main loop: open a broker session, consume, hand each delivery to a
+//! handler task (at most `prefetch` at once), reconnect with capped exponential backoff
+//! and jitter when the session breaks, and drain in-flight work on shutdown.
+
+use crate::handler::Handler;
+use crate::session::{Endpoint, Session, host_queue};
+use futures_util::StreamExt;
+use gearmq_schemas::Name;
+use lapin::Consumer;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// First reconnect delay.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The delay before reconnect attempt `attempt` (0-based): 100 ms doubling up to 10 s,
+/// then a random point in its upper half, so a fleet does not reconnect in lockstep.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let base = BACKOFF_INITIAL
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(BACKOFF_MAX);
+    let half = base / 2;
+    let jitter_ms = rand::random_range(0..=half.as_millis() as u64);
+    half + Duration::from_millis(jitter_ms)
+}
+
+/// Settings of the main loop.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// This host.
+    pub host: Name,
+    /// Brokers, tried round robin.
+    pub endpoints: Vec<Endpoint>,
+    /// Whether the topology is provisioned (passive declares only).
+    pub provisioned: bool,
+    /// QoS prefetch and most concurrent handlers.
+    pub prefetch: u16,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+#[derive(Debug)]
+pub struct Server {
+    handler: Arc<Handler>,
+    settings: ServerSettings,
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+impl Server {
+    /// A server handing deliveries to `handler`.
+    pub fn new(handler: Arc<Handler>, settings: ServerSettings) -> Self {
+        Server { handler, settings }
+    }
+
+    /// Connects, serves and reconnects until `shutdown`; then drains and closes.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let endpoints = &self.settings.endpoints;
+        let mut next = 0usize;
+        let mut attempt = 0u32;
+        let mut ready_once = false;
+        while !endpoints.is_empty() {
+            let endpoint = &endpoints[next % endpoints.len()];
+            next = next.wrapping_add(1);
+            let opened = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                r = self.open(endpoint) => r,
+            };
+            match opened {
+                Ok((session, consumer)) => {
+                    attempt = 0;
+                    if ready_once {
+                        self.handler.stats().reconnected();
+                        info!(broker = endpoint.redacted(), "reconnected to the broker");
+                    } else {
+                        ready_once = true;
+                        info!(
+                            host = %self.settings.host,
+                            queue = %host_queue(&self.settings.host),
+                            broker = endpoint.redacted(),
+                            "agent ready"
+                        );
+                    }
+                    match self.serve(&session, consumer, &shutdown).await {
+                        SessionEnd::Shutdown => return,
+                        SessionEnd::Lost(why) => {
+                            warn!(broker = endpoint.redacted(), error = %why, "broker session lost; reconnecting");
+                            session.close().await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(broker = endpoint.redacted(), error = %e, "cannot open a broker session");
+                }
+            }
+            let delay = backoff_delay(attempt);
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn open(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<(Session, Consumer), crate::session::SessionError> {
+        let s = &self.settings;
+        let session = Session::open(endpoint, &s.host, s.prefetch).await?;
+        session.declare_topology(&s.host, s.provisioned).await?;
+        let consumer = session.consume(&s.host).await?;
+        Ok((session, consumer))
+    }
+
+    async fn serve(
+        &self,
+        session: &Session,
+        mut consumer: Consumer,
+        shutdown: &CancellationToken,
+    ) -> SessionEnd {
+        let publisher = session.publisher();
+        let permits = Arc::new(Semaphore::new(usize::from(self.settings.prefetch)));
+        let mut tasks = JoinSet::new();
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                _ = session.broken().cancelled() => {
+                    break SessionEnd::Lost("a reply could not be published".into())
+                }
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        error!(error = %e, "a request handler failed");
+                    }
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        // QoS keeps unacked deliveries at `prefetch`, so a permit is
+                        // free except in the instant between an ack and its task's end.
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break SessionEnd::Lost("handler permits closed".into());
+                        };
+                        let handler = self.handler.clone();
+                        let publisher = publisher.clone();
+                        tasks.spawn(async move {
+                            handler.handle(delivery, &publisher).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                    None => break SessionEnd::Lost("the broker cancelled the consumer".into()),
+                },
+            }
+        };
+        match &end {
+            SessionEnd::Shutdown => {
+                info!(in_flight = tasks.len(), "shutting down: no new requests");
+                if let Err(e) = session.cancel(&consumer).await {
+                    warn!(error = %e, "basic.cancel failed");
+                }
+                let drained = tokio::time::timeout(self.settings.drain_timeout, async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    warn!(
+                        abandoned = tasks.len(),
+                        "in-flight requests did not finish in time; the broker will redeliver them"
+                    );
+                    tasks.abort_all();
+                }
+                session.close().await;
+            }
+            SessionEnd::Lost(_) => {
+                // Their acks cannot reach the broker any more; let them finish (their
+                // replies are recorded and resent on redelivery) without holding up
+                // the reconnect.
+                tasks.detach_all();
+            }
+        }
+        end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
+        for (attempt, base_ms) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (6, 6400),
+            (7, 10_000),
+            (40, 10_000),
+        ] {
+            for _ in 0..20 {
+                let d = backoff_delay(attempt).as_millis() as u64;
+                assert!(d >= base_ms / 2 && d <= base_ms, "attempt {attempt}: {d}");
+            }
+        }
+    }
+}

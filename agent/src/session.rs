@@ -1,0 +1,448 @@
+//! The broker session: one connection, a consuming channel and a publishing channel
+//! with publisher confirms, the topology, and reply publishing.
+//!
+//! A session is used until it breaks (connection lost, a channel closed by the broker,
+//! a publish not confirmed); then the server opens a new one. Any failure marks the
+//! session broken through its [`CancellationToken`], so every task using it stops.
+
+use crate::config::redact_url;
+use gearmq_schemas::Name;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Topic exchange requests are published to (routing key `host.<name>` or `all`).
+pub const REQUESTS_EXCHANGE: &str = "gearmq.requests";
+/// Topic exchange replies are published to (routing key = reply queue name).
+pub const REPLIES_EXCHANGE: &str = "gearmq.replies";
+/// Fanout exchange host queues dead-letter to.
+pub const DEAD_EXCHANGE: &str = "gearmq.dead";
+/// Queue holding dead-lettered requests.
+pub const DEAD_QUEUE: &str = "gearmq.dead";
+/// Most messages kept in the dead-letter queue.
+pub const DEAD_MAX_LENGTH: i64 = 10_000;
+/// How long a dead-lettered message is kept (7 days), in ms.
+pub const DEAD_MESSAGE_TTL_MS: i64 = 604_800_000;
+/// Content type of every gearmq message.
+pub const CONTENT_TYPE: &str = "application/x-gearmq";
+
+/// How long connecting (TCP, TLS, AMQP handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a broker operation (declare, qos, publish confirm) may take.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The queue of host `name`.
+pub fn host_queue(name: &Name) -> String {
+    format!("gearmq.host.{name}")
+}
+
+/// Why a broker operation failed. Every variant breaks the session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A broker URL did not parse.
+    #[error("broker URL {broker} is not valid: {reason}")]
+    BadUrl {
+        /// The URL without password.
+        broker: String,
+        /// Why.
+        reason: String,
+    },
+    /// The broker refused or failed an operation.
+    #[error("{what} failed: {source}")]
+    Broker {
+        /// The operation.
+        what: String,
+        /// lapin's error.
+        source: lapin::Error,
+    },
+    /// An operation did not finish in time.
+    #[error("{what} timed out after {}", humantime::format_duration(*.after))]
+    Timeout {
+        /// The operation.
+        what: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The broker did not accept a published reply (nack).
+    #[error("broker refused (nacked) the reply to {reply_to}")]
+    Nacked {
+        /// The reply's routing key.
+        reply_to: String,
+    },
+    /// The session had already broken.
+    #[error("the broker session is gone")]
+    Gone,
+}
+
+/// One broker to connect to, as the agent uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    url: String,
+    redacted: String,
+    user_id: String,
+}
+
+impl Endpoint {
+    /// Parses `url`; replies carry `user_id` if given, else the URL's user name.
+    pub fn new(url: &str, user_id: Option<&str>) -> Result<Self, SessionError> {
+        let parsed: AMQPUri = url.parse().map_err(|reason| SessionError::BadUrl {
+            broker: redact_url(url),
+            reason,
+        })?;
+        Ok(Endpoint {
+            url: url.to_string(),
+            redacted: redact_url(url),
+            user_id: user_id
+                .map(str::to_string)
+                .unwrap_or(parsed.authority.userinfo.username),
+        })
+    }
+
+    /// The URL without password, for logs.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// The `user_id` set on replies.
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+}
+
+async fn timed<T>(
+    what: impl Into<String>,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, SessionError> {
+    let what = what.into();
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(SessionError::Broker { what, source }),
+        Err(_) => Err(SessionError::Timeout { what, after: limit }),
+    }
+}
+
+/// An open broker session.
+#[derive(Debug)]
+pub struct Session {
+    conn: Connection,
+    consume_channel: Channel,
+    publish_channel: Channel,
+    endpoint: Endpoint,
+    broken: CancellationToken,
+}
+
+impl Session {
+    /// Connects to `endpoint`, opens both channels, sets QoS `prefetch` on the
+    /// consuming one and publisher confirms on the publishing one.
+    pub async fn open(
+        endpoint: &Endpoint,
+        host: &Name,
+        prefetch: u16,
+    ) -> Result<Self, SessionError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("gearmq-agent {host}")));
+        let conn = timed(
+            format!("connecting to {}", endpoint.redacted),
+            CONNECT_TIMEOUT,
+            Connection::connect(&endpoint.url, props),
+        )
+        .await?;
+        let consume_channel = timed(
+            "opening a channel",
+            OPERATION_TIMEOUT,
+            conn.create_channel(),
+        )
+        .await?;
+        let publish_channel = timed(
+            "opening a channel",
+            OPERATION_TIMEOUT,
+            conn.create_channel(),
+        )
+        .await?;
+        timed(
+            "basic.qos",
+            OPERATION_TIMEOUT,
+            consume_channel.basic_qos(prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        timed(
+            "confirm.select",
+            OPERATION_TIMEOUT,
+            publish_channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(Session {
+            conn,
+            consume_channel,
+            publish_channel,
+            endpoint: endpoint.clone(),
+            broken: CancellationToken::new(),
+        })
+    }
+
+    /// Declares the topology host `host` needs (DESIGN.md "Broker topology"), or only
+    /// checks it with passive declares when `provisioned`.
+    pub async fn declare_topology(
+        &self,
+        host: &Name,
+        provisioned: bool,
+    ) -> Result<(), SessionError> {
+        let ch = &self.consume_channel;
+        let passive = provisioned;
+        for (name, kind) in [
+            (REQUESTS_EXCHANGE, lapin::ExchangeKind::Topic),
+            (REPLIES_EXCHANGE, lapin::ExchangeKind::Topic),
+            (DEAD_EXCHANGE, lapin::ExchangeKind::Fanout),
+        ] {
+            timed(
+                format!("declaring exchange {name}"),
+                OPERATION_TIMEOUT,
+                ch.exchange_declare(
+                    name.into(),
+                    kind,
+                    ExchangeDeclareOptions {
+                        passive,
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
+        let queue_opts = QueueDeclareOptions {
+            passive,
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let (dead_args, host_args) = if passive {
+            (FieldTable::default(), FieldTable::default())
+        } else {
+            (dead_queue_arguments(), host_queue_arguments())
+        };
+        timed(
+            format!("declaring queue {DEAD_QUEUE}"),
+            OPERATION_TIMEOUT,
+            ch.queue_declare(DEAD_QUEUE.into(), queue_opts, dead_args),
+        )
+        .await?;
+        let queue = host_queue(host);
+        timed(
+            format!("declaring queue {queue}"),
+            OPERATION_TIMEOUT,
+            ch.queue_declare(queue.as_str().into(), queue_opts, host_args),
+        )
+        .await?;
+        if provisioned {
+            return Ok(());
+        }
+        let bindings = [
+            (DEAD_QUEUE.to_string(), DEAD_EXCHANGE, String::new()),
+            (queue.clone(), REQUESTS_EXCHANGE, format!("host.{host}")),
+            (queue.clone(), REQUESTS_EXCHANGE, "all".to_string()),
+        ];
+        for (q, exchange, key) in bindings {
+            timed(
+                format!("binding queue {q} to {exchange} with key {key:?}"),
+                OPERATION_TIMEOUT,
+                ch.queue_bind(
+                    q.as_str().into(),
+                    exchange.into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts consuming host `host`'s queue.
+    pub async fn consume(&self, host: &Name) -> Result<Consumer, SessionError> {
+        let queue = host_queue(host);
+        timed(
+            format!("consuming {queue}"),
+            OPERATION_TIMEOUT,
+            self.consume_channel.basic_consume(
+                queue.as_str().into(),
+                ShortString::from(format!("gearmq-agent-{host}")),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+    }
+
+    /// Stops consuming (in-flight deliveries can still be acked).
+    pub async fn cancel(&self, consumer: &Consumer) -> Result<(), SessionError> {
+        timed(
+            "basic.cancel",
+            OPERATION_TIMEOUT,
+            self.consume_channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await
+    }
+
+    /// A handle to publish replies on this session.
+    pub fn publisher(&self) -> ReplyPublisher {
+        ReplyPublisher {
+            channel: self.publish_channel.clone(),
+            user_id: self.endpoint.user_id.clone(),
+            broken: self.broken.clone(),
+        }
+    }
+
+    /// Cancelled when the session has broken.
+    pub fn broken(&self) -> &CancellationToken {
+        &self.broken
+    }
+
+    /// The broker this session is connected to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Closes the channels and the connection (best effort, bounded).
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.conn.close(200, "agent shutting down".into()),
+        )
+        .await;
+        self.broken.cancel();
+    }
+}
+
+fn dead_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(DEAD_MAX_LENGTH),
+    );
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(DEAD_MESSAGE_TTL_MS),
+    );
+    args
+}
+
+fn host_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(DEAD_EXCHANGE.into()),
+    );
+    args
+}
+
+/// What became of a published reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Confirmed and routed to a queue.
+    Delivered,
+    /// Confirmed but returned unroutable (the reply queue is gone).
+    Unroutable,
+}
+
+/// Publishes signed replies with confirms on one session.
+#[derive(Debug, Clone)]
+pub struct ReplyPublisher {
+    channel: Channel,
+    user_id: String,
+    broken: CancellationToken,
+}
+
+impl ReplyPublisher {
+    /// Publishes `bytes` to `gearmq.replies` with routing key `reply_to` (mandatory,
+    /// `user_id`, `correlation_id` = `request_id`) and waits for the broker's confirm.
+    /// Any failure marks the session broken.
+    pub async fn publish_reply(
+        &self,
+        reply_to: &str,
+        request_id: Uuid,
+        bytes: &[u8],
+    ) -> Result<Published, SessionError> {
+        if self.broken.is_cancelled() {
+            return Err(SessionError::Gone);
+        }
+        let result = self.publish(reply_to, request_id, bytes).await;
+        if result.is_err() {
+            self.broken.cancel();
+        }
+        result
+    }
+
+    async fn publish(
+        &self,
+        reply_to: &str,
+        request_id: Uuid,
+        bytes: &[u8],
+    ) -> Result<Published, SessionError> {
+        let props = BasicProperties::default()
+            .with_user_id(self.user_id.as_str().into())
+            .with_correlation_id(request_id.hyphenated().to_string().into())
+            .with_content_type(CONTENT_TYPE.into());
+        let what = format!("publishing the reply to {reply_to}");
+        let confirm = timed(
+            what.clone(),
+            OPERATION_TIMEOUT,
+            self.channel.basic_publish(
+                REPLIES_EXCHANGE.into(),
+                reply_to.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                bytes,
+                props,
+            ),
+        )
+        .await?;
+        match timed(what, OPERATION_TIMEOUT, confirm).await? {
+            Confirmation::Ack(None) => Ok(Published::Delivered),
+            Confirmation::Ack(Some(_returned)) => Ok(Published::Unroutable),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(SessionError::Nacked {
+                reply_to: reply_to.to_string(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_id_defaults_to_the_percent_decoded_url_user() {
+        let e = Endpoint::new("amqp://web%2D1:pw@h:5672/%2f", None).unwrap();
+        assert_eq!(e.user_id(), "web-1");
+        assert_eq!(e.redacted(), "amqp://web-1@h:5672/%2f");
+        let e = Endpoint::new("amqp://guest:guest@h:5672/%2f", Some("web1")).unwrap();
+        assert_eq!(e.user_id(), "web1");
+    }
+
+    #[test]
+    fn topology_arguments_match_the_design() {
+        let dead = dead_queue_arguments();
+        let inner = dead.inner();
+        assert_eq!(
+            inner.get(&ShortString::from("x-max-length")),
+            Some(&AMQPValue::LongLongInt(10_000))
+        );
+        assert_eq!(
+            inner.get(&ShortString::from("x-message-ttl")),
+            Some(&AMQPValue::LongLongInt(604_800_000))
+        );
+        assert_eq!(host_queue(&Name::new("web1").unwrap()), "gearmq.host.web1");
+    }
+}

@@ -1,0 +1,235 @@
+//! Counters of what the agent did with the requests it received.
+//!
+//! Plain atomics, updated from every handler task without locks; read as a snapshot
+//! for logs.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a request was refused. Labels are stable: they appear in logs and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Over `limits.max_message_bytes` (dead-lettered).
+    Oversize,
+    /// The envelope did not decode (dead-lettered).
+    Malformed,
+    /// The signer credential does not chain to a trusted issuer (dead-lettered).
+    BadCredential,
+    /// The signature does not verify (dead-lettered).
+    BadSignature,
+    /// Signed, but the body does not decode (dead-lettered).
+    MalformedBody,
+    /// The signer credential is revoked.
+    Revoked,
+    /// The signer credential is outside its validity window.
+    CredentialExpired,
+    /// The request is past `expires_at` (plus skew).
+    Expired,
+    /// The request was issued in the future (beyond skew).
+    NotYetValid,
+    /// `expires_at - issued_at` is over the configured cap.
+    LifetimeTooLong,
+    /// The id was seen with other bytes.
+    Replayed,
+    /// Issued before the replay store began (state was lost or is new).
+    BeforeReplayState,
+    /// The signer may not make this request.
+    Unauthorized,
+    /// The action is not known here.
+    UnknownAction,
+    /// The arguments do not decode.
+    InvalidArgs,
+    /// The replay store is at its byte cap.
+    StoreFull,
+}
+
+impl Reason {
+    /// Every reason, in counter order.
+    pub const ALL: [Reason; 16] = [
+        Reason::Oversize,
+        Reason::Malformed,
+        Reason::BadCredential,
+        Reason::BadSignature,
+        Reason::MalformedBody,
+        Reason::Revoked,
+        Reason::CredentialExpired,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::LifetimeTooLong,
+        Reason::Replayed,
+        Reason::BeforeReplayState,
+        Reason::Unauthorized,
+        Reason::UnknownAction,
+        Reason::InvalidArgs,
+        Reason::StoreFull,
+    ];
+
+    /// The stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Oversize => "oversize",
+            Reason::Malformed => "malformed",
+            Reason::BadCredential => "bad_credential",
+            Reason::BadSignature => "bad_signature",
+            Reason::MalformedBody => "malformed_body",
+            Reason::Revoked => "revoked",
+            Reason::CredentialExpired => "credential_expired",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::LifetimeTooLong => "lifetime_too_long",
+            Reason::Replayed => "replayed",
+            Reason::BeforeReplayState => "before_replay_state",
+            Reason::Unauthorized => "unauthorized",
+            Reason::UnknownAction => "unknown_action",
+            Reason::InvalidArgs => "invalid_args",
+            Reason::StoreFull => "store_full",
+        }
+    }
+
+    /// The reason for an `OpenError::reason()` label (unknown labels count as
+    /// malformed, so a new label in schemas is still counted).
+    pub fn from_open_label(label: &str) -> Reason {
+        match label {
+            "oversize" => Reason::Oversize,
+            "bad_credential" => Reason::BadCredential,
+            "bad_signature" => Reason::BadSignature,
+            "malformed_body" => Reason::MalformedBody,
+            _ => Reason::Malformed,
+        }
+    }
+
+    fn index(self) -> usize {
+        // ALL lists every variant in declaration order.
+        self as usize
+    }
+}
+
+/// The agent's counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    received: AtomicU64,
+    verified: AtomicU64,
+    not_target: AtomicU64,
+    executed: AtomicU64,
+    resent: AtomicU64,
+    dead_lettered: AtomicU64,
+    unroutable_replies: AtomicU64,
+    reconnects: AtomicU64,
+    refused: [AtomicU64; Reason::ALL.len()],
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Deliveries received.
+    pub received: u64,
+    /// Requests whose signature verified.
+    pub verified: u64,
+    /// Verified requests not addressed to this host (acked silently).
+    pub not_target: u64,
+    /// Actions run.
+    pub executed: u64,
+    /// Stored replies sent again for byte-identical redeliveries.
+    pub resent: u64,
+    /// Deliveries dead-lettered (failed before the signature was proven).
+    pub dead_lettered: u64,
+    /// Replies the broker returned as unroutable (orchestrator gone).
+    pub unroutable_replies: u64,
+    /// Broker sessions re-established after a loss.
+    pub reconnects: u64,
+    /// Refusals by reason (only non-zero ones).
+    pub refused: BTreeMap<&'static str, u64>,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    /// A delivery arrived.
+    pub fn received(&self) {
+        bump(&self.received)
+    }
+    /// A request's signature verified.
+    pub fn verified(&self) {
+        bump(&self.verified)
+    }
+    /// A verified request was not for this host.
+    pub fn not_target(&self) {
+        bump(&self.not_target)
+    }
+    /// An action ran.
+    pub fn executed(&self) {
+        bump(&self.executed)
+    }
+    /// A stored reply was sent again.
+    pub fn resent(&self) {
+        bump(&self.resent)
+    }
+    /// A delivery was dead-lettered.
+    pub fn dead_lettered(&self) {
+        bump(&self.dead_lettered)
+    }
+    /// A reply came back unroutable.
+    pub fn unroutable_reply(&self) {
+        bump(&self.unroutable_replies)
+    }
+    /// A broker session was re-established.
+    pub fn reconnected(&self) {
+        bump(&self.reconnects)
+    }
+    /// A request was refused for `reason`.
+    pub fn refused(&self, reason: Reason) {
+        if let Some(c) = self.refused.get(reason.index()) {
+            bump(c)
+        }
+    }
+
+    /// Copies the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: get(&self.received),
+            verified: get(&self.verified),
+            not_target: get(&self.not_target),
+            executed: get(&self.executed),
+            resent: get(&self.resent),
+            dead_lettered: get(&self.dead_lettered),
+            unroutable_replies: get(&self.unroutable_replies),
+            reconnects: get(&self.reconnects),
+            refused: Reason::ALL
+                .iter()
+                .filter_map(|r| {
+                    let n = self.refused.get(r.index()).map(get).unwrap_or(0);
+                    (n > 0).then_some((r.as_str(), n))
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn snapshot_counts_refusals_by_reason() {
+        let s = Stats::default();
+        s.received();
+        s.refused(Reason::Expired);
+        s.refused(Reason::Expired);
+        s.refused(Reason::from_open_label("bad_signature"));
+        let snap = s.snapshot();
+        assert_eq!(snap.received, 1);
+        assert_eq!(snap.refused.get("expired"), Some(&2));
+        assert_eq!(snap.refused.get("bad_signature"), Some(&1));
+        assert_eq!(snap.refused.len(), 2);
+    }
+}
