@@ -50,10 +50,8 @@ impl Body for Reply {
         if self.finished_at < self.started_at {
             return Err("finished_at is before started_at".into());
         }
-        if let Some(e) = &self.error {
-            if e.len() > 4096 {
-                return Err("error message over 4096 bytes".into());
-            }
+        if self.error.as_ref().is_some_and(|e| e.len() > 4096) {
+            return Err("error message over 4096 bytes".into());
         }
         Ok(())
     }

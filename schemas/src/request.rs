@@ -101,6 +101,16 @@ pub fn compile_selector_regex(pattern: &str) -> Result<regex::Regex, String> {
             pattern.len()
         ));
     }
+    let build = |p: &str| {
+        regex::RegexBuilder::new(p)
+            .size_limit(64 * 1024)
+            .dfa_size_limit(64 * 1024)
+            .build()
+            .map_err(|e| format!("invalid selector regex: {e}"))
+    };
+    // The pattern must be a regex on its own; otherwise an unbalanced ')' could close
+    // the anchoring group below and match more than the whole value.
+    build(pattern)?;
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(64 * 1024)
         .dfa_size_limit(64 * 1024)

@@ -182,15 +182,11 @@ impl UnitSpec {
         if let Some(d) = &self.description {
             check_text("description", d, MAX_DESCRIPTION)?;
         }
-        if let Some(q) = self.cpu_quota {
-            if !(1..=10_000).contains(&q) {
-                return Err(field_err("cpu_quota", "must be 1% to 10000%"));
-            }
+        if self.cpu_quota.is_some_and(|q| !(1..=10_000).contains(&q)) {
+            return Err(field_err("cpu_quota", "must be 1% to 10000%"));
         }
-        if let Some(m) = self.memory_max {
-            if m < 1024 * 1024 {
-                return Err(field_err("memory_max", "must be at least 1M"));
-            }
+        if self.memory_max.is_some_and(|m| m < 1024 * 1024) {
+            return Err(field_err("memory_max", "must be at least 1M"));
         }
         Ok(())
     }
