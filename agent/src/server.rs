@@ -18,6 +18,9 @@ use tracing::{error, info, warn};
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A session that lasted this long resets the backoff; one that broke sooner (say a
+/// reply the broker refuses every time) keeps backing off.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// The delay before reconnect attempt `attempt` (0-based): 100 ms doubling up to 10 s,
 /// then a random point in its upper half, so a fleet does not reconnect in lockstep.
@@ -79,7 +82,7 @@ impl Server {
             };
             match opened {
                 Ok((session, consumer)) => {
-                    attempt = 0;
+                    let since = tokio::time::Instant::now();
                     if ready_once {
                         self.handler.stats().reconnected();
                         info!(broker = endpoint.redacted(), "reconnected to the broker");
@@ -97,6 +100,9 @@ impl Server {
                         SessionEnd::Lost(why) => {
                             warn!(broker = endpoint.redacted(), error = %why, "broker session lost; reconnecting");
                             session.close().await;
+                            if since.elapsed() >= STABLE_SESSION {
+                                attempt = 0;
+                            }
                         }
                     }
                 }
