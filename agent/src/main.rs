@@ -16,6 +16,7 @@ use gearmq_agent::server::{Server, ServerSettings};
 use gearmq_agent::session::Endpoint;
 use gearmq_agent::stats::Stats;
 use gearmq_agent::verifier::{RequestVerifier, VerifierSettings, now_ms, rfc3339};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -84,8 +85,10 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: under systemd stderr goes to the journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
