@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole gearmq test suite, as a newcomer and CI run it:
+#   deploy/test.sh
+# Makes sure RabbitMQ is running, builds every crate once (one profile), then runs every
+# unit, property, vector and end-to-end test. End-to-end tests use the real broker on
+# 127.0.0.1:5672 (a vhost of their own each) and real agent processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/ensure-rabbitmq.sh
+
+# One profile for everything: the binaries the end-to-end tests spawn are the ones
+# this build makes.
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --test-threads "${GEARMQ_TEST_THREADS:-4}"
