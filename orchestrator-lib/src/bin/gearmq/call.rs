@@ -1,4 +1,4 @@
-//! Commands that send a request to hosts and show the verified results.
+//! Running one call from the command line: targets, options, connect, print, exit code.
 
 use crate::render;
 use anyhow::{Context, Result, bail};
@@ -25,20 +25,26 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn selection(&self) -> Result<Selection> {
+    /// The selection these flags make.
+    pub fn selection(&self) -> Result<Selection> {
         if self.all {
             return Ok(Selection::All);
         }
-        let names = self
-            .hosts
-            .iter()
-            .map(|h| Name::new(h.as_str()).with_context(|| "in --host".to_string()))
-            .collect::<Result<Vec<_>>>()?;
-        if names.is_empty() {
-            bail!("--host needs at least one name");
-        }
-        Ok(Selection::Hosts(names))
+        hosts_selection(&self.hosts.join(","))
     }
+}
+
+/// Parses a comma-separated host list (`web1,web2`) into a selection.
+pub fn hosts_selection(list: &str) -> Result<Selection> {
+    let names = list
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|h| Name::new(h).with_context(|| "in the host list".to_string()))
+        .collect::<Result<Vec<_>>>()?;
+    if names.is_empty() {
+        bail!("no host named");
+    }
+    Ok(Selection::Hosts(names))
 }
 
 /// Options every call shares.
@@ -46,10 +52,10 @@ impl TargetArgs {
 pub struct CallOpts {
     /// How long to wait for replies (default from the config, 5s).
     #[arg(long, value_parser = humantime::parse_duration)]
-    timeout: Option<Duration>,
+    pub timeout: Option<Duration>,
     /// Print one JSON document instead of a table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -60,86 +66,122 @@ pub struct PingCmd {
     opts: CallOpts,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// How a command shows its results to people.
+pub trait View {
+    /// One line about a host's ok result.
+    fn detail(&self, _r: &HostResult) -> String {
+        String::new()
+    }
+
+    /// The whole human output; by default a row per host and the summary.
+    fn print_human(&self, result: &CallResult) {
+        render::print_human(result, |r| self.detail(r));
+    }
+}
+
+/// A ready-to-send call.
+pub struct Invocation {
+    pub selection: Selection,
+    pub action: &'static str,
+    pub args: Vec<u8>,
+    pub opts: CallOpts,
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-/// Connects, runs one call and prints it; maps the outcome to an exit code.
-fn run_call(
-    config_path: &Path,
-    selection: Selection,
-    action: &str,
-    args: Vec<u8>,
-    opts: &CallOpts,
-    detail: impl Fn(&HostResult) -> String,
-) -> Result<ExitCode> {
-    let config = OrchestratorConfig::load(config_path)?;
-    let timeout = opts.timeout.unwrap_or(config.defaults.timeout);
-    let rt = runtime()?;
-    let result: CallResult = rt.block_on(async {
-        let orch = Orchestrator::connect(&config).await?;
-        if selection == Selection::All && orch.inventory().is_empty() {
-            bail!(
-                "the inventory {} holds no host credentials",
-                config.inventory_dir.display()
-            );
-        }
-        let result = orch
-            .request(CallSpec {
-                selection,
-                action: ActionName::new(action)?,
-                args,
-                timeout,
-            })
-            .await?;
-        // Replies rejected outside this call's id (replays, forgeries with bad
-        // signatures) count too: the operator must see them.
-        let mut result = result;
-        for (reason, n) in orch.rejections() {
-            let e = result
-                .summary
-                .rejected
-                .entry(reason.to_string())
-                .or_default();
-            *e = (*e).max(n);
-        }
-        orch.close().await;
-        Ok(result)
-    })?;
-    if opts.json {
-        render::print_json(&result);
-    } else {
-        render::print_human(&result, detail);
+/// Connects to the broker as the configured operator.
+pub async fn connect(config: &OrchestratorConfig, selection: &Selection) -> Result<Orchestrator> {
+    let orch = Orchestrator::connect(config).await?;
+    if *selection == Selection::All && orch.inventory().is_empty() {
+        bail!(
+            "the inventory {} holds no host credentials",
+            config.inventory_dir.display()
+        );
     }
-    Ok(if result.all_ok() {
+    Ok(orch)
+}
+
+/// Adds the orchestrator's rejections that could not be tied to the call (replays,
+/// forgeries with bad signatures): the operator must see them too.
+pub fn merge_rejections(result: &mut CallResult, orch: &Orchestrator) {
+    for (reason, n) in orch.rejections() {
+        let e = result
+            .summary
+            .rejected
+            .entry(reason.to_string())
+            .or_default();
+        *e = (*e).max(n);
+    }
+}
+
+/// 0 if every target answered ok, else 1.
+pub fn exit_code(result: &CallResult) -> ExitCode {
+    if result.all_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    })
+    }
+}
+
+/// Connects, runs one call, prints it, and maps the outcome to an exit code.
+pub fn run(config_path: &Path, inv: Invocation, view: &dyn View) -> Result<ExitCode> {
+    let config = OrchestratorConfig::load(config_path)?;
+    let timeout = inv.opts.timeout.unwrap_or(config.defaults.timeout);
+    let rt = runtime()?;
+    let result: CallResult = rt.block_on(async {
+        let orch = connect(&config, &inv.selection).await?;
+        let mut result = orch
+            .request(CallSpec {
+                selection: inv.selection,
+                action: ActionName::new(inv.action)?,
+                args: inv.args,
+                timeout,
+            })
+            .await?;
+        merge_rejections(&mut result, &orch);
+        orch.close().await;
+        Ok::<_, anyhow::Error>(result)
+    })?;
+    if inv.opts.json {
+        render::print_json(&result);
+    } else {
+        view.print_human(&result);
+    }
+    Ok(exit_code(&result))
+}
+
+struct PingView;
+
+impl View for PingView {
+    fn detail(&self, r: &HostResult) -> String {
+        r.data
+            .as_deref()
+            .and_then(|d| codec::decode::<PingResult>("ping result", d, 4096).ok())
+            .map(|p| {
+                format!(
+                    "agent {}, up {}",
+                    p.agent_version,
+                    humantime::format_duration(Duration::from_secs(p.uptime_ms / 1000))
+                )
+            })
+            .unwrap_or_default()
+    }
 }
 
 pub fn ping(config: &Path, a: PingCmd) -> Result<ExitCode> {
-    run_call(
+    run(
         config,
-        a.targets.selection()?,
-        "ping",
-        codec::encode(&actions::PingArgs {}),
-        &a.opts,
-        |r| {
-            r.data
-                .as_deref()
-                .and_then(|d| codec::decode::<PingResult>("ping result", d, 4096).ok())
-                .map(|p| {
-                    format!(
-                        "agent {}, up {}",
-                        p.agent_version,
-                        humantime::format_duration(Duration::from_secs(p.uptime_ms / 1000))
-                    )
-                })
-                .unwrap_or_default()
+        Invocation {
+            selection: a.targets.selection()?,
+            action: "ping",
+            args: codec::encode(&actions::PingArgs {}),
+            opts: a.opts,
         },
+        &PingView,
     )
 }

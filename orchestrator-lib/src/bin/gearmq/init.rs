@@ -30,9 +30,19 @@ pub struct InitArgs {
     /// Name of the operator identity.
     #[arg(long, default_value = "ops")]
     operator: String,
+    /// Which systemd the agents manage units through: the system manager (production)
+    /// or the user manager of the user running each agent.
+    #[arg(long, value_enum, default_value = "system")]
+    systemd_bus: Bus,
     /// Write into a non-empty directory, replacing files.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bus {
+    System,
+    User,
 }
 
 fn toml_str(s: &str) -> String {
@@ -123,7 +133,7 @@ pub fn run(a: InitArgs) -> Result<()> {
         write_file(&hd.join("host.cred"), &cred, 0o644, force)?;
         write_file(
             &hd.join("agent.toml"),
-            agent_toml(h, &hd, &issuer_pub, &a.broker).as_bytes(),
+            agent_toml(h, &hd, &issuer_pub, &a.broker, a.systemd_bus).as_bytes(),
             0o600,
             force,
         )?;
@@ -159,7 +169,16 @@ pub fn run(a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-fn agent_toml(host: &Name, hd: &Path, issuer_pub: &Path, broker: &str) -> String {
+fn agent_toml(host: &Name, hd: &Path, issuer_pub: &Path, broker: &str, bus: Bus) -> String {
+    let systemd = match bus {
+        Bus::System => "",
+        Bus::User => {
+            "\n[systemd]\n\
+             # Units go to the user manager of the user running the agent\n\
+             # ($XDG_RUNTIME_DIR/bus, units in ~/.config/systemd/user).\n\
+             bus = \"user\"\n"
+        }
+    };
     format!(
         "# gearmq-agent configuration for host {host}, written by `gearmq init`.\n\
          name = {name}\n\
@@ -171,7 +190,8 @@ fn agent_toml(host: &Name, hd: &Path, issuer_pub: &Path, broker: &str) -> String
          [broker]\n\
          urls = [{broker}]\n\
          # A development broker: the agent declares its own queue and bindings.\n\
-         provisioned = false\n",
+         provisioned = false\n\
+         {systemd}",
         name = toml_str(host.as_str()),
         key = toml_path(&hd.join("host.key")),
         cred = toml_path(&hd.join("host.cred")),

@@ -8,6 +8,7 @@ mod call;
 mod enroll;
 mod init;
 mod render;
+mod units;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 /// Manage systemd services on a fleet of hosts over RabbitMQ, with every request and
 /// every reply signed.
 #[derive(Parser)]
-#[command(name = "gearmq", version, about, long_about = None, after_help = EXIT_CODES)]
+#[command(name = "gearmq", version, after_help = EXIT_CODES)]
 struct Cli {
     /// Orchestrator config file.
     #[arg(
@@ -49,6 +50,24 @@ enum Command {
     Enroll(enroll::EnrollCommand),
     /// Check that hosts are alive and answer with verified replies.
     Ping(call::PingCmd),
+    /// Install a service on hosts (argv, never a shell string); --start to run it.
+    Install(units::InstallCmd),
+    /// Start a unit (waits for systemd's job to finish).
+    Start(units::UnitCmd),
+    /// Stop a unit.
+    Stop(units::UnitCmd),
+    /// Restart a unit (a new main process).
+    Restart(units::UnitCmd),
+    /// Stop a unit and remove it with its state.
+    Delete(units::UnitCmd),
+    /// State of one unit or of every unit gearmq manages on hosts.
+    Status(units::StatusCmd),
+    /// The units gearmq manages on hosts, with their states.
+    List(units::ListCmd),
+    /// The last lines a unit wrote; --follow streams new ones until Ctrl-C.
+    Logs(units::LogsCmd),
+    /// Hostname, OS, kernel, CPUs, memory, uptime, labels and unit counts of hosts.
+    Facts(units::ListCmd),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +92,15 @@ fn main() -> ExitCode {
         Command::Keygen(a) => enroll::keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Enroll(c) => enroll::enroll(c).map(|()| ExitCode::SUCCESS),
         Command::Ping(a) => call::ping(&cli.config, a),
+        Command::Install(a) => units::install(&cli.config, a),
+        Command::Start(a) => units::unit_action(&cli.config, "start", a),
+        Command::Stop(a) => units::unit_action(&cli.config, "stop", a),
+        Command::Restart(a) => units::unit_action(&cli.config, "restart", a),
+        Command::Delete(a) => units::unit_action(&cli.config, "delete", a),
+        Command::Status(a) => units::status(&cli.config, a),
+        Command::List(a) => units::list(&cli.config, a),
+        Command::Logs(a) => units::logs(&cli.config, a),
+        Command::Facts(a) => units::facts(&cli.config, a),
     };
     match outcome {
         Ok(code) => code,

@@ -58,6 +58,53 @@ pub fn print_human(result: &CallResult, detail: impl Fn(&HostResult) -> String) 
             text
         );
     }
+    print_summary(result);
+}
+
+/// Prints a host that did not answer ok, on stderr-free stdout, as one line.
+pub fn print_problem(r: &HostResult) {
+    let status = match r.status {
+        HostStatus::NoReply => "no reply".to_string(),
+        _ => r.code.map(|c| c.as_str().to_string()).unwrap_or_default(),
+    };
+    println!(
+        "{}: {}: {}",
+        r.host,
+        status,
+        r.message.clone().unwrap_or_default()
+    );
+}
+
+/// Prints rows under a header, columns padded to fit.
+pub fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut width = [0usize; N];
+    for (i, h) in header.iter().enumerate() {
+        width[i] = h.chars().count();
+    }
+    for row in rows {
+        for (i, c) in row.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{:w$}  ", c, w = width[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Prints the rejected-replies line (if any) and the summary line.
+pub fn print_summary(result: &CallResult) {
     let s = &result.summary;
     if !s.rejected.is_empty() {
         let parts: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k} {v}")).collect();
