@@ -156,7 +156,15 @@ impl Fleet {
 
     /// Starts the real agent for `host` and waits until it is ready.
     pub fn start_agent(&self, host: &str) -> Agent {
-        Agent::start(&self.host_dir(host).join("agent.toml"), host)
+        Agent::start(&self.host_dir(host).join("agent.toml"), host, &[])
+    }
+
+    /// Starts the agent for `host` managing units through `systemd` (a user manager of
+    /// its own, so hosts on one machine never share units).
+    pub fn start_agent_on(&self, host: &str, systemd: &systemd::UserSystemd) -> Agent {
+        let env = systemd.agent_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Agent::start(&self.host_dir(host).join("agent.toml"), host, &env)
     }
 
     /// Runs `gearmq --config DIR/orchestrator.toml <args>`.
@@ -244,17 +252,21 @@ pub struct Agent {
     _logdir: tempfile::TempDir,
     /// The host name.
     pub host: String,
+    config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
-    /// Spawns `gearmq-agent --config <config>` and waits for `agent ready`.
-    pub fn start(config: &Path, host: &str) -> Agent {
+    /// Spawns `gearmq-agent --config <config>` with extra `env` and waits for
+    /// `agent ready`.
+    pub fn start(config: &Path, host: &str, env: &[(&str, &str)]) -> Agent {
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("agent.log");
         let f = std::fs::File::create(&log).expect("log file");
         let child = Command::new(bin("gearmq-agent"))
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(f)
@@ -265,9 +277,28 @@ impl Agent {
             log,
             _logdir: logdir,
             host: host.to_string(),
+            config: PathBuf::new(),
+            env: Vec::new(),
         };
+        a.config = config.to_path_buf();
+        a.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         a.wait_ready(Duration::from_secs(30));
         a
+    }
+
+    /// Starts the agent again with the same config and environment (after a kill).
+    pub fn restart(&mut self) {
+        self.kill();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let next = Agent::start(&self.config.clone(), &self.host.clone(), &env);
+        *self = next;
     }
 
     fn wait_ready(&mut self, limit: Duration) {

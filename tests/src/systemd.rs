@@ -98,6 +98,18 @@ impl UserSystemd {
         self.home().join(".config").join("systemd").join("user")
     }
 
+    /// Environment that points an agent at this manager (config overrides).
+    pub fn agent_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("GEARMQ_AGENT__SYSTEMD__BUS", "user".to_string()),
+            ("GEARMQ_AGENT__SYSTEMD__ADDRESS", self.bus_address()),
+            (
+                "GEARMQ_AGENT__SYSTEMD__UNIT_DIR",
+                self.unit_dir().display().to_string(),
+            ),
+        ]
+    }
+
     /// A scratch directory inside this fixture (removed on drop).
     pub fn scratch(&self, name: &str) -> PathBuf {
         let p = self.root.path().join(name);
