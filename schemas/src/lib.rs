@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod actions;
+pub mod audit;
 pub mod codec;
 pub mod credential;
 pub mod envelope;

@@ -1,0 +1,465 @@
+//! Audit logs: hash-chained, writer-signed records of every request and reply.
+//!
+//! A log is a chain of [`AuditRecord`]s, each a [`Signed`](crate::Signed) envelope
+//! (context `gearmq/v1/audit`) by the log's writer: the orchestrator's operator key or
+//! a host key. Each record carries the SHA-256 of the previous record's envelope bytes,
+//! so a record cannot be edited, inserted, removed or reordered without the writer's
+//! key; the embedded requests and replies are the signed bytes as they crossed the
+//! wire, so an auditor re-checks every signature offline.
+//!
+//! On disk a file is a sequence of frames, each a `u32` big-endian length followed by
+//! that many envelope bytes (at most [`MAX_RECORD_BYTES`]). The first file of a chain
+//! starts with a [`Entry::Genesis`] record, each later file with an
+//! [`Entry::Rotation`] record chained to the last record of the file before it; the
+//! index keeps counting across files.
+//!
+//! [`AuditLog`] appends (locking, rotation, crash recovery); [`verify_log`] checks a
+//! chain offline; [`read_record`] decodes a record for display without judging it.
+
+mod verify;
+mod writer;
+
+pub use verify::{Broken, Problem, Summary, VerifyOptions, verify_log};
+pub use writer::{Appended, AuditError, AuditLog, AuditOptions, OnRepair, Repair, log_files};
+
+use crate::codec::{self, DecodeError};
+use crate::credential::{Credential, MAX_CREDENTIAL_BYTES};
+use crate::envelope::{Body, Context, IssuerSigned, Signed, decode_body};
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+/// Largest record (one `Signed` envelope, without its length prefix) in bytes.
+///
+/// Room for a writer credential and a request and its reply at the default message cap
+/// (256 KiB each), with margin; a writer refuses a bigger record, a verifier a bigger
+/// frame.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Most bytes of a rejected reply kept in its record, so a flood cannot fill the disk.
+pub const MAX_EXCERPT_BYTES: usize = 1024;
+
+/// Longest rejection reason (a stable label such as `forged`).
+pub const MAX_REASON_BYTES: usize = 64;
+
+/// Longest broker user name kept for a rejected reply.
+pub const MAX_BROKER_USER_BYTES: usize = 255;
+
+/// The body of an audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Always `"audit"`.
+    pub kind: String,
+    /// Protocol version.
+    pub version: u16,
+    /// Random, chosen at genesis and kept by every record of the chain (across files),
+    /// so records of two logs cannot be spliced together.
+    pub log_id: serde_bytes::ByteArray<16>,
+    /// Position in the chain: 0 for genesis, +1 per record, continuing across files.
+    pub index: u64,
+    /// SHA-256 of the previous record's envelope bytes; zeros for genesis.
+    pub prev: serde_bytes::ByteArray<32>,
+    /// When the record was written (ms since epoch, the writer's clock).
+    pub time: Millis,
+    /// What happened.
+    pub entry: Entry,
+}
+
+/// What an audit record says happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Entry {
+    /// The first record of a new chain (index 0, `prev` zeros).
+    Genesis {},
+    /// The first record of a continuation file after rotation.
+    Rotation {
+        /// SHA-256 of the last record of the previous file; equals the record's `prev`.
+        previous_file_head: serde_bytes::ByteArray<32>,
+    },
+    /// The orchestrator signed and published this request (logged before publishing).
+    RequestSent {
+        /// The signed request, exactly as published.
+        #[serde(with = "serde_bytes")]
+        request: Vec<u8>,
+    },
+    /// The orchestrator accepted this reply as a result.
+    ReplyAccepted {
+        /// The signed reply, exactly as received.
+        #[serde(with = "serde_bytes")]
+        reply: Vec<u8>,
+    },
+    /// The orchestrator received a reply and refused it.
+    ReplyRejected {
+        /// SHA-256 of the whole message as received.
+        digest: serde_bytes::ByteArray<32>,
+        /// The size of the whole message as received.
+        size: u64,
+        /// Why it was refused: a stable label (`forged`, `unknown_request`, …).
+        reason: String,
+        /// The AMQP `user_id` it carried (the broker-validated sender), if any.
+        broker_user: Option<String>,
+        /// The first bytes of the message, at most [`MAX_EXCERPT_BYTES`].
+        #[serde(with = "serde_bytes")]
+        excerpt: Vec<u8>,
+    },
+    /// An agent verified this request and executed or refused it, sending this reply.
+    RequestHandled {
+        /// The signed request, exactly as received.
+        #[serde(with = "serde_bytes")]
+        request: Vec<u8>,
+        /// The signed reply sent for it, if one was sent.
+        reply: Option<serde_bytes::ByteBuf>,
+    },
+}
+
+impl Entry {
+    /// A [`Entry::RequestSent`] for the signed request bytes.
+    pub fn request_sent(request: &[u8]) -> Entry {
+        Entry::RequestSent {
+            request: request.to_vec(),
+        }
+    }
+
+    /// A [`Entry::ReplyAccepted`] for the signed reply bytes.
+    pub fn reply_accepted(reply: &[u8]) -> Entry {
+        Entry::ReplyAccepted {
+            reply: reply.to_vec(),
+        }
+    }
+
+    /// A [`Entry::ReplyRejected`] for a refused message: keeps its digest, size and at
+    /// most [`MAX_EXCERPT_BYTES`] of it. Over-long `reason` and `broker_user` are cut
+    /// (at a character boundary) to their limits.
+    pub fn reply_rejected(message: &[u8], reason: &str, broker_user: Option<&str>) -> Entry {
+        Entry::ReplyRejected {
+            digest: serde_bytes::ByteArray::new(crate::sha256(message)),
+            size: message.len() as u64,
+            reason: cut(reason, MAX_REASON_BYTES).to_string(),
+            broker_user: broker_user.map(|u| cut(u, MAX_BROKER_USER_BYTES).to_string()),
+            excerpt: message[..message.len().min(MAX_EXCERPT_BYTES)].to_vec(),
+        }
+    }
+
+    /// A [`Entry::RequestHandled`] for the signed request and the signed reply sent.
+    pub fn request_handled(request: &[u8], reply: Option<&[u8]>) -> Entry {
+        Entry::RequestHandled {
+            request: request.to_vec(),
+            reply: reply.map(|r| serde_bytes::ByteBuf::from(r.to_vec())),
+        }
+    }
+
+    /// The entry's name on the wire (`genesis`, `request_sent`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Entry::Genesis {} => "genesis",
+            Entry::Rotation { .. } => "rotation",
+            Entry::RequestSent { .. } => "request_sent",
+            Entry::ReplyAccepted { .. } => "reply_accepted",
+            Entry::ReplyRejected { .. } => "reply_rejected",
+            Entry::RequestHandled { .. } => "request_handled",
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if let Entry::ReplyRejected {
+            digest,
+            size,
+            reason,
+            broker_user,
+            excerpt,
+        } = self
+        {
+            if excerpt.len() > MAX_EXCERPT_BYTES {
+                return Err(format!(
+                    "rejected reply excerpt is {} bytes, over the limit of {MAX_EXCERPT_BYTES}",
+                    excerpt.len()
+                ));
+            }
+            if (excerpt.len() as u64) > *size {
+                return Err("rejected reply excerpt is longer than the message".into());
+            }
+            if (excerpt.len() as u64) < *size && excerpt.len() < MAX_EXCERPT_BYTES {
+                return Err("rejected reply excerpt is shorter than it should be".into());
+            }
+            if (excerpt.len() as u64) == *size && crate::sha256(excerpt) != **digest {
+                return Err("rejected reply digest does not match the whole message".into());
+            }
+            if reason.is_empty()
+                || reason.len() > MAX_REASON_BYTES
+                || !reason
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+            {
+                return Err(format!(
+                    "rejection reason {reason:?} is not a label of [a-z0-9_]{{1,{MAX_REASON_BYTES}}}"
+                ));
+            }
+            if broker_user
+                .as_ref()
+                .is_some_and(|u| u.len() > MAX_BROKER_USER_BYTES)
+            {
+                return Err(format!("broker user is over {MAX_BROKER_USER_BYTES} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl Body for AuditRecord {
+    const CONTEXT: Context = Context::Audit;
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+    fn version(&self) -> u16 {
+        self.version
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.entry.validate()
+    }
+}
+
+impl AuditRecord {
+    /// A record with protocol fields filled in.
+    pub fn new(log_id: [u8; 16], index: u64, prev: [u8; 32], time: Millis, entry: Entry) -> Self {
+        AuditRecord {
+            kind: Context::Audit.kind().to_string(),
+            version: crate::VERSION,
+            log_id: serde_bytes::ByteArray::new(log_id),
+            index,
+            prev: serde_bytes::ByteArray::new(prev),
+            time,
+            entry,
+        }
+    }
+}
+
+/// A frame could not be read at `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The file ends inside a frame (a cut-off or torn tail).
+    #[error("the file ends inside a record at byte {offset} ({available} of {needed} bytes)")]
+    Truncated {
+        /// Where the frame starts.
+        offset: usize,
+        /// Bytes the frame needs (length prefix included).
+        needed: usize,
+        /// Bytes there are.
+        available: usize,
+    },
+    /// The length prefix is 0 or over [`MAX_RECORD_BYTES`].
+    #[error("record length {len} at byte {offset} is not in 1..={MAX_RECORD_BYTES}")]
+    BadLength {
+        /// Where the frame starts.
+        offset: usize,
+        /// The length read.
+        len: usize,
+    },
+}
+
+/// One length-prefixed record in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// Offset of the length prefix in the file.
+    pub offset: usize,
+    /// The record's envelope bytes.
+    pub bytes: &'a [u8],
+}
+
+/// Iterates over the frames of a log file; stops after the first error.
+#[derive(Debug, Clone)]
+pub struct Frames<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    done: bool,
+}
+
+/// The frames of a log file's bytes.
+pub fn frames(bytes: &[u8]) -> Frames<'_> {
+    Frames {
+        bytes,
+        pos: 0,
+        done: false,
+    }
+}
+
+impl<'a> Frames<'a> {
+    /// The offset just past the last frame returned.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Frame<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done || self.pos >= self.bytes.len() {
+            return None;
+        }
+        let offset = self.pos;
+        let rest = &self.bytes[offset..];
+        let fail = |this: &mut Self, e| {
+            this.done = true;
+            Some(Err(e))
+        };
+        let Some(prefix) = rest.first_chunk::<4>() else {
+            return fail(
+                self,
+                FrameError::Truncated {
+                    offset,
+                    needed: 4,
+                    available: rest.len(),
+                },
+            );
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len == 0 || len > MAX_RECORD_BYTES {
+            return fail(self, FrameError::BadLength { offset, len });
+        }
+        let Some(bytes) = rest.get(4..4 + len) else {
+            return fail(
+                self,
+                FrameError::Truncated {
+                    offset,
+                    needed: 4 + len,
+                    available: rest.len(),
+                },
+            );
+        };
+        self.pos = offset + 4 + len;
+        Some(Ok(Frame { offset, bytes }))
+    }
+}
+
+/// The length prefix and bytes of one record, as appended to a file.
+pub fn frame(record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + record.len());
+    // Records are bounded by MAX_RECORD_BYTES (< 4 GiB) before they get here.
+    out.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    out.extend_from_slice(record);
+    out
+}
+
+/// A record decoded for display, without any signature or chain checked.
+#[derive(Debug, Clone)]
+pub struct RecordView {
+    /// The record body.
+    pub record: AuditRecord,
+    /// The writer's credential as it claims to be (issuer signature not checked).
+    pub writer: Credential,
+    /// SHA-256 of the envelope bytes (what the next record's `prev` holds).
+    pub hash: [u8; 32],
+}
+
+/// Decodes a record's envelope, writer credential and body, checking none of the
+/// signatures: for `gearmq audit show` and for writers finding their tail. Only
+/// [`verify_log`] says whether a record is genuine.
+pub fn read_record(envelope: &[u8]) -> Result<RecordView, DecodeError> {
+    let (record, writer) = peek_signed::<AuditRecord>(envelope, MAX_RECORD_BYTES)?;
+    Ok(RecordView {
+        record,
+        writer,
+        hash: crate::sha256(envelope),
+    })
+}
+
+/// Decodes a signed message's body and its signer's credential, checking no
+/// signature: for displaying embedded requests and replies.
+pub fn peek_signed<B: Body>(bytes: &[u8], max: usize) -> Result<(B, Credential), DecodeError> {
+    let env = Signed::decode(bytes, max)?;
+    let cred_env: IssuerSigned =
+        codec::decode("credential envelope", &env.signer, MAX_CREDENTIAL_BYTES)?;
+    let writer = decode_body::<Credential>(&cred_env.body, MAX_CREDENTIAL_BYTES)?;
+    let body = decode_body::<B>(&env.body, max)?;
+    Ok((body, writer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_canonically() {
+        let entries = [
+            Entry::Genesis {},
+            Entry::Rotation {
+                previous_file_head: serde_bytes::ByteArray::new([7; 32]),
+            },
+            Entry::request_sent(b"req"),
+            Entry::reply_accepted(b"rep"),
+            Entry::reply_rejected(&[1; 2000], "forged", Some("web1")),
+            Entry::reply_rejected(b"short", "malformed", None),
+            Entry::request_handled(b"req", Some(b"rep")),
+            Entry::request_handled(b"req", None),
+        ];
+        for e in entries {
+            let r = AuditRecord::new([1; 16], 3, [2; 32], 1000, e);
+            let bytes = codec::encode(&r);
+            assert_eq!(
+                decode_body::<AuditRecord>(&bytes, MAX_RECORD_BYTES).unwrap(),
+                r
+            );
+        }
+    }
+
+    #[test]
+    fn genesis_is_a_one_entry_map_with_an_empty_map() {
+        let mut want = vec![0x81, 0xa7];
+        want.extend_from_slice(b"genesis");
+        want.push(0x80);
+        assert_eq!(codec::encode(&Entry::Genesis {}), want);
+    }
+
+    #[test]
+    fn rejected_excerpt_is_bounded_and_bound_to_its_digest() {
+        let Entry::ReplyRejected { excerpt, size, .. } =
+            Entry::reply_rejected(&[1; 2000], "forged", None)
+        else {
+            unreachable!()
+        };
+        assert_eq!((excerpt.len(), size), (MAX_EXCERPT_BYTES, 2000));
+        let bad = Entry::ReplyRejected {
+            digest: serde_bytes::ByteArray::new([0; 32]),
+            size: 3,
+            reason: "forged".into(),
+            broker_user: None,
+            excerpt: b"abc".to_vec(),
+        };
+        assert!(bad.validate().is_err());
+        assert!(
+            Entry::reply_rejected(b"x", "Not A Label", None)
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn frames_stop_at_a_torn_tail() {
+        let mut bytes = frame(b"one");
+        bytes.extend(frame(b"two"));
+        let whole = bytes.len();
+        bytes.extend(&frame(b"three")[..5]);
+        let got: Vec<_> = frames(&bytes).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1].as_ref().unwrap().bytes, b"two");
+        assert!(matches!(
+            got[2],
+            Err(FrameError::Truncated { offset, .. }) if offset == whole
+        ));
+        assert!(matches!(
+            frames(&[0, 0, 0, 0]).next(),
+            Some(Err(FrameError::BadLength { len: 0, .. }))
+        ));
+    }
+}

@@ -1,0 +1,773 @@
+//! Audit logs: writing one chain whoever writes, and catching every kind of tampering.
+//!
+//! No broker: the requests and replies are real signed messages built with the
+//! schemas API from fixed keys, as the orchestrator and the agents would log them.
+//! Records are dated 2026-01-01 and the operator credential lives 30 days, so every
+//! clean log here also proves that old logs verify after their credentials expire.
+
+use gearmq_schemas::audit::{
+    self, AuditLog, AuditOptions, AuditRecord, Broken, Entry, Problem, Summary, VerifyOptions,
+    frame, frames, log_files, verify_log,
+};
+use gearmq_schemas::credential::{Credential, Role};
+use gearmq_schemas::envelope::Signed;
+use gearmq_schemas::request::{LabelMatch, MatchOp, Request, Targets, reply_queue_name};
+use gearmq_schemas::time::{Millis, now_ms};
+use gearmq_schemas::{ActionName, Name, Reply, SigningKey, Status, TrustAnchors, sha256};
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const T0: Millis = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const DAY: Millis = 86_400_000;
+/// Every record in these tests is written one hour into the credentials' lives.
+const RECORD_TIME: Millis = T0 + 3_600_000;
+
+fn record_clock() -> Millis {
+    RECORD_TIME
+}
+
+fn issuer() -> SigningKey {
+    SigningKey::from_seed(&[1; 32])
+}
+fn web1_key() -> SigningKey {
+    SigningKey::from_seed(&[2; 32])
+}
+fn ops_key() -> SigningKey {
+    SigningKey::from_seed(&[3; 32])
+}
+fn db1_key() -> SigningKey {
+    SigningKey::from_seed(&[4; 32])
+}
+fn evil_key() -> SigningKey {
+    SigningKey::from_seed(&[9; 32])
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap()
+}
+
+fn host_credential(serial: u64, host: &str, key: &SigningKey, role_label: &str) -> Vec<u8> {
+    let mut c = Credential::new(
+        serial,
+        name(host),
+        Role::Host,
+        key.public_key(),
+        T0,
+        T0 + 365 * DAY,
+    );
+    c.labels.insert("role".into(), role_label.into());
+    c.issue(&issuer())
+}
+
+fn web1_credential() -> Vec<u8> {
+    host_credential(1, "web1", &web1_key(), "web")
+}
+fn db1_credential() -> Vec<u8> {
+    host_credential(4, "db1", &db1_key(), "db")
+}
+fn ops_credential() -> Vec<u8> {
+    let mut c = Credential::new(
+        2,
+        name("ops"),
+        Role::Operator,
+        ops_key().public_key(),
+        T0,
+        T0 + 30 * DAY,
+    );
+    c.actions.push(ActionName::new("ping").unwrap());
+    c.issue(&issuer())
+}
+
+fn anchors() -> TrustAnchors {
+    TrustAnchors::new(vec![issuer().public_key()])
+}
+
+fn options() -> AuditOptions {
+    AuditOptions {
+        clock: record_clock,
+        ..AuditOptions::default()
+    }
+}
+
+/// A ping signed by `ops` (or by `signer` with a delegation token).
+fn request(targets: Targets) -> (Vec<u8>, Request) {
+    let caller = name("ops");
+    let req = Request::new(
+        caller.clone(),
+        RECORD_TIME - 1000,
+        RECORD_TIME + 300_000,
+        targets,
+        reply_queue_name(&caller, "0001"),
+        ActionName::new("ping").unwrap(),
+        vec![0x80],
+    );
+    (Signed::seal(&req, &ops_key(), &ops_credential()), req)
+}
+
+fn reply(
+    req_bytes: &[u8],
+    req: &Request,
+    host: &str,
+    key: &SigningKey,
+    cred: &[u8],
+    status: Status,
+) -> Vec<u8> {
+    let body = Signed::decode(req_bytes, 1 << 20).unwrap().body;
+    let rep = Reply::new(
+        req.id,
+        sha256(&body),
+        name(host),
+        status,
+        RECORD_TIME,
+        RECORD_TIME + 2,
+    );
+    Signed::seal(&rep, key, cred)
+}
+
+fn hosts(names: &[&str]) -> Targets {
+    Targets::Hosts(names.iter().map(|n| name(n)).collect())
+}
+
+fn verify(files: &[(String, Vec<u8>)]) -> Result<Summary, Broken> {
+    verify_log(files, &anchors(), &VerifyOptions::default())
+}
+
+fn read_files(paths: &[PathBuf]) -> Vec<(String, Vec<u8>)> {
+    paths
+        .iter()
+        .map(|p| (p.display().to_string(), std::fs::read(p).unwrap()))
+        .collect()
+}
+
+fn one_file(path: &Path) -> Vec<(String, Vec<u8>)> {
+    read_files(&[path.to_path_buf()])
+}
+
+/// The orchestrator's log of two pings: requests, accepted replies and a forged reply.
+/// Records: 0 genesis, 1 sent, 2 accepted, 3 accepted, 4 rejected, 5 sent, 6 accepted.
+fn orchestrator_log(dir: &Path) -> PathBuf {
+    let path = dir.join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    let (r1, q1) = request(hosts(&["web1", "db1"]));
+    log.append(Entry::request_sent(&r1)).unwrap();
+    let ok1 = reply(
+        &r1,
+        &q1,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    let ok2 = reply(&r1, &q1, "db1", &db1_key(), &db1_credential(), Status::Ok);
+    log.append_batch(vec![
+        Entry::reply_accepted(&ok1),
+        Entry::reply_accepted(&ok2),
+    ])
+    .unwrap();
+    // web1's credential, someone else's key: the orchestrator refused it as forged.
+    let forged = reply(
+        &r1,
+        &q1,
+        "web1",
+        &evil_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    log.append(Entry::reply_rejected(&forged, "forged", Some("web1")))
+        .unwrap();
+    let (r2, q2) = request(Targets::Selector(vec![LabelMatch {
+        key: "role".into(),
+        op: MatchOp::Eq,
+        value: "web".into(),
+    }]));
+    log.append(Entry::request_sent(&r2)).unwrap();
+    let ok3 = reply(
+        &r2,
+        &q2,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    log.append(Entry::reply_accepted(&ok3)).unwrap();
+    path
+}
+
+/// web1's log: a ping executed, a delegated ping from db1, an unauthorized refusal.
+fn agent_log(dir: &Path) -> PathBuf {
+    let path = dir.join("agent-audit.log");
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+    let (r1, q1) = request(hosts(&["web1"]));
+    let ok = reply(
+        &r1,
+        &q1,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    log.append(Entry::request_handled(&r1, Some(&ok))).unwrap();
+    // db1 calls web1 under a delegation token (sealed to web1; opaque here).
+    let caller = name("db1");
+    let mut delegated = Request::new(
+        caller.clone(),
+        RECORD_TIME - 1000,
+        RECORD_TIME + 60_000,
+        hosts(&["web1"]),
+        reply_queue_name(&caller, "7"),
+        ActionName::new("ping").unwrap(),
+        vec![0x80],
+    );
+    delegated.token = Some(serde_bytes::ByteBuf::from(vec![1, 2, 3]));
+    let d = Signed::seal(&delegated, &db1_key(), &db1_credential());
+    let dr = reply(
+        &d,
+        &delegated,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    log.append(Entry::request_handled(&d, Some(&dr))).unwrap();
+    let (r3, q3) = request(hosts(&["web1"]));
+    let refused = reply(
+        &r3,
+        &q3,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Unauthorized,
+    );
+    log.append(Entry::request_handled(&r3, Some(&refused)))
+        .unwrap();
+    path
+}
+
+/// The frames of a file's bytes, as (offset, length with prefix).
+fn frame_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
+    frames(bytes)
+        .map(|f| {
+            let f = f.unwrap();
+            (f.offset, 4 + f.bytes.len())
+        })
+        .collect()
+}
+
+fn broken_at(result: Result<Summary, Broken>, record: u64) -> Broken {
+    let b = result.expect_err("verification should fail");
+    assert_eq!(b.record, record, "{b}");
+    b
+}
+
+#[test]
+fn clean_orchestrator_and_agent_logs_verify_after_credentials_expired() {
+    assert!(
+        now_ms() > T0 + 30 * DAY,
+        "the operator credential has expired"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = verify(&one_file(&orchestrator_log(dir.path()))).unwrap();
+    assert_eq!(
+        (
+            s.records,
+            s.requests_sent,
+            s.replies_accepted,
+            s.replies_rejected
+        ),
+        (7, 2, 3, 1)
+    );
+    assert_eq!((s.writer.as_str(), s.writer_role), ("ops", Role::Operator));
+
+    let s = verify(&one_file(&agent_log(dir.path()))).unwrap();
+    assert_eq!((s.records, s.requests_handled, s.handled_not_ok), (4, 3, 1));
+    assert_eq!(s.writer.as_str(), "web1");
+}
+
+#[test]
+fn every_flipped_byte_in_a_record_is_caught_at_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(orchestrator_log(dir.path())).unwrap();
+    let (start, len) = frame_spans(&bytes)[3];
+    for i in start..start + len {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        let broken = broken_at(verify(&[("audit.log".into(), b)]), 3);
+        assert_eq!(broken.file, "audit.log");
+    }
+}
+
+#[test]
+fn a_deleted_record_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(orchestrator_log(dir.path())).unwrap();
+    let (start, len) = frame_spans(&bytes)[2];
+    let mut b = bytes.clone();
+    b.drain(start..start + len);
+    let broken = broken_at(verify(&[("audit.log".into(), b)]), 2);
+    assert!(matches!(
+        broken.problem,
+        Problem::IndexMismatch {
+            expected: 2,
+            got: 3
+        }
+    ));
+}
+
+#[test]
+fn two_swapped_records_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(orchestrator_log(dir.path())).unwrap();
+    let spans = frame_spans(&bytes);
+    let (a, b) = (spans[4], spans[5]);
+    let mut swapped = bytes[..a.0].to_vec();
+    swapped.extend_from_slice(&bytes[b.0..b.0 + b.1]);
+    swapped.extend_from_slice(&bytes[a.0..a.0 + a.1]);
+    swapped.extend_from_slice(&bytes[b.0 + b.1..]);
+    broken_at(verify(&[("audit.log".into(), swapped)]), 4);
+}
+
+/// A record that chains correctly (right index, right prev hash) appended by someone
+/// without the writer's key.
+fn append_forged_record(bytes: &[u8], key: &SigningKey, credential: &[u8]) -> Vec<u8> {
+    let spans = frame_spans(bytes);
+    let (last_off, last_len) = *spans.last().unwrap();
+    let last = audit::read_record(&bytes[last_off + 4..last_off + last_len]).unwrap();
+    let (r, _) = request(hosts(&["web1"]));
+    let record = AuditRecord::new(
+        *last.record.log_id,
+        last.record.index + 1,
+        last.hash,
+        RECORD_TIME,
+        Entry::request_sent(&r),
+    );
+    let mut out = bytes.to_vec();
+    out.extend(frame(&Signed::seal(&record, key, credential)));
+    out
+}
+
+#[test]
+fn an_appended_record_with_the_right_hash_but_no_valid_writer_signature_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(orchestrator_log(dir.path())).unwrap();
+
+    // The writer's credential, another key.
+    let b = append_forged_record(&bytes, &evil_key(), &ops_credential());
+    let broken = broken_at(verify(&[("audit.log".into(), b)]), 7);
+    assert!(matches!(broken.problem, Problem::WriterSignature { .. }));
+
+    // A self-made credential from an untrusted issuer.
+    let fake = Credential::new(
+        2,
+        name("ops"),
+        Role::Operator,
+        evil_key().public_key(),
+        T0,
+        T0 + 30 * DAY,
+    )
+    .issue(&evil_key());
+    let b = append_forged_record(&bytes, &evil_key(), &fake);
+    let broken = broken_at(verify(&[("audit.log".into(), b)]), 7);
+    assert!(matches!(broken.problem, Problem::WriterCredential(_)));
+
+    // A real credential of another identity (a compromised host).
+    let b = append_forged_record(&bytes, &web1_key(), &web1_credential());
+    let broken = broken_at(verify(&[("audit.log".into(), b)]), 7);
+    assert!(matches!(broken.problem, Problem::WriterChanged { .. }));
+}
+
+#[test]
+fn a_truncated_tail_is_caught_with_expect_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(orchestrator_log(dir.path())).unwrap();
+    let head = verify(&[("audit.log".into(), bytes.clone())]).unwrap().head;
+    let (last_off, _) = *frame_spans(&bytes).last().unwrap();
+    let cut = bytes[..last_off].to_vec();
+
+    // Cutting whole records off the end is invisible without a head noted elsewhere.
+    assert_eq!(
+        verify(&[("audit.log".into(), cut.clone())])
+            .unwrap()
+            .records,
+        6
+    );
+    let opts = VerifyOptions {
+        expect_head: Some(head),
+        ..VerifyOptions::default()
+    };
+    let broken = verify_log(&[("audit.log", &cut)], &anchors(), &opts).unwrap_err();
+    assert_eq!(broken.record, 6, "{broken}");
+    assert!(matches!(broken.problem, Problem::HeadMismatch { .. }));
+    assert!(verify_log(&[("audit.log", &bytes)], &anchors(), &opts).is_ok());
+
+    // Cut inside a record: caught even without a head.
+    let torn = bytes[..bytes.len() - 10].to_vec();
+    let broken = broken_at(verify(&[("audit.log".into(), torn)]), 6);
+    assert!(matches!(broken.problem, Problem::Frame(_)));
+}
+
+#[test]
+fn an_accepted_reply_with_no_logged_request_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    let (r1, q1) = request(hosts(&["web1"]));
+    log.append(Entry::request_sent(&r1)).unwrap();
+    let (r2, q2) = request(hosts(&["web1"]));
+    let stray = reply(
+        &r2,
+        &q2,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    log.append(Entry::reply_accepted(&stray)).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 2);
+    assert!(matches!(broken.problem, Problem::UnknownRequest { .. }));
+
+    // Same id, other bytes: a digest mismatch.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    log.append(Entry::request_sent(&r1)).unwrap();
+    let mut other = q1.clone();
+    other.expires_at += 1;
+    let other_bytes = Signed::seal(&other, &ops_key(), &ops_credential());
+    let bound_elsewhere = reply(
+        &other_bytes,
+        &other,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    log.append(Entry::reply_accepted(&bound_elsewhere)).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 2);
+    assert!(matches!(broken.problem, Problem::DigestMismatch { .. }));
+
+    // A reply from a host the request did not target.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    log.append(Entry::request_sent(&r1)).unwrap();
+    let from_db1 = reply(&r1, &q1, "db1", &db1_key(), &db1_credential(), Status::Ok);
+    log.append(Entry::reply_accepted(&from_db1)).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 2);
+    assert!(matches!(broken.problem, Problem::NotATarget { .. }));
+}
+
+#[test]
+fn a_forged_reply_logged_as_accepted_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    let (r1, q1) = request(hosts(&["web1"]));
+    log.append(Entry::request_sent(&r1)).unwrap();
+    let forged = reply(
+        &r1,
+        &q1,
+        "web1",
+        &evil_key(),
+        &web1_credential(),
+        Status::Ok,
+    );
+    log.append(Entry::reply_accepted(&forged)).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 2);
+    assert!(matches!(
+        broken.problem,
+        Problem::Embedded { what: "reply", .. }
+    ));
+}
+
+#[test]
+fn a_handled_request_with_an_expired_credential_must_have_been_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.log");
+    let mut opts = options();
+    opts.clock = || T0 + 40 * DAY; // the operator credential ended at T0 + 30 days
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), opts).unwrap();
+    let (r, q) = request(hosts(&["web1"]));
+    let refused = reply(
+        &r,
+        &q,
+        "web1",
+        &web1_key(),
+        &web1_credential(),
+        Status::Expired,
+    );
+    log.append(Entry::request_handled(&r, Some(&refused)))
+        .unwrap();
+    assert_eq!(verify(&one_file(&path)).unwrap().handled_not_ok, 1);
+    let executed = reply(&r, &q, "web1", &web1_key(), &web1_credential(), Status::Ok);
+    log.append(Entry::request_handled(&r, Some(&executed)))
+        .unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 2);
+    assert!(matches!(broken.problem, Problem::ExpiredNotRefused { .. }));
+}
+
+#[test]
+fn a_writer_refuses_a_log_written_by_someone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = orchestrator_log(dir.path());
+    let err = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap_err();
+    assert!(err.to_string().contains("written by ops"), "{err}");
+    let err = AuditLog::open(&path, evil_key(), &ops_credential(), options()).unwrap_err();
+    assert!(
+        matches!(err, audit::AuditError::KeyMismatch { .. }),
+        "{err}"
+    );
+}
+
+fn rotated_log(dir: &Path) -> Vec<PathBuf> {
+    let path = dir.join("audit.log");
+    let opts = AuditOptions {
+        max_bytes: 4000,
+        ..options()
+    };
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), opts).unwrap();
+    for _ in 0..6 {
+        let (r, q) = request(hosts(&["web1"]));
+        log.append(Entry::request_sent(&r)).unwrap();
+        let ok = reply(&r, &q, "web1", &web1_key(), &web1_credential(), Status::Ok);
+        log.append(Entry::reply_accepted(&ok)).unwrap();
+    }
+    log_files(&path).unwrap()
+}
+
+#[test]
+fn rotation_chains_files_and_a_missing_middle_file_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = rotated_log(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    for f in &files {
+        assert!(std::fs::metadata(f).unwrap().len() <= 4000, "{f:?}");
+    }
+    let all = read_files(&files);
+    let s = verify(&all).unwrap();
+    assert_eq!(
+        (s.files, s.requests_sent, s.replies_accepted),
+        (files.len(), 6, 6)
+    );
+    // genesis + 12 entries + one rotation record per extra file
+    assert_eq!(s.records, 13 + (files.len() as u64 - 1));
+
+    let mut missing = all.clone();
+    missing.remove(1);
+    let broken = verify(&missing).unwrap_err();
+    assert_eq!(broken.file, all[2].0, "{broken}");
+    assert!(matches!(broken.problem, Problem::IndexMismatch { .. }));
+
+    let mut reordered = all.clone();
+    reordered.swap(1, 2);
+    assert_eq!(verify(&reordered).unwrap_err().file, all[2].0);
+
+    // The last file alone does not start a chain.
+    let broken = verify(&all[all.len() - 1..]).unwrap_err();
+    assert!(matches!(broken.problem, Problem::NoGenesis { .. }));
+}
+
+#[test]
+fn a_half_done_rotation_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = rotated_log(dir.path());
+    let live = files.last().unwrap().clone();
+    // As if the crash came after the old file was moved away, before the new one
+    // (already written and fsynced as <path>.tmp) was moved into place.
+    let tmp = dir.path().join("audit.log.tmp");
+    std::fs::rename(&live, &tmp).unwrap();
+    let mut log = AuditLog::open(&live, ops_key(), &ops_credential(), options()).unwrap();
+    assert!(!tmp.exists());
+    let (r, _) = request(hosts(&["web1"]));
+    log.append(Entry::request_sent(&r)).unwrap();
+    verify(&read_files(&log_files(&live).unwrap())).unwrap();
+
+    // The live file gone for good: no new chain that would fork the old one.
+    std::fs::remove_file(&live).unwrap();
+    let err = AuditLog::open(&live, ops_key(), &ops_credential(), options()).unwrap_err();
+    assert!(matches!(err, audit::AuditError::MissingLog { .. }), "{err}");
+}
+
+fn repairs_seen() -> (AuditOptions, Arc<Mutex<Vec<audit::Repair>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let mut opts = options();
+    opts.on_repair = Some(Arc::new(move |r: &audit::Repair| {
+        s.lock().unwrap().push(r.clone())
+    }));
+    (opts, seen)
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_on_open_and_the_chain_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = orchestrator_log(dir.path());
+    let good = std::fs::read(&path).unwrap();
+    let (r, _) = request(hosts(&["web1"]));
+    let next = append_forged_record(&good, &ops_key(), &ops_credential());
+    for torn_len in [2, 4, 40, next.len() - good.len() - 1] {
+        let torn = &next[good.len()..good.len() + torn_len];
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(torn);
+        std::fs::write(&path, &bytes).unwrap();
+        let (opts, seen) = repairs_seen();
+        let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), opts).unwrap();
+        let repairs = seen.lock().unwrap().clone();
+        assert_eq!(repairs.len(), 1, "torn at {torn_len}");
+        assert_eq!(repairs[0].offset, good.len() as u64);
+        assert_eq!(repairs[0].removed, torn_len as u64);
+        assert!(std::fs::read(&repairs[0].saved_to).unwrap().ends_with(torn));
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        log.append(Entry::request_sent(&r)).unwrap();
+        assert_eq!(verify(&one_file(&path)).unwrap().records, 8);
+    }
+
+    // A crash after the file grew but before its data landed leaves zeros.
+    let mut bytes = good.clone();
+    bytes.extend_from_slice(&[0; 700]);
+    std::fs::write(&path, &bytes).unwrap();
+    let (opts, seen) = repairs_seen();
+    AuditLog::open(&path, ops_key(), &ops_credential(), opts).unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(std::fs::read(&path).unwrap(), good);
+}
+
+#[test]
+fn a_corrupt_record_that_is_not_a_torn_tail_stops_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = orchestrator_log(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A length prefix in the middle made huge: not a crash artifact.
+    let (off, _) = frame_spans(&bytes)[3];
+    bytes[off] = 0x7f;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap_err();
+    assert!(matches!(err, audit::AuditError::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was cut");
+}
+
+const WRITERS: usize = 4;
+const PER_WRITER: usize = 25;
+
+#[test]
+fn writers_in_threads_interleave_into_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let threads: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let opts = AuditOptions {
+                    max_bytes: 20_000,
+                    ..options()
+                };
+                let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), opts).unwrap();
+                for _ in 0..PER_WRITER {
+                    let (r, _) = request(hosts(&["web1"]));
+                    log.append(Entry::request_sent(&r)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let files = log_files(&path).unwrap();
+    assert!(files.len() > 1, "rotation happened under contention");
+    let s = verify(&read_files(&files)).unwrap();
+    assert_eq!(s.requests_sent, (WRITERS * PER_WRITER) as u64);
+}
+
+/// Run by `writers_in_processes_interleave_into_one_chain` in child processes of this
+/// test binary; does nothing otherwise.
+#[test]
+fn child_writer() {
+    let Ok(path) = std::env::var("GEARMQ_AUDIT_CHILD_LOG") else {
+        return;
+    };
+    let opts = AuditOptions {
+        max_bytes: 20_000,
+        ..options()
+    };
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), opts).unwrap();
+    for i in 0..PER_WRITER {
+        let (r, _) = request(hosts(&["web1"]));
+        if i % 5 == 0 {
+            log.append_batch(vec![Entry::request_sent(&r), Entry::request_sent(&r)])
+                .unwrap();
+        } else {
+            log.append(Entry::request_sent(&r)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn writers_in_processes_interleave_into_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["--exact", "child_writer", "--test-threads=1"])
+                .env("GEARMQ_AUDIT_CHILD_LOG", &path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let files = log_files(&path).unwrap();
+    let s = verify(&read_files(&files)).unwrap();
+    // Every fifth append is a batch of two.
+    assert_eq!(
+        s.requests_sent,
+        (WRITERS * (PER_WRITER + PER_WRITER / 5)) as u64
+    );
+}
+
+fn clean_log_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::read(orchestrator_log(dir.path())).unwrap()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_bytes_never_panic_the_verifier(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = verify_log(&[("x", &bytes)], &anchors(), &VerifyOptions::default());
+        let _ = verify_log(&[("a", clean_log_bytes()), ("b", &bytes[..])], &anchors(), &VerifyOptions::default());
+    }
+
+    #[test]
+    fn random_frames_never_panic_the_verifier(records in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..8)) {
+        let mut bytes = Vec::new();
+        for r in &records {
+            bytes.extend(frame(r));
+        }
+        prop_assert!(verify_log(&[("x", &bytes)], &anchors(), &VerifyOptions::default()).is_err());
+    }
+
+    #[test]
+    fn any_altered_byte_of_a_clean_log_fails(i in any::<proptest::sample::Index>(), x in 1u8..) {
+        let mut bytes = clean_log_bytes().to_vec();
+        let i = i.index(bytes.len());
+        bytes[i] ^= x;
+        prop_assert!(verify_log(&[("x", &bytes)], &anchors(), &VerifyOptions::default()).is_err());
+    }
+
+    #[test]
+    fn a_clean_log_cut_anywhere_verifies_only_at_a_record_boundary(cut in any::<proptest::sample::Index>()) {
+        let bytes = clean_log_bytes();
+        let cut = cut.index(bytes.len());
+        let boundary = frame_spans(bytes).iter().any(|(off, _)| *off == cut);
+        let result = verify_log(&[("x", &bytes[..cut])], &anchors(), &VerifyOptions::default());
+        prop_assert_eq!(result.is_ok(), boundary && cut > 0);
+    }
+}
