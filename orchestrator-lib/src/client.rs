@@ -11,8 +11,8 @@ use gearmq_schemas::files::{FileError, load_credential, load_signing_key, load_t
 use gearmq_schemas::request::reply_queue_name;
 use gearmq_schemas::time::{duration_ms, now_ms};
 use gearmq_schemas::{
-    ActionName, CredentialVerifier, Name, Reply, Request, Role, SigningKey, Status, Targets,
-    TrustAnchors,
+    ActionName, CredentialVerifier, LabelMatch, Name, Reply, Request, Role, SigningKey, Status,
+    Targets, TrustAnchors,
 };
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -73,6 +73,43 @@ pub enum Selection {
     Hosts(Vec<Name>),
     /// Every host in the inventory.
     All,
+    /// Inventory hosts whose credential labels match every clause. The selector also
+    /// travels signed, so each agent checks for itself that it is a target.
+    Where(Vec<LabelMatch>),
+    /// Whoever answers a broadcast on the `all` route (for fleets without an
+    /// inventory). Enrolled hosts that stay silent are not listed; responders that are
+    /// not enrolled are rejected, never results.
+    Discover,
+}
+
+/// A selection resolved against the inventory: what is signed and who is asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The target spec inside the signed request.
+    pub signed: Targets,
+    /// Enrolled hosts the request is published to, in name order.
+    pub hosts: Vec<Name>,
+    /// Named hosts that are not enrolled (reported as `no_reply` at once).
+    pub unknown: Vec<Name>,
+    /// Broadcast on the `all` route instead of per host.
+    pub discover: bool,
+}
+
+impl Resolved {
+    /// The same request to only `hosts` (a batch or a limit): the signed spec names
+    /// exactly those hosts when it named hosts, and keeps a selector or `all` otherwise.
+    pub fn subset(&self, hosts: Vec<Name>) -> Resolved {
+        let signed = match &self.signed {
+            Targets::Hosts(_) => Targets::Hosts(hosts.clone()),
+            other => other.clone(),
+        };
+        Resolved {
+            signed,
+            hosts,
+            unknown: Vec::new(),
+            discover: self.discover,
+        }
+    }
 }
 
 /// What to ask.
@@ -326,28 +363,90 @@ impl Orchestrator {
     /// Signs the request once, publishes the same bytes to each target host's route and
     /// returns a [`Call`] that yields results as they arrive.
     pub async fn start(&self, spec: CallSpec) -> Result<Call, OrchestratorError> {
-        let started = Instant::now();
-        let mut results = BTreeMap::new();
-        let (signed_targets, wanted): (Targets, Vec<Name>) = match spec.selection {
+        let resolved = self.resolve(&spec.selection)?;
+        self.start_resolved(&resolved, spec.action, spec.args, spec.timeout)
+            .await
+    }
+
+    /// Resolves a selection against the inventory (no I/O).
+    pub fn resolve(&self, selection: &Selection) -> Result<Resolved, OrchestratorError> {
+        let mut unknown = Vec::new();
+        let (signed, hosts, discover) = match selection {
             Selection::Hosts(h) => {
-                let set: BTreeSet<Name> = h.into_iter().collect();
+                let set: BTreeSet<Name> = h.iter().cloned().collect();
                 if set.is_empty() {
                     return Err(OrchestratorError::Invalid("no target hosts given".into()));
                 }
                 let list: Vec<Name> = set.into_iter().collect();
-                (Targets::Hosts(list.clone()), list)
+                let mut known = Vec::new();
+                for n in &list {
+                    if self.inventory.get(n).is_some() {
+                        known.push(n.clone());
+                    } else {
+                        unknown.push(n.clone());
+                    }
+                }
+                (Targets::Hosts(list), known, false)
             }
-            Selection::All => (Targets::All, self.inventory.names()),
+            Selection::All => (Targets::All, self.inventory.names(), false),
+            Selection::Where(clauses) => {
+                let spec = Targets::Selector(clauses.clone());
+                // The same rules the agents apply to the signed request.
+                gearmq_schemas::codec::decode::<Targets>(
+                    "selector",
+                    &gearmq_schemas::codec::encode(&spec),
+                    64 * 1024,
+                )
+                .map_err(|e| OrchestratorError::Invalid(e.to_string()))?;
+                if let Targets::Selector(c) = &spec {
+                    for m in c {
+                        if m.op == gearmq_schemas::MatchOp::Regex {
+                            gearmq_schemas::request::compile_selector_regex(&m.value)
+                                .map_err(OrchestratorError::Invalid)?;
+                        }
+                    }
+                }
+                let hosts = self
+                    .inventory
+                    .hosts()
+                    .filter(|(n, h)| spec.includes(n, &h.credential.labels))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                (spec, hosts, false)
+            }
+            Selection::Discover => (Targets::All, self.inventory.names(), true),
         };
-        let mut targets = BTreeSet::new();
-        for h in wanted {
-            if self.inventory.get(&h).is_some() {
-                targets.insert(h);
-            } else {
-                let r = HostResult::no_reply(h.clone(), "unknown host: not in the inventory");
-                results.insert(h, r);
-            }
+        Ok(Resolved {
+            signed,
+            hosts,
+            unknown,
+            discover,
+        })
+    }
+
+    /// Signs and publishes a request for an already resolved selection (a batch, or a
+    /// limited subset).
+    pub async fn start_resolved(
+        &self,
+        resolved: &Resolved,
+        action: ActionName,
+        args: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Call, OrchestratorError> {
+        let spec = CallSpec {
+            selection: Selection::Discover,
+            action,
+            args,
+            timeout,
+        };
+        let started = Instant::now();
+        let mut results = BTreeMap::new();
+        for h in &resolved.unknown {
+            let r = HostResult::no_reply(h.clone(), "unknown host: not in the inventory");
+            results.insert(h.clone(), r);
         }
+        let signed_targets = resolved.signed.clone();
+        let targets: BTreeSet<Name> = resolved.hosts.iter().cloned().collect();
         let issued_at = now_ms();
         let mut request = Request::new(
             self.shared.name.clone(),
@@ -379,12 +478,20 @@ impl Orchestrator {
             .with_reply_to(self.reply_queue.as_str().into())
             .with_user_id(self.broker_user.as_str().into());
         let mut confirms = Vec::with_capacity(targets.len());
-        for host in &targets {
+        let routes: Vec<(Option<Name>, String)> = if resolved.discover {
+            vec![(None, "all".to_string())]
+        } else {
+            targets
+                .iter()
+                .map(|h| (Some(h.clone()), format!("host.{h}")))
+                .collect()
+        };
+        for (host, key) in routes {
             let c = self
                 .channel
                 .basic_publish(
                     REQUESTS_EXCHANGE.into(),
-                    format!("host.{host}").into(),
+                    key.as_str().into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
@@ -393,7 +500,7 @@ impl Orchestrator {
                     props.clone(),
                 )
                 .await;
-            confirms.push((host.clone(), c));
+            confirms.push((host, c));
         }
         for (host, c) in confirms {
             let outcome = match c {
@@ -402,14 +509,23 @@ impl Orchestrator {
             };
             let unroutable = match outcome {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => None,
-                Ok(Confirmation::Ack(Some(_))) => Some(format!(
-                    "not routable: no queue is bound for host.{host} (agent never started?)"
-                )),
+                Ok(Confirmation::Ack(Some(_))) => Some(match &host {
+                    Some(h) => format!(
+                        "not routable: no queue is bound for host.{h} (agent never started?)"
+                    ),
+                    None => "not routable: no host queue is bound to the all route".into(),
+                }),
                 Ok(Confirmation::Nack(_)) => Some("the broker refused the request".to_string()),
                 Err(e) => Some(format!("publish failed: {e}")),
             };
-            if let Some(reason) = unroutable {
-                results.insert(host.clone(), HostResult::no_reply(host, reason));
+            match (unroutable, host) {
+                (Some(reason), Some(h)) => {
+                    results.insert(h.clone(), HostResult::no_reply(h, reason));
+                }
+                (Some(reason), None) => {
+                    tracing::warn!(%reason, "discovery broadcast not delivered")
+                }
+                (None, _) => {}
             }
         }
         let waiting: BTreeSet<Name> = targets
@@ -429,6 +545,7 @@ impl Orchestrator {
             waiting,
             pending_results: Vec::new(),
             done: false,
+            discover: resolved.discover,
         })
     }
 
@@ -525,6 +642,7 @@ pub struct Call {
     waiting: BTreeSet<Name>,
     pending_results: Vec<HostResult>,
     done: bool,
+    discover: bool,
 }
 
 impl Call {
@@ -554,7 +672,8 @@ impl Call {
         if let Some(r) = self.pending_results.pop() {
             return Some(Progress::Host(r));
         }
-        if self.done || self.waiting.is_empty() {
+        // A discovery never knows who else may answer: it runs to its deadline.
+        if self.done || (self.waiting.is_empty() && !self.discover) {
             self.done = true;
             return None;
         }
@@ -602,8 +721,11 @@ impl Call {
         let rejected = self.end();
         let mut results: Vec<HostResult> =
             std::mem::take(&mut self.results).into_values().collect();
-        for h in std::mem::take(&mut self.waiting) {
-            results.push(HostResult::no_reply(h, "no reply before the deadline"));
+        // In a discovery, silent hosts were never targets; otherwise they are no_reply.
+        if !self.discover {
+            for h in std::mem::take(&mut self.waiting) {
+                results.push(HostResult::no_reply(h, "no reply before the deadline"));
+            }
         }
         CallResult::new(
             self.id,

@@ -37,8 +37,8 @@ pub mod correlate;
 pub mod inventory;
 pub mod outcome;
 
-pub use client::{Call, CallSpec, Orchestrator, OrchestratorError, Progress, Selection};
+pub use client::{Call, CallSpec, Orchestrator, OrchestratorError, Progress, Resolved, Selection};
 pub use config::OrchestratorConfig;
 pub use correlate::Rejection;
 pub use inventory::Inventory;
-pub use outcome::{CallResult, HostResult, HostStatus, Summary};
+pub use outcome::{Batch, CallResult, HostResult, HostStatus, Summary};

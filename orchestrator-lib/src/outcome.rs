@@ -77,6 +77,17 @@ pub struct CallResult {
     pub results: Vec<HostResult>,
     /// Counts.
     pub summary: Summary,
+    /// The requests this result gathers, in the order they were sent (one per batch).
+    pub batches: Vec<Batch>,
+}
+
+/// One request of a (possibly batched) call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Batch {
+    /// Its id.
+    pub request_id: Uuid,
+    /// The hosts it was published to, in name order.
+    pub hosts: Vec<String>,
 }
 
 impl CallResult {
@@ -98,11 +109,16 @@ impl CallResult {
             rejected,
             elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         };
+        let batches = vec![Batch {
+            request_id,
+            hosts: results.iter().map(|r| r.host.to_string()).collect(),
+        }];
         CallResult {
             request_id,
             action,
             results,
             summary,
+            batches,
         }
     }
 
@@ -134,6 +150,7 @@ impl CallResult {
             "action": self.action.as_str(),
             "results": results,
             "summary": self.summary,
+            "batches": self.batches,
         })
     }
 }
@@ -142,4 +159,47 @@ impl CallResult {
 pub fn data_to_json(data: &[u8]) -> serde_json::Value {
     rmp_serde::from_slice::<serde_json::Value>(data)
         .unwrap_or_else(|_| serde_json::Value::String(hex::encode(data)))
+}
+
+impl CallResult {
+    /// Joins the result of a later batch into this one (results, counts, time).
+    pub fn merge(mut self, other: CallResult) -> CallResult {
+        let elapsed = self.summary.elapsed_ms + other.summary.elapsed_ms;
+        let mut rejected = std::mem::take(&mut self.summary.rejected);
+        for (k, v) in other.summary.rejected {
+            *rejected.entry(k).or_default() += v;
+        }
+        self.results.extend(other.results);
+        let mut batches = std::mem::take(&mut self.batches);
+        batches.extend(other.batches);
+        let mut merged = CallResult::new(
+            self.request_id,
+            self.action,
+            self.results,
+            rejected,
+            Duration::ZERO,
+        );
+        merged.summary.elapsed_ms = elapsed;
+        merged.batches = batches;
+        merged
+    }
+
+    /// Lists `hosts` as not asked (`no_reply` with `reason`), e.g. batches skipped
+    /// after a failure.
+    pub fn skip(&mut self, hosts: Vec<Name>, reason: &str) {
+        let rejected = std::mem::take(&mut self.summary.rejected);
+        let elapsed = self.summary.elapsed_ms;
+        let mut results = std::mem::take(&mut self.results);
+        let batches = std::mem::take(&mut self.batches);
+        results.extend(hosts.into_iter().map(|h| HostResult::no_reply(h, reason)));
+        *self = CallResult::new(
+            self.request_id,
+            self.action.clone(),
+            results,
+            rejected,
+            Duration::ZERO,
+        );
+        self.summary.elapsed_ms = elapsed;
+        self.batches = batches;
+    }
 }

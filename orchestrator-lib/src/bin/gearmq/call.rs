@@ -4,24 +4,87 @@ use crate::render;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gearmq_orchestrator::{
-    CallResult, CallSpec, HostResult, Orchestrator, OrchestratorConfig, Selection,
+    CallResult, HostResult, HostStatus, Orchestrator, OrchestratorConfig, Progress, Selection,
 };
 use gearmq_schemas::actions::{self, PingResult};
 use gearmq_schemas::{ActionName, Name, codec};
+use gearmq_schemas::{LabelMatch, MatchOp};
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Which hosts a command is for.
+/// Which hosts a command is for, and how to roll through them.
 #[derive(Args, Debug, Clone)]
-#[group(required = true, multiple = false)]
 pub struct TargetArgs {
     /// Hosts by name, comma-separated: --host web1,web2.
-    #[arg(long = "host", value_delimiter = ',', value_name = "NAME")]
+    #[arg(
+        long = "host",
+        value_delimiter = ',',
+        value_name = "NAME",
+        group = "target"
+    )]
     hosts: Vec<String>,
     /// Every host in the inventory.
-    #[arg(long)]
+    #[arg(long, group = "target")]
     all: bool,
+    /// Hosts whose labels match (repeatable; all must hold): KEY=VALUE, KEY!=VALUE,
+    /// KEY~REGEX (whole value).
+    #[arg(long = "where", value_name = "EXPR", group = "target")]
+    wheres: Vec<String>,
+    /// Whoever answers a broadcast (for fleets without an inventory here).
+    #[arg(long, group = "target")]
+    discover: bool,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+/// Limits and batches for acting on many hosts.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RolloutArgs {
+    /// Only N of the selected hosts: the first N by name, or N at random with --seed.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Seed for a random --limit (the same seed picks the same hosts).
+    #[arg(long, requires = "limit")]
+    pub seed: Option<u64>,
+    /// Act on N hosts at a time, in name order (a rolling change).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Pause between batches.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "batch")]
+    pub batch_sleep: Option<Duration>,
+    /// Stop after the first batch with a failed or silent host.
+    #[arg(long, requires = "batch")]
+    pub fail_fast: bool,
+}
+
+/// Parses `KEY=VALUE`, `KEY!=VALUE` or `KEY~REGEX`.
+pub fn parse_where(e: &str) -> Result<LabelMatch> {
+    let at = e
+        .find(['=', '!', '~'])
+        .with_context(|| format!("--where {e:?} is not KEY=VALUE, KEY!=VALUE or KEY~REGEX"))?;
+    let (key, rest) = e.split_at(at);
+    let (op, value) = if let Some(v) = rest.strip_prefix("!=") {
+        (MatchOp::Ne, v)
+    } else if let Some(v) = rest.strip_prefix('=') {
+        (MatchOp::Eq, v)
+    } else if let Some(v) = rest.strip_prefix('~') {
+        (MatchOp::Regex, v)
+    } else {
+        bail!("--where {e:?} is not KEY=VALUE, KEY!=VALUE or KEY~REGEX");
+    };
+    gearmq_schemas::names::check_label_key(key)?;
+    if op == MatchOp::Regex {
+        gearmq_schemas::request::compile_selector_regex(value).map_err(anyhow::Error::msg)?;
+    } else {
+        gearmq_schemas::names::check_label_value(value)?;
+    }
+    Ok(LabelMatch {
+        key: key.to_string(),
+        op,
+        value: value.to_string(),
+    })
 }
 
 impl TargetArgs {
@@ -30,20 +93,46 @@ impl TargetArgs {
         if self.all {
             return Ok(Selection::All);
         }
+        if self.discover {
+            return Ok(Selection::Discover);
+        }
+        if !self.wheres.is_empty() {
+            let clauses = self
+                .wheres
+                .iter()
+                .map(|w| parse_where(w))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Selection::Where(clauses));
+        }
+        if self.hosts.is_empty() {
+            bail!("say which hosts: --host a,b, --all, --where KEY=VALUE or --discover");
+        }
         hosts_selection(&self.hosts.join(","))
     }
 }
 
-/// Parses a comma-separated host list (`web1,web2`) into a selection.
+/// Parses the HOSTS argument of unit commands: host names (`web1,web2`), `@all` for
+/// every enrolled host, or label clauses (`role=web,zone~eu-.*`). Host names can hold
+/// none of `@ = ! ~`, so the forms never collide.
 pub fn hosts_selection(list: &str) -> Result<Selection> {
-    let names = list
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|h| Name::new(h).with_context(|| "in the host list".to_string()))
-        .collect::<Result<Vec<_>>>()?;
-    if names.is_empty() {
+    let items: Vec<&str> = list.split(',').filter(|s| !s.is_empty()).collect();
+    if items.is_empty() {
         bail!("no host named");
     }
+    if items == ["@all"] {
+        return Ok(Selection::All);
+    }
+    if items.iter().all(|i| i.contains(['=', '!', '~'])) {
+        let clauses = items
+            .iter()
+            .map(|w| parse_where(w))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Selection::Where(clauses));
+    }
+    let names = items
+        .iter()
+        .map(|h| Name::new(*h).with_context(|| "in the host list".to_string()))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Selection::Hosts(names))
 }
 
@@ -56,6 +145,34 @@ pub struct CallOpts {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Which hosts the table shows (the summary always counts all).
+    #[arg(long, value_enum, default_value = "all")]
+    pub display: Display,
+}
+
+/// `--display`, as in Choria.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Display {
+    /// Only hosts that answered ok.
+    Ok,
+    /// Only hosts that failed or did not reply.
+    Failed,
+    /// Every host.
+    All,
+    /// No rows, only the summary.
+    None,
+}
+
+impl Display {
+    /// Whether a row for `r` is shown.
+    pub fn shows(self, r: &HostResult) -> bool {
+        match self {
+            Display::All => true,
+            Display::None => false,
+            Display::Ok => r.status == HostStatus::Ok,
+            Display::Failed => r.status != HostStatus::Ok,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -74,8 +191,8 @@ pub trait View {
     }
 
     /// The whole human output; by default a row per host and the summary.
-    fn print_human(&self, result: &CallResult) {
-        render::print_human(result, |r| self.detail(r));
+    fn print_human(&self, result: &CallResult, display: Display) {
+        render::print_human(result, display, |r| self.detail(r));
     }
 }
 
@@ -85,6 +202,7 @@ pub struct Invocation {
     pub action: &'static str,
     pub args: Vec<u8>,
     pub opts: CallOpts,
+    pub rollout: RolloutArgs,
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -128,21 +246,92 @@ pub fn exit_code(result: &CallResult) -> ExitCode {
     }
 }
 
-/// Connects, runs one call, prints it, and maps the outcome to an exit code.
+/// Picks `n` of `hosts`: the first n, or n at random from `seed`.
+pub fn limit_hosts(mut hosts: Vec<Name>, n: usize, seed: Option<u64>) -> Vec<Name> {
+    if let Some(seed) = seed {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        hosts.shuffle(&mut rng);
+        hosts.truncate(n);
+        hosts.sort();
+    } else {
+        hosts.truncate(n);
+    }
+    hosts
+}
+
+/// Connects, runs the call (in batches if asked), prints it, and maps the outcome to
+/// an exit code.
 pub fn run(config_path: &Path, inv: Invocation, view: &dyn View) -> Result<ExitCode> {
     let config = OrchestratorConfig::load(config_path)?;
     let timeout = inv.opts.timeout.unwrap_or(config.defaults.timeout);
+    let show_progress = !inv.opts.json && std::io::stderr().is_terminal();
     let rt = runtime()?;
     let result: CallResult = rt.block_on(async {
         let orch = connect(&config, &inv.selection).await?;
-        let mut result = orch
-            .request(CallSpec {
-                selection: inv.selection,
-                action: ActionName::new(inv.action)?,
-                args: inv.args,
-                timeout,
-            })
-            .await?;
+        let mut resolved = orch.resolve(&inv.selection)?;
+        if let Some(n) = inv.rollout.limit {
+            resolved = resolved.subset(limit_hosts(resolved.hosts.clone(), n, inv.rollout.seed));
+        }
+        if resolved.hosts.is_empty() && resolved.unknown.is_empty() {
+            bail!("no enrolled host matches the selection");
+        }
+        let batch = inv.rollout.batch.unwrap_or(usize::MAX).max(1);
+        let chunks: Vec<Vec<Name>> = if resolved.discover {
+            vec![resolved.hosts.clone()]
+        } else {
+            resolved.hosts.chunks(batch).map(|c| c.to_vec()).collect()
+        };
+        let action = ActionName::new(inv.action)?;
+        let mut merged: Option<CallResult> = None;
+        let total = resolved.hosts.len() + resolved.unknown.len();
+        let bar = show_progress.then(|| progress_bar(total as u64, inv.action));
+        for (i, hosts) in chunks.iter().enumerate() {
+            if let (true, Some(pause)) = (i > 0, inv.rollout.batch_sleep) {
+                tokio::time::sleep(pause).await;
+            }
+            let mut part = resolved.subset(hosts.clone());
+            if i == 0 {
+                part.unknown = resolved.unknown.clone();
+            }
+            let mut call = orch
+                .start_resolved(&part, action.clone(), inv.args.clone(), timeout)
+                .await?;
+            if let Some(b) = &bar {
+                b.inc(call.results().count() as u64);
+            }
+            while let Some(p) = call.next().await {
+                if let (Some(b), Progress::Host(_)) = (&bar, &p) {
+                    b.inc(1);
+                }
+            }
+            let r = call.finish().await;
+            let failed = !r.all_ok();
+            if inv.rollout.batch.is_some() {
+                tracing::info!(
+                    batch = i + 1,
+                    of = chunks.len(),
+                    ok = r.summary.ok,
+                    "batch done"
+                );
+            }
+            merged = Some(match merged.take() {
+                None => r,
+                Some(m) => m.merge(r),
+            });
+            if failed && inv.rollout.fail_fast && i + 1 < chunks.len() {
+                let skipped: Vec<Name> = chunks[i + 1..].iter().flatten().cloned().collect();
+                if let Some(m) = merged.as_mut() {
+                    m.skip(skipped, "not run: an earlier batch failed (--fail-fast)");
+                }
+                break;
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let mut result = merged.context("no batch ran")?;
         merge_rejections(&mut result, &orch);
         orch.close().await;
         Ok::<_, anyhow::Error>(result)
@@ -150,9 +339,19 @@ pub fn run(config_path: &Path, inv: Invocation, view: &dyn View) -> Result<ExitC
     if inv.opts.json {
         render::print_json(&result);
     } else {
-        view.print_human(&result);
+        view.print_human(&result, inv.opts.display);
     }
     Ok(exit_code(&result))
+}
+
+fn progress_bar(total: u64, action: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} replies {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(action.to_string());
+    bar
 }
 
 struct PingView;
@@ -181,6 +380,7 @@ pub fn ping(config: &Path, a: PingCmd) -> Result<ExitCode> {
             action: "ping",
             args: codec::encode(&actions::PingArgs {}),
             opts: a.opts,
+            rollout: a.targets.rollout.clone(),
         },
         &PingView,
     )

@@ -15,8 +15,12 @@ pub fn ms(ms: f64) -> String {
 
 /// Prints the result as a table, failures first, then rejections and a summary.
 /// `detail` turns a host's ok data into a short text.
-pub fn print_human(result: &CallResult, detail: impl Fn(&HostResult) -> String) {
-    let mut rows: Vec<&HostResult> = result.results.iter().collect();
+pub fn print_human(
+    result: &CallResult,
+    display: crate::call::Display,
+    detail: impl Fn(&HostResult) -> String,
+) {
+    let mut rows: Vec<&HostResult> = result.results.iter().filter(|r| display.shows(r)).collect();
     rows.sort_by_key(|r| {
         (
             match r.status {
@@ -33,7 +37,9 @@ pub fn print_human(result: &CallResult, detail: impl Fn(&HostResult) -> String) 
         .max()
         .unwrap_or(4)
         .max(4);
-    println!("{:width$}  {:<9} {:>8}  DETAIL", "HOST", "STATUS", "TIME");
+    if !rows.is_empty() {
+        println!("{:width$}  {:<9} {:>8}  DETAIL", "HOST", "STATUS", "TIME");
+    }
     for r in rows {
         let (status, text) = match r.status {
             HostStatus::Ok => ("ok".to_string(), detail(r)),

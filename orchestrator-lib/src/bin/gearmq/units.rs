@@ -1,6 +1,8 @@
 //! `gearmq install|start|stop|restart|delete|status|list|logs|facts`: units on hosts.
 
-use crate::call::{self, CallOpts, Invocation, TargetArgs, View, hosts_selection};
+use crate::call::{
+    self, CallOpts, Display, Invocation, RolloutArgs, TargetArgs, View, hosts_selection,
+};
 use crate::render;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
@@ -29,7 +31,7 @@ pub enum Restart {
 
 #[derive(Args)]
 pub struct InstallCmd {
-    /// Host or hosts, comma-separated: web1,web2.
+    /// Hosts: web1,web2 | @all | label clauses like role=web,zone~eu-.*
     hosts: String,
     /// Unit name: [a-z0-9][a-z0-9_.-]{0,62}; the file is gearmq-<unit>.service.
     unit: String,
@@ -62,26 +64,32 @@ pub struct InstallCmd {
     start: bool,
     #[command(flatten)]
     opts: CallOpts,
+    #[command(flatten)]
+    rollout: RolloutArgs,
 }
 
 #[derive(Args)]
 pub struct UnitCmd {
-    /// Host or hosts, comma-separated: web1,web2.
+    /// Hosts: web1,web2 | @all | label clauses like role=web,zone~eu-.*
     hosts: String,
     /// Unit name.
     unit: String,
     #[command(flatten)]
     opts: CallOpts,
+    #[command(flatten)]
+    rollout: RolloutArgs,
 }
 
 #[derive(Args)]
 pub struct StatusCmd {
-    /// Host or hosts, comma-separated: web1,web2.
+    /// Hosts: web1,web2 | @all | label clauses like role=web,zone~eu-.*
     hosts: String,
     /// Unit name; every managed unit if omitted.
     unit: Option<String>,
     #[command(flatten)]
     opts: CallOpts,
+    #[command(flatten)]
+    rollout: RolloutArgs,
 }
 
 #[derive(Args)]
@@ -222,6 +230,7 @@ pub fn install(config: &Path, a: InstallCmd) -> Result<ExitCode> {
         action: "install",
         args,
         opts: a.opts,
+        rollout: a.rollout,
     };
     call::run(config, inv, &ChangeView)
 }
@@ -235,6 +244,7 @@ pub fn unit_action(config: &Path, action: &'static str, a: UnitCmd) -> Result<Ex
         action,
         args,
         opts: a.opts,
+        rollout: a.rollout,
     };
     call::run(config, inv, &ChangeView)
 }
@@ -270,10 +280,10 @@ fn fmt_since(ms: Option<u64>) -> String {
 struct UnitsView;
 
 impl View for UnitsView {
-    fn print_human(&self, result: &CallResult) {
+    fn print_human(&self, result: &CallResult, display: Display) {
         let mut rows: Vec<[String; 9]> = Vec::new();
         let mut problems: Vec<&HostResult> = Vec::new();
-        for r in &result.results {
+        for r in result.results.iter().filter(|r| display.shows(r)) {
             if r.status != HostStatus::Ok {
                 problems.push(r);
                 continue;
@@ -334,6 +344,7 @@ pub fn status(config: &Path, a: StatusCmd) -> Result<ExitCode> {
         action: "status",
         args: codec::encode(&StatusArgs { unit }),
         opts: a.opts,
+        rollout: a.rollout,
     };
     call::run(config, inv, &UnitsView)
 }
@@ -343,6 +354,7 @@ pub fn list(config: &Path, a: ListCmd) -> Result<ExitCode> {
         selection: a.targets.selection()?,
         action: "list",
         args: codec::encode(&ListArgs {}),
+        rollout: a.targets.rollout.clone(),
         opts: a.opts,
     };
     call::run(config, inv, &UnitsView)
@@ -351,9 +363,9 @@ pub fn list(config: &Path, a: ListCmd) -> Result<ExitCode> {
 struct FactsView;
 
 impl View for FactsView {
-    fn print_human(&self, result: &CallResult) {
+    fn print_human(&self, result: &CallResult, display: Display) {
         let mut rows = Vec::new();
-        for r in &result.results {
+        for r in result.results.iter().filter(|r| display.shows(r)) {
             if r.status != HostStatus::Ok {
                 render::print_problem(r);
                 continue;
@@ -403,6 +415,7 @@ pub fn facts(config: &Path, a: ListCmd) -> Result<ExitCode> {
         selection: a.targets.selection()?,
         action: "facts",
         args: codec::encode(&FactsArgs {}),
+        rollout: a.targets.rollout.clone(),
         opts: a.opts,
     };
     call::run(config, inv, &FactsView)

@@ -1,0 +1,243 @@
+//! Targeting many hosts: label selectors, discovery, limits and rolling batches.
+
+use gearmq_orchestrator::{Orchestrator, Selection};
+use gearmq_schemas::{ActionName, LabelMatch, MatchOp, Name, actions::PingArgs, codec};
+use gearmq_tests::{Fleet, run_cli};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Re-enrolls `host` with `labels` (before its agent starts).
+fn label(fleet: &Fleet, host: &str, labels: &[&str]) {
+    let d = fleet.host_dir(host);
+    let mut args = vec![
+        "enroll".to_string(),
+        "host".into(),
+        host.into(),
+        "--pubkey".into(),
+        d.join("host.pub").display().to_string(),
+        "--issuer-key".into(),
+        fleet.path().join("issuer.key").display().to_string(),
+        "--out".into(),
+        d.join("host.cred").display().to_string(),
+        "--force".into(),
+    ];
+    for l in labels {
+        args.push("--label".into());
+        args.push(l.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_cli(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+fn hosts_of(doc: &Value) -> Vec<String> {
+    doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["host"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn where_selector_reaches_exactly_the_labelled_hosts() {
+    let fleet = Fleet::init("where", &["w1", "w2", "d1"]);
+    label(&fleet, "w1", &["role=web", "zone=eu-1"]);
+    label(&fleet, "w2", &["role=web", "zone=us-1"]);
+    label(&fleet, "d1", &["role=db", "zone=eu-2"]);
+    let _agents: Vec<_> = fleet.hosts.iter().map(|h| fleet.start_agent(h)).collect();
+
+    let out = fleet.cli(&["ping", "--where", "role=web", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = out.json();
+    assert_eq!(hosts_of(&doc), ["w1", "w2"]);
+    assert_eq!(
+        doc["summary"]["no_reply"], 0,
+        "non-matching hosts are never missing"
+    );
+
+    let out = fleet.cli(&[
+        "ping",
+        "--where",
+        "zone~eu-.*",
+        "--where",
+        "role!=web",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(hosts_of(&out.json()), ["d1"]);
+
+    let none = fleet.cli(&["ping", "--where", "role=cache"]);
+    assert_eq!(none.code, 2);
+    assert!(
+        none.stderr.contains("no enrolled host matches"),
+        "{}",
+        none.stderr
+    );
+    let bad = fleet.cli(&["ping", "--where", "zone~eu)|(x"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_matching_host_that_receives_a_selector_request_ignores_it() {
+    let fleet = Fleet::init("wherestray", &["w1", "d1"]);
+    label(&fleet, "w1", &["role=web"]);
+    label(&fleet, "d1", &["role=db"]);
+    let _w1 = fleet.start_agent("w1");
+    let mut d1 = fleet.start_agent("d1");
+    let orch = Orchestrator::connect(&fleet.orchestrator_config())
+        .await
+        .unwrap();
+    let resolved = orch
+        .resolve(&Selection::Where(vec![LabelMatch {
+            key: "role".into(),
+            op: MatchOp::Eq,
+            value: "web".into(),
+        }]))
+        .unwrap();
+    assert_eq!(resolved.hosts, [Name::new("w1").unwrap()]);
+    // Publish the signed role=web request to d1's queue as well (a misrouted copy).
+    let both = resolved.subset(vec![Name::new("d1").unwrap(), Name::new("w1").unwrap()]);
+    let r = orch
+        .start_resolved(
+            &both,
+            ActionName::new("ping").unwrap(),
+            codec::encode(&PingArgs {}),
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap()
+        .finish()
+        .await;
+    let d1_result = r.results.iter().find(|x| x.host.as_str() == "d1").unwrap();
+    assert_eq!(d1_result.status, gearmq_orchestrator::HostStatus::NoReply);
+    let w1_result = r.results.iter().find(|x| x.host.as_str() == "w1").unwrap();
+    assert_eq!(w1_result.status, gearmq_orchestrator::HostStatus::Ok);
+    assert!(orch.rejections().is_empty(), "{:?}", orch.rejections());
+    orch.close().await;
+    // d1 acked it silently as not a target (its counters, logged at shutdown).
+    assert_eq!(d1.terminate(), Some(0));
+    assert!(d1.log_text().contains("not_target=1"), "{}", d1.log_text());
+}
+
+#[test]
+fn batch_of_two_over_five_hosts_runs_three_batches_in_order() {
+    let names = ["h1", "h2", "h3", "h4", "h5"];
+    let fleet = Fleet::init("batch", &names);
+    let _agents: Vec<_> = names.iter().map(|h| fleet.start_agent(h)).collect();
+    let out = fleet.cli(&["ping", "--all", "--batch", "2", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = out.json();
+    let batches: Vec<Vec<String>> = doc["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            b["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        batches,
+        vec![vec!["h1", "h2"], vec!["h3", "h4"], vec!["h5"]]
+    );
+    // Request ids are UUIDv7: later batches were signed later.
+    let ids: Vec<&str> = doc["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["request_id"].as_str().unwrap())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    assert_eq!(doc["summary"]["ok"], 5);
+}
+
+#[test]
+fn fail_fast_stops_after_the_first_failed_batch() {
+    let names = ["h1", "h2", "h3", "h4", "h5"];
+    let fleet = Fleet::init("failfast", &names);
+    // h2 never runs: the first batch fails (not routable).
+    let _agents: Vec<_> = names
+        .iter()
+        .filter(|h| **h != "h2")
+        .map(|h| fleet.start_agent(h))
+        .collect();
+    let out = fleet.cli(&["ping", "--all", "--batch", "2", "--fail-fast", "--json"]);
+    assert_eq!(out.code, 1);
+    let doc = out.json();
+    assert_eq!(doc["batches"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["summary"]["ok"], 1);
+    assert_eq!(doc["summary"]["no_reply"], 4);
+    let skipped = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--fail-fast"))
+        })
+        .count();
+    assert_eq!(skipped, 3);
+}
+
+#[test]
+fn limit_with_seed_picks_the_same_hosts_and_discover_finds_the_live_ones() {
+    let names = ["h1", "h2", "h3", "h4"];
+    let fleet = Fleet::init("limit", &names);
+    let _agents: Vec<_> = names[..3].iter().map(|h| fleet.start_agent(h)).collect();
+    let first = fleet.cli(&[
+        "ping",
+        "--where",
+        "nolabel!=x",
+        "--limit",
+        "2",
+        "--seed",
+        "7",
+        "--json",
+    ]);
+    let again = fleet.cli(&[
+        "ping",
+        "--where",
+        "nolabel!=x",
+        "--limit",
+        "2",
+        "--seed",
+        "7",
+        "--json",
+    ]);
+    assert_eq!(hosts_of(&first.json()), hosts_of(&again.json()));
+    assert_eq!(hosts_of(&first.json()).len(), 2);
+    let head = fleet.cli(&["ping", "--all", "--limit", "2", "--json"]);
+    assert_eq!(hosts_of(&head.json()), ["h1", "h2"]);
+
+    // Discovery: whoever answers is the target set; h4 (never started) is not missing.
+    let disc = fleet.cli(&["ping", "--discover", "--timeout", "1500ms", "--json"]);
+    assert_eq!(disc.code, 0, "{}", disc.stderr);
+    assert_eq!(hosts_of(&disc.json()), ["h1", "h2", "h3"]);
+}
+
+#[test]
+fn display_filters_rows_but_not_the_summary() {
+    let fleet = Fleet::init("display", &["a", "b"]);
+    let _a = fleet.start_agent("a");
+    let out = fleet.cli(&["ping", "--all", "--display", "failed"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("b ")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.lines().any(|l| l.starts_with("a ")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("1/2 ok"), "{}", out.stdout);
+}
