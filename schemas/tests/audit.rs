@@ -574,7 +574,7 @@ fn a_half_done_rotation_is_finished_on_open() {
     let live = files.last().unwrap().clone();
     // As if the crash came after the old file was moved away, before the new one
     // (already written and fsynced as <path>.tmp) was moved into place.
-    let tmp = dir.path().join("audit.log.tmp");
+    let tmp = dir.path().join(".audit.log.tmp");
     std::fs::rename(&live, &tmp).unwrap();
     let mut log = AuditLog::open(&live, ops_key(), &ops_credential(), options()).unwrap();
     assert!(!tmp.exists());

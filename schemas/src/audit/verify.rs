@@ -123,6 +123,14 @@ pub enum Problem {
         /// This record's.
         got: String,
     },
+    /// The writer is not the one the auditor expects (`--writer`).
+    #[error("written by {got}, not by the expected writer {expected}")]
+    UnexpectedWriter {
+        /// The expected name.
+        expected: Name,
+        /// This record's writer.
+        got: String,
+    },
     /// A record from another chain.
     #[error("log id {got} differs from the chain's {expected} (a record from another log)")]
     LogIdChanged {
@@ -428,8 +436,8 @@ impl Chain<'_> {
                 if let Some(want) = &self.options.writer
                     && *want != writer.name
                 {
-                    return Err(Problem::WriterChanged {
-                        expected: want.to_string(),
+                    return Err(Problem::UnexpectedWriter {
+                        expected: want.clone(),
                         got: who(&writer.name, writer.role),
                     });
                 }

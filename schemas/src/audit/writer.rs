@@ -1,15 +1,15 @@
 //! Appending to an audit log: one chain however many processes write it.
 //!
-//! Every append takes an exclusive `flock` on `<path>.lock`, re-reads the tail of
+//! Every append takes an exclusive `flock` on `.<name>.lock` beside the log, re-reads the tail of
 //! `<path>` (the last record's hash and index) if anyone else wrote since, appends, and
 //! fsyncs before unlocking. So two writers on one path (two CLIs at once) interleave
 //! into one valid chain. The lock file never moves, so rotation (which renames the log)
 //! cannot split writers onto two inodes.
 //!
-//! Files are created and rotated through `<path>.tmp` and renames, so a crash leaves
+//! Files are created and rotated through `.<name>.tmp` and renames, so a crash leaves
 //! either the old state or the new one; `open` and `append` finish or undo a half-done
 //! rotation. A record torn by a crash mid-write is cut off (its bytes saved to
-//! `<path>.torn`) and reported through [`AuditOptions::on_repair`]; anything else that
+//! `.<name>.torn`) and reported through [`AuditOptions::on_repair`]; anything else that
 //! does not read as records stops the writer rather than be extended past.
 
 use super::{AuditRecord, Entry, MAX_RECORD_BYTES, frame, frames, read_record};
@@ -220,7 +220,7 @@ impl AuditLog {
                 name: writer.name.to_string(),
             });
         }
-        let lock_path = sibling(&path, ".lock");
+        let lock_path = hidden_sibling(&path, ".lock");
         let lock = create_options()
             .read(true)
             .write(true)
@@ -297,7 +297,7 @@ impl AuditLog {
 
     fn with_lock<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let start = Instant::now();
-        let lock_path = sibling(&self.path, ".lock");
+        let lock_path = hidden_sibling(&self.path, ".lock");
         loop {
             match rustix::fs::flock(
                 &self.lock,
@@ -434,7 +434,7 @@ impl AuditLog {
         let end = match torn_at {
             Some(off) => {
                 let offset = start + off as u64;
-                let saved_to = sibling(&path, ".torn");
+                let saved_to = hidden_sibling(&path, ".torn");
                 let mut saved = create_options()
                     .append(true)
                     .open(&saved_to)
@@ -501,11 +501,11 @@ impl AuditLog {
         self.install_new_file(record, Some(n))
     }
 
-    /// Writes `first` to `<path>.tmp`, fsyncs it, moves the live file to `<path>.<n>`
+    /// Writes `first` to `.<name>.tmp`, fsyncs it, moves the live file to `<path>.<n>`
     /// (when rotating) and the new file into place.
     fn install_new_file(&mut self, first: AuditRecord, rotate_to: Option<u64>) -> Result<()> {
         let env = Signed::seal(&first, &self.key, &self.credential);
-        let tmp = sibling(&self.path, ".tmp");
+        let tmp = hidden_sibling(&self.path, ".tmp");
         let mut f = create_options()
             .write(true)
             .truncate(true)
@@ -541,7 +541,7 @@ impl AuditLog {
     /// Undoes or finishes a rotation (or creation) a crash left half-done. Holds the
     /// lock.
     fn recover_rotation(&mut self) -> Result<()> {
-        let tmp = sibling(&self.path, ".tmp");
+        let tmp = hidden_sibling(&self.path, ".tmp");
         if !tmp.exists() {
             return Ok(());
         }
@@ -637,6 +637,15 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// `<dir>/.<name><suffix>`: the writer's own files, hidden so that `audit.log*` names
+/// exactly the log's chain.
+fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 #[cfg(unix)]
