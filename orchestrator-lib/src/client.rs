@@ -238,6 +238,22 @@ impl Orchestrator {
             tracing::warn!(skipped = %s, "inventory entry not used");
         }
 
+        let mut revocations = gearmq_schemas::revocation::Revocations::new();
+        if let Some(path) = &config.revocation_file {
+            let bytes = std::fs::read(path).map_err(|source| {
+                OrchestratorError::File(FileError::Io {
+                    action: "read",
+                    path: path.clone(),
+                    source,
+                })
+            })?;
+            revocations.update(&bytes, &issuers).map_err(|e| {
+                OrchestratorError::File(FileError::Invalid {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            })?;
+        }
         let (connection, url) = connect_any(&config.broker.urls, &name).await?;
         let broker_user = broker_user(&url);
         let channel = connection.create_channel().await?;
@@ -304,16 +320,18 @@ impl Orchestrator {
             )
             .await?;
 
+        let mut correlator = Correlator::new(
+            config.limits.finished_retention,
+            config.broker.require_user_id,
+            config.limits.clock_skew,
+        );
+        correlator.set_revocations(revocations);
         let shared = Arc::new(Shared {
             name,
             key,
             credential,
             verifier: CredentialVerifier::new(TrustAnchors::new(issuers), 100_000),
-            correlator: Mutex::new(Correlator::new(
-                config.limits.finished_retention,
-                config.broker.require_user_id,
-                config.limits.clock_skew,
-            )),
+            correlator: Mutex::new(correlator),
             routes: Mutex::new(HashMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
             max_message_bytes: config.limits.max_message_bytes,
@@ -344,6 +362,16 @@ impl Orchestrator {
     /// The operator name requests are signed as.
     pub fn name(&self) -> &Name {
         &self.shared.name
+    }
+
+    /// Takes a newer revocation list (from a file reloaded or pushed); an older one is
+    /// refused. Returns the sequence now held.
+    pub fn update_revocations(&self, bytes: &[u8]) -> Result<u64, OrchestratorError> {
+        let trusted = self.shared.verifier.anchors().issuers().to_vec();
+        lock(&self.shared.correlator)
+            .revocations_mut()
+            .update(bytes, &trusted)
+            .map_err(|e| OrchestratorError::Invalid(e.to_string()))
     }
 
     /// Replies rejected so far by this orchestrator, by reason (including those that

@@ -19,6 +19,10 @@ pub struct OrchestratorConfig {
     pub trusted_issuers: Vec<PathBuf>,
     /// Directory whose `*/host.cred` files are the inventory of enrolled hosts.
     pub inventory_dir: PathBuf,
+    /// Issuer-signed revocation list (from `gearmq revoke`); replies signed by a
+    /// revoked host credential are rejected as forged.
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
     /// Broker connection.
     pub broker: BrokerConfig,
     /// Defaults for calls.

@@ -4,6 +4,7 @@
 //! only if it passes every check; otherwise it is a [`Rejection`] with its reason.
 
 use gearmq_schemas::envelope::{OpenError, Opened, open};
+use gearmq_schemas::revocation::Revocations;
 use gearmq_schemas::{CredentialVerifier, Name, Reply, Role};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -99,6 +100,7 @@ pub fn open_reply(
 
 /// The table of pending calls and recently finished ones.
 pub struct Correlator {
+    revocations: Revocations,
     pending: HashMap<Uuid, Pending>,
     finished: HashSet<Uuid>,
     finished_order: VecDeque<(Instant, Uuid)>,
@@ -111,6 +113,7 @@ impl Correlator {
     /// An empty table.
     pub fn new(retention: Duration, require_user_id: bool, skew: Duration) -> Self {
         Correlator {
+            revocations: Revocations::new(),
             pending: HashMap::new(),
             finished: HashSet::new(),
             finished_order: VecDeque::new(),
@@ -118,6 +121,16 @@ impl Correlator {
             require_user_id,
             skew_ms: gearmq_schemas::time::duration_ms(skew),
         }
+    }
+
+    /// Replaces the revocation list held (only by a newer one).
+    pub fn set_revocations(&mut self, r: Revocations) {
+        self.revocations = r;
+    }
+
+    /// The revocation list held.
+    pub fn revocations_mut(&mut self) -> &mut Revocations {
+        &mut self.revocations
     }
 
     /// Registers a call before its request is published.
@@ -206,6 +219,13 @@ impl Correlator {
         }
         if let Err(e) = signer.check_window(now_ms, self.skew_ms) {
             return reject(self, Rejection::Forged, e.to_string());
+        }
+        if self.revocations.revokes(signer) {
+            let d = format!(
+                "credential of {} (serial {}) is revoked",
+                signer.name, signer.serial
+            );
+            return reject(self, Rejection::Forged, d);
         }
         if self.require_user_id && user_id != Some(reply.host.as_str()) {
             let d = format!(
@@ -461,6 +481,28 @@ mod tests {
             )),
             Rejection::Forged
         );
+    }
+
+    #[test]
+    fn reply_from_revoked_host_is_forged() {
+        use gearmq_schemas::revocation::RevocationList;
+        let w = World::new();
+        let (ka, ca) = w.identity("a", Role::Host, 2);
+        let mut c = corr(false);
+        let list = RevocationList::empty(0).with(&[2], &[], 1).issue(&w.issuer);
+        c.revocations_mut()
+            .update(&list, &[w.issuer.public_key()])
+            .unwrap();
+        let id = Uuid::now_v7();
+        c.register(id, [7; 32], targets(&["a"]));
+        let bytes = Signed::seal(&reply(id, [7; 32], "a"), &ka, &ca);
+        let v = c.judge(
+            open_reply(&bytes, 1 << 20, &w.verifier),
+            None,
+            10,
+            Instant::now(),
+        );
+        assert_eq!(rejected(v), Rejection::Forged);
     }
 
     #[test]

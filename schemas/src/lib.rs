@@ -17,6 +17,7 @@ pub mod keys;
 pub mod names;
 pub mod reply;
 pub mod request;
+pub mod revocation;
 pub mod status;
 pub mod time;
 pub mod trust;

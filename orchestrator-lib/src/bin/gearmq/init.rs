@@ -115,6 +115,16 @@ pub fn run(a: InitArgs) -> Result<()> {
     .issue(&issuer)?;
     write_file(&dir.join("operator.cred"), &op_cred, 0o644, force)?;
 
+    // An empty list (sequence 0) that `gearmq revoke --list DIR/revocations.bin` extends.
+    let revocations =
+        gearmq_schemas::revocation::RevocationList::empty(gearmq_schemas::time::now_ms());
+    write_file(
+        &dir.join("revocations.bin"),
+        &revocations.issue(&issuer),
+        0o644,
+        force,
+    )?;
+
     let hosts_dir = dir.join("hosts");
     for h in &hosts {
         let hd = hosts_dir.join(h.as_str());
@@ -210,6 +220,8 @@ fn orchestrator_toml(operator: &Name, dir: &Path, broker: &str) -> String {
          trusted_issuers = [{issuer}]\n\
          # Every */host.cred below this directory is an enrolled host.\n\
          inventory_dir = {hosts}\n\
+         # Extended by `gearmq revoke --list ...`; revoked hosts' replies are forged.\n\
+         revocation_file = {revocations}\n\
          \n\
          [broker]\n\
          urls = [{broker}]\n\
@@ -225,6 +237,7 @@ fn orchestrator_toml(operator: &Name, dir: &Path, broker: &str) -> String {
         cred = toml_path(&dir.join("operator.cred")),
         issuer = toml_path(&dir.join("issuer.pub")),
         hosts = toml_path(&dir.join("hosts")),
+        revocations = toml_path(&dir.join("revocations.bin")),
         broker = toml_str(broker),
     )
 }

@@ -8,6 +8,7 @@ mod call;
 mod enroll;
 mod init;
 mod render;
+mod revoke;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,10 @@ enum Command {
     /// Issue a credential for a host or an operator.
     #[command(subcommand)]
     Enroll(enroll::EnrollCommand),
+    /// Revoke credentials: a new issuer-signed revocation list.
+    Revoke(revoke::RevokeArgs),
+    /// Re-issue a credential with a new serial and validity.
+    Renew(revoke::RenewArgs),
     /// Check that hosts are alive and answer with verified replies.
     Ping(call::PingCmd),
     /// Install a service on hosts (argv, never a shell string); --start to run it.
@@ -91,6 +96,8 @@ fn main() -> ExitCode {
         Command::Issuer(c) => enroll::issuer(c).map(|()| ExitCode::SUCCESS),
         Command::Keygen(a) => enroll::keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Enroll(c) => enroll::enroll(c).map(|()| ExitCode::SUCCESS),
+        Command::Revoke(a) => revoke::revoke(a).map(|()| ExitCode::SUCCESS),
+        Command::Renew(a) => revoke::renew(a).map(|()| ExitCode::SUCCESS),
         Command::Ping(a) => call::ping(&cli.config, a),
         Command::Install(a) => units::install(&cli.config, a),
         Command::Start(a) => units::unit_action(&cli.config, "start", a),
