@@ -128,13 +128,25 @@ impl Entry {
     }
 
     /// A [`Entry::ReplyRejected`] for a refused message: keeps its digest, size and at
-    /// most [`MAX_EXCERPT_BYTES`] of it. Over-long `reason` and `broker_user` are cut
-    /// (at a character boundary) to their limits.
+    /// most [`MAX_EXCERPT_BYTES`] of it. `reason` is made a label (lower case, other
+    /// characters as `_`, `unknown` if empty); over-long `reason` and `broker_user` are
+    /// cut to their limits, so the entry is always valid.
     pub fn reply_rejected(message: &[u8], reason: &str, broker_user: Option<&str>) -> Entry {
+        let mut label: String = reason
+            .chars()
+            .take(MAX_REASON_BYTES)
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9' | '_') => c,
+                _ => '_',
+            })
+            .collect();
+        if label.is_empty() {
+            label = "unknown".into();
+        }
         Entry::ReplyRejected {
             digest: serde_bytes::ByteArray::new(crate::sha256(message)),
             size: message.len() as u64,
-            reason: cut(reason, MAX_REASON_BYTES).to_string(),
+            reason: label,
             broker_user: broker_user.map(|u| cut(u, MAX_BROKER_USER_BYTES).to_string()),
             excerpt: message[..message.len().min(MAX_EXCERPT_BYTES)].to_vec(),
         }
@@ -160,7 +172,9 @@ impl Entry {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the rules a verifier holds the entry to (bounds of a rejected reply's
+    /// fields); writers check before signing.
+    pub fn validate(&self) -> Result<(), String> {
         if let Entry::ReplyRejected {
             digest,
             size,
@@ -437,11 +451,17 @@ mod tests {
             excerpt: b"abc".to_vec(),
         };
         assert!(bad.validate().is_err());
-        assert!(
-            Entry::reply_rejected(b"x", "Not A Label", None)
-                .validate()
-                .is_err()
-        );
+        let Entry::ReplyRejected { reason, .. } = Entry::reply_rejected(b"x", "Not A-Label", None)
+        else {
+            unreachable!()
+        };
+        assert_eq!(reason, "not_a_label");
+        let mut e = Entry::reply_rejected(b"x", "", None);
+        assert!(e.validate().is_ok());
+        if let Entry::ReplyRejected { reason, .. } = &mut e {
+            *reason = "Forged".into();
+        }
+        assert!(e.validate().is_err());
     }
 
     #[test]

@@ -771,3 +771,26 @@ proptest! {
         prop_assert_eq!(result.is_ok(), boundary && cut > 0);
     }
 }
+
+#[test]
+fn a_writer_refuses_entries_a_verifier_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    let mut bad = Entry::reply_rejected(b"x", "forged", None);
+    if let Entry::ReplyRejected { reason, .. } = &mut bad {
+        *reason = "Forged!".into();
+    }
+    let err = log.append(bad).unwrap_err();
+    assert!(
+        matches!(err, audit::AuditError::InvalidEntry { .. }),
+        "{err}"
+    );
+    let huge = Entry::request_sent(&vec![0; audit::MAX_RECORD_BYTES]);
+    let err = log.append(huge).unwrap_err();
+    assert!(
+        matches!(err, audit::AuditError::RecordTooLarge { .. }),
+        "{err}"
+    );
+    assert_eq!(verify(&one_file(&path)).unwrap().records, 1);
+}

@@ -139,6 +139,12 @@ pub enum AuditError {
     /// The credential given does not decode.
     #[error("the writer credential does not decode: {0}")]
     Credential(crate::DecodeError),
+    /// An entry breaks the rules a verifier would hold it to.
+    #[error("invalid audit entry: {reason}")]
+    InvalidEntry {
+        /// What is wrong.
+        reason: String,
+    },
     /// A record would be larger than [`MAX_RECORD_BYTES`].
     #[error("audit record of about {size} bytes is over the limit of {max}")]
     RecordTooLarge {
@@ -259,6 +265,8 @@ impl AuditLog {
     /// replies, a burst of replies).
     pub fn append_batch(&mut self, entries: Vec<Entry>) -> Result<Vec<Appended>> {
         for e in &entries {
+            e.validate()
+                .map_err(|reason| AuditError::InvalidEntry { reason })?;
             // Checked before anything is written, so a batch is never cut in half by
             // one oversize entry. The envelope adds the credential, the signature and
             // a few bytes of framing to the encoded body.
