@@ -93,6 +93,15 @@ pub struct CancelArgs {
     pub request_id: uuid::Uuid,
 }
 
+/// `cancel`'s result: the stream of `request_id` was told to end; its own final reply
+/// follows on the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelResult {
+    /// The request whose stream is ending.
+    pub request_id: uuid::Uuid,
+}
+
 /// What an action changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
