@@ -35,6 +35,113 @@ pub struct AgentConfig {
     /// Bounds on messages, time and storage.
     #[serde(default)]
     pub limits: Limits,
+    /// How units are managed: which systemd, where unit files go, who runs them.
+    #[serde(default)]
+    pub systemd: SystemdConfig,
+}
+
+/// Which systemd instance the agent manages units in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// The system manager (PID 1) on the system bus.
+    #[default]
+    System,
+    /// A user manager (`systemd --user`) on its user bus.
+    User,
+}
+
+impl BusKind {
+    /// `system` or `user`, as in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusKind::System => "system",
+            BusKind::User => "user",
+        }
+    }
+}
+
+/// The `[systemd]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdConfig {
+    /// `system` (default) or `user`.
+    #[serde(default)]
+    pub bus: BusKind,
+    /// An explicit D-Bus address; default: the system bus, or for `user`
+    /// `$DBUS_SESSION_BUS_ADDRESS`, else `unix:path=$XDG_RUNTIME_DIR/bus`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Where unit files are written; default `/etc/systemd/system` (system) or
+    /// `$XDG_CONFIG_HOME/systemd/user` / `$HOME/.config/systemd/user` (user).
+    #[serde(default)]
+    pub unit_dir: Option<PathBuf>,
+    /// System bus only: run units as this user (`User=`) instead of `DynamicUser=yes`.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// System bus only: let units run as root (no `DynamicUser=`/`User=` line, or
+    /// `run_as = "root"`). Off by default.
+    #[serde(default)]
+    pub allow_root: bool,
+    /// Absolute path prefixes programs must be under; empty allows any program.
+    #[serde(default)]
+    pub allowed_exec_prefixes: Vec<String>,
+}
+
+/// The `[systemd]` section with every default filled in from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdSettings {
+    /// Which manager.
+    pub bus: BusKind,
+    /// The D-Bus address; `None` on the system bus means the well-known system bus.
+    /// `None` on the user bus means none could be found (unit actions then fail).
+    pub address: Option<String>,
+    /// Where unit files are written.
+    pub unit_dir: PathBuf,
+    /// `User=` for units on the system bus.
+    pub run_as: Option<String>,
+    /// Whether units may run as root on the system bus.
+    pub allow_root: bool,
+    /// Program path prefixes allowed; empty allows any.
+    pub allowed_exec_prefixes: Vec<String>,
+}
+
+impl SystemdConfig {
+    /// Fills in the defaults that depend on the environment (`env` looks a variable
+    /// up). Fails only when the user bus has no unit directory to use.
+    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<SystemdSettings, String> {
+        let non_empty = |k: &str| env(k).filter(|v| !v.is_empty());
+        let address = match (&self.address, self.bus) {
+            (Some(a), _) => Some(a.clone()),
+            (None, BusKind::System) => None,
+            (None, BusKind::User) => non_empty("DBUS_SESSION_BUS_ADDRESS")
+                .or_else(|| non_empty("XDG_RUNTIME_DIR").map(|d| format!("unix:path={d}/bus"))),
+        };
+        let unit_dir = match (&self.unit_dir, self.bus) {
+            (Some(d), _) => d.clone(),
+            (None, BusKind::System) => PathBuf::from("/etc/systemd/system"),
+            (None, BusKind::User) => match non_empty("XDG_CONFIG_HOME") {
+                Some(c) => PathBuf::from(c).join("systemd/user"),
+                None => match non_empty("HOME") {
+                    Some(h) => PathBuf::from(h).join(".config/systemd/user"),
+                    None => {
+                        return Err(
+                            "systemd.unit_dir: not set, and neither XDG_CONFIG_HOME nor HOME is set for the user bus default"
+                                .into(),
+                        );
+                    }
+                },
+            },
+        };
+        Ok(SystemdSettings {
+            bus: self.bus,
+            address,
+            unit_dir,
+            run_as: self.run_as.clone(),
+            allow_root: self.allow_root,
+            allowed_exec_prefixes: self.allowed_exec_prefixes.clone(),
+        })
+    }
 }
 
 /// The `[broker]` section.
@@ -74,6 +181,21 @@ pub struct Limits {
     /// requests are refused ("replay store full") rather than forgotten.
     #[serde(default = "default_max_stored_reply_bytes")]
     pub max_stored_reply_bytes: usize,
+    /// Most lines one `logs` reply returns (a request asking for more gets this many).
+    #[serde(default = "default_max_log_lines")]
+    pub max_log_lines: u32,
+    /// Most bytes of log lines in one reply; older lines are left out (`truncated`).
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: usize,
+    /// Size at which a unit's output file is rotated (copied to `.1`, truncated).
+    #[serde(default = "default_unit_log_max_bytes")]
+    pub unit_log_max_bytes: u64,
+    /// Longest a `logs --follow` stream runs (also bounded by the request's expiry).
+    #[serde(default = "default_max_follow", with = "humantime_serde")]
+    pub max_follow: Duration,
+    /// Most `logs --follow` streams at once.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
@@ -84,6 +206,11 @@ impl Default for Limits {
             clock_skew: default_clock_skew(),
             action_timeout: default_action_timeout(),
             max_stored_reply_bytes: default_max_stored_reply_bytes(),
+            max_log_lines: default_max_log_lines(),
+            max_log_bytes: default_max_log_bytes(),
+            unit_log_max_bytes: default_unit_log_max_bytes(),
+            max_follow: default_max_follow(),
+            max_streams: default_max_streams(),
         }
     }
 }
@@ -106,6 +233,25 @@ fn default_action_timeout() -> Duration {
 fn default_max_stored_reply_bytes() -> usize {
     64 * 1024 * 1024
 }
+fn default_max_log_lines() -> u32 {
+    1000
+}
+fn default_max_log_bytes() -> usize {
+    64 * 1024
+}
+fn default_unit_log_max_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_max_follow() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_streams() -> usize {
+    16
+}
+
+/// Largest `limits.max_log_bytes`: a reply must stay well inside the default message
+/// cap (256 KiB) of the orchestrators reading it, credential and encoding included.
+pub const MAX_LOG_BYTES_CEILING: usize = 192 * 1024;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +302,7 @@ impl AgentConfig {
                     .list_separator(",")
                     .with_list_parse_key("broker.urls")
                     .with_list_parse_key("trusted_issuers")
+                    .with_list_parse_key("systemd.allowed_exec_prefixes")
                     .source(env),
             )
             .build()
@@ -216,8 +363,89 @@ impl AgentConfig {
                 "must be more than 0".into(),
             ));
         }
+        if l.max_log_lines == 0 {
+            return Err(invalid("limits.max_log_lines", "must be at least 1".into()));
+        }
+        if !(1024..=MAX_LOG_BYTES_CEILING).contains(&l.max_log_bytes) {
+            return Err(invalid(
+                "limits.max_log_bytes",
+                format!("must be between 1024 and {MAX_LOG_BYTES_CEILING}"),
+            ));
+        }
+        if l.unit_log_max_bytes < 64 * 1024 {
+            return Err(invalid(
+                "limits.unit_log_max_bytes",
+                "must be at least 65536".into(),
+            ));
+        }
+        if l.max_follow.is_zero() {
+            return Err(invalid("limits.max_follow", "must be more than 0".into()));
+        }
+        if l.max_streams == 0 {
+            return Err(invalid("limits.max_streams", "must be at least 1".into()));
+        }
+        self.validate_systemd(path)
+    }
+
+    fn validate_systemd(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let s = &self.systemd;
+        if s.address.as_deref() == Some("") {
+            return Err(invalid("systemd.address", "must not be empty".into()));
+        }
+        if let Some(d) = s.unit_dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "systemd.unit_dir",
+                format!("{} is not an absolute path", d.display()),
+            ));
+        }
+        if let Some(u) = &s.run_as {
+            if s.bus == BusKind::User {
+                return Err(invalid(
+                    "systemd.run_as",
+                    "applies to the system bus only (a user manager runs units as its user)".into(),
+                ));
+            }
+            if !is_user_name(u) {
+                return Err(invalid(
+                    "systemd.run_as",
+                    format!("{u:?} is not a user name ([a-z_][a-z0-9_-]*, at most 32)"),
+                ));
+            }
+            if u == "root" && !s.allow_root {
+                return Err(invalid(
+                    "systemd.run_as",
+                    "running units as root needs systemd.allow_root = true".into(),
+                ));
+            }
+        }
+        for p in &s.allowed_exec_prefixes {
+            if !p.starts_with('/')
+                || p.split('/').any(|c| c == "..")
+                || p.chars().any(char::is_control)
+            {
+                return Err(invalid(
+                    "systemd.allowed_exec_prefixes",
+                    format!("{p:?} is not an absolute path without '..'"),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// A POSIX-portable user name as `useradd` accepts it by default.
+fn is_user_name(u: &str) -> bool {
+    let b = u.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
 }
 
 /// A broker URL with the password removed, for logs: `amqp://user@host:port/vhost`.
@@ -358,6 +586,94 @@ urls = ["amqp://db2:pw@broker:5672/%2f"]
             .unwrap_err()
             .to_string();
         assert!(e.contains("broker.prefetch"), "{e}");
+    }
+
+    #[test]
+    fn systemd_defaults_follow_the_bus() {
+        let cfg = AgentConfig::load_with_env(&example_path(), Some(HashMap::new())).unwrap();
+        assert_eq!(cfg.systemd, SystemdConfig::default());
+        let env = |k: &str| match k {
+            "XDG_RUNTIME_DIR" => Some("/run/user/7".to_string()),
+            "HOME" => Some("/home/u".to_string()),
+            _ => None,
+        };
+        let sys = cfg.systemd.resolve(env).unwrap();
+        assert_eq!(sys.address, None);
+        assert_eq!(sys.unit_dir, PathBuf::from("/etc/systemd/system"));
+        let user = SystemdConfig {
+            bus: BusKind::User,
+            ..SystemdConfig::default()
+        };
+        let u = user.resolve(env).unwrap();
+        assert_eq!(u.address.as_deref(), Some("unix:path=/run/user/7/bus"));
+        assert_eq!(u.unit_dir, PathBuf::from("/home/u/.config/systemd/user"));
+        let u = user
+            .resolve(|k| match k {
+                "DBUS_SESSION_BUS_ADDRESS" => Some("unix:path=/x".to_string()),
+                "XDG_CONFIG_HOME" => Some("/cfg".to_string()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(u.address.as_deref(), Some("unix:path=/x"));
+        assert_eq!(u.unit_dir, PathBuf::from("/cfg/systemd/user"));
+        assert!(user.resolve(|_| None).is_err());
+    }
+
+    #[test]
+    fn systemd_keys_are_checked_by_name() {
+        let cases = [
+            ("GEARMQ_AGENT__SYSTEMD__RUN_AS", "root", "systemd.run_as"),
+            (
+                "GEARMQ_AGENT__SYSTEMD__RUN_AS",
+                "Bad User",
+                "systemd.run_as",
+            ),
+            (
+                "GEARMQ_AGENT__SYSTEMD__UNIT_DIR",
+                "relative/dir",
+                "systemd.unit_dir",
+            ),
+            (
+                "GEARMQ_AGENT__SYSTEMD__ALLOWED_EXEC_PREFIXES",
+                "/opt,usr/bin",
+                "systemd.allowed_exec_prefixes",
+            ),
+            (
+                "GEARMQ_AGENT__LIMITS__MAX_LOG_BYTES",
+                "10",
+                "limits.max_log_bytes",
+            ),
+            (
+                "GEARMQ_AGENT__LIMITS__MAX_STREAMS",
+                "0",
+                "limits.max_streams",
+            ),
+        ];
+        for (k, v, key) in cases {
+            let env: HashMap<String, String> = [(k.to_string(), v.to_string())].into();
+            let e = AgentConfig::load_with_env(&example_path(), Some(env))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{k}={v}: {e}");
+        }
+        let env: HashMap<String, String> = [
+            (
+                "GEARMQ_AGENT__SYSTEMD__RUN_AS".to_string(),
+                "root".to_string(),
+            ),
+            (
+                "GEARMQ_AGENT__SYSTEMD__ALLOW_ROOT".to_string(),
+                "true".to_string(),
+            ),
+            (
+                "GEARMQ_AGENT__SYSTEMD__ALLOWED_EXEC_PREFIXES".to_string(),
+                "/opt/apps,/usr/local/bin".to_string(),
+            ),
+        ]
+        .into();
+        let cfg = AgentConfig::load_with_env(&example_path(), Some(env)).unwrap();
+        assert_eq!(cfg.systemd.run_as.as_deref(), Some("root"));
+        assert_eq!(cfg.systemd.allowed_exec_prefixes.len(), 2);
     }
 
     #[test]
