@@ -4,9 +4,11 @@
 //! not reply; 2 usage, configuration or connection error (one line on stderr).
 #![forbid(unsafe_code)]
 
+mod audit;
 mod call;
 mod enroll;
 mod init;
+mod pki;
 mod render;
 mod revoke;
 mod units;
@@ -49,6 +51,13 @@ enum Command {
     /// Issue a credential for a host or an operator.
     #[command(subcommand)]
     Enroll(enroll::EnrollCommand),
+    /// Check and read audit logs offline (auditors need only the logs, the issuer
+    /// public key and this binary).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// A small CA and TLS certificates for the broker and its clients.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
     /// Revoke credentials: a new issuer-signed revocation list.
     Revoke(revoke::RevokeArgs),
     /// Re-issue a credential with a new serial and validity.
@@ -96,6 +105,8 @@ fn main() -> ExitCode {
         Command::Issuer(c) => enroll::issuer(c).map(|()| ExitCode::SUCCESS),
         Command::Keygen(a) => enroll::keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Enroll(c) => enroll::enroll(c).map(|()| ExitCode::SUCCESS),
+        Command::Audit(c) => audit::run(c),
+        Command::Pki(c) => pki::run(c).map(|()| ExitCode::SUCCESS),
         Command::Revoke(a) => revoke::revoke(a).map(|()| ExitCode::SUCCESS),
         Command::Renew(a) => revoke::renew(a).map(|()| ExitCode::SUCCESS),
         Command::Ping(a) => call::ping(&cli.config, a),
