@@ -18,4 +18,5 @@ pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod systemd;
 pub mod verifier;
