@@ -5,11 +5,24 @@
 //! action timeout. To add an action: a file in `actions/`, a [`Call`] variant, and an
 //! arm in `parse` and in `execute`.
 
+use crate::actions::cancel::Cancel;
+use crate::actions::delete::Delete;
+use crate::actions::facts::Facts;
+use crate::actions::install::Install;
+use crate::actions::list::List;
+use crate::actions::logs::{self, FollowStart, Logs};
 use crate::actions::ping::Ping;
+use crate::actions::restart::Restart;
+use crate::actions::start::Start;
+use crate::actions::status::UnitStatus;
+use crate::actions::stop::Stop;
 use crate::actions::{Action, ActionContext};
 use crate::stats::Reason;
 use crate::verifier::{Refusal, VerifiedRequest};
-use gearmq_schemas::actions::{MAX_ARGS_BYTES, PingArgs};
+use gearmq_schemas::actions::{
+    CancelArgs, FactsArgs, InstallArgs, ListArgs, LogsArgs, MAX_ARGS_BYTES, PingArgs, StatusArgs,
+    UnitArgs,
+};
 use gearmq_schemas::{Status, codec};
 use std::time::Duration;
 
@@ -17,13 +30,45 @@ use std::time::Duration;
 const MAX_ERROR_BYTES: usize = 4000;
 
 /// The actions this agent knows, for "unknown action" messages.
-pub const KNOWN_ACTIONS: &[&str] = &[Ping::NAME];
+pub const KNOWN_ACTIONS: &[&str] = &[
+    Ping::NAME,
+    Install::NAME,
+    Start::NAME,
+    Stop::NAME,
+    Restart::NAME,
+    Delete::NAME,
+    UnitStatus::NAME,
+    List::NAME,
+    Logs::NAME,
+    Facts::NAME,
+    Cancel::NAME,
+];
 
 /// A request's action with its decoded arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     /// `ping`.
     Ping(PingArgs),
+    /// `install`.
+    Install(Box<InstallArgs>),
+    /// `start`.
+    Start(UnitArgs),
+    /// `stop`.
+    Stop(UnitArgs),
+    /// `restart`.
+    Restart(UnitArgs),
+    /// `delete`.
+    Delete(UnitArgs),
+    /// `status`.
+    Status(StatusArgs),
+    /// `list`.
+    List(ListArgs),
+    /// `logs`, with or without `follow`.
+    Logs(LogsArgs),
+    /// `facts`.
+    Facts(FactsArgs),
+    /// `cancel`.
+    Cancel(CancelArgs),
 }
 
 /// What an action came to: the reply's status and its data or error.
@@ -63,11 +108,32 @@ impl From<Refusal> for Outcome {
     }
 }
 
+/// What running a call produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Execution {
+    /// One reply.
+    Done(Outcome),
+    /// A `logs --follow` stream to run: the handler answers with its first lines and
+    /// keeps streaming.
+    Stream(Box<FollowStart>),
+}
+
 /// Step 9: the action must be known and its arguments must decode strictly.
 pub fn parse(request: &VerifiedRequest) -> Result<Call, Refusal> {
     let r = request.request();
+    let args = &r.args;
     match r.action.as_str() {
-        Ping::NAME => decode_args::<Ping>(&r.args).map(Call::Ping),
+        Ping::NAME => decode_args::<Ping>(args).map(Call::Ping),
+        Install::NAME => decode_args::<Install>(args).map(|a| Call::Install(Box::new(a))),
+        Start::NAME => decode_args::<Start>(args).map(Call::Start),
+        Stop::NAME => decode_args::<Stop>(args).map(Call::Stop),
+        Restart::NAME => decode_args::<Restart>(args).map(Call::Restart),
+        Delete::NAME => decode_args::<Delete>(args).map(Call::Delete),
+        UnitStatus::NAME => decode_args::<UnitStatus>(args).map(Call::Status),
+        List::NAME => decode_args::<List>(args).map(Call::List),
+        Logs::NAME => decode_args::<Logs>(args).map(Call::Logs),
+        Facts::NAME => decode_args::<Facts>(args).map(Call::Facts),
+        Cancel::NAME => decode_args::<Cancel>(args).map(Call::Cancel),
         other => Err(Refusal::new(
             Status::UnknownAction,
             Reason::UnknownAction,
@@ -80,10 +146,38 @@ pub fn parse(request: &VerifiedRequest) -> Result<Call, Refusal> {
 }
 
 /// Runs `call`, giving up after `timeout` (status "timed out").
-pub async fn execute(call: Call, ctx: &ActionContext, timeout: Duration) -> Outcome {
-    match call {
-        Call::Ping(args) => run::<Ping>(args, ctx, timeout).await,
-    }
+pub async fn execute(call: Call, ctx: &ActionContext, timeout: Duration) -> Execution {
+    let outcome = match call {
+        Call::Ping(a) => run::<Ping>(a, ctx, timeout).await,
+        Call::Install(a) => run::<Install>(*a, ctx, timeout).await,
+        Call::Start(a) => run::<Start>(a, ctx, timeout).await,
+        Call::Stop(a) => run::<Stop>(a, ctx, timeout).await,
+        Call::Restart(a) => run::<Restart>(a, ctx, timeout).await,
+        Call::Delete(a) => run::<Delete>(a, ctx, timeout).await,
+        Call::Status(a) => run::<UnitStatus>(a, ctx, timeout).await,
+        Call::List(a) => run::<List>(a, ctx, timeout).await,
+        Call::Logs(a) if a.follow => {
+            return match tokio::time::timeout(timeout, logs::open(a, ctx)).await {
+                Ok(Ok(start)) => Execution::Stream(Box::new(start)),
+                Ok(Err(e)) => Execution::Done(Outcome::error(e.status, e.message)),
+                Err(_) => Execution::Done(timed_out(Logs::NAME, timeout)),
+            };
+        }
+        Call::Logs(a) => run::<Logs>(a, ctx, timeout).await,
+        Call::Facts(a) => run::<Facts>(a, ctx, timeout).await,
+        Call::Cancel(a) => run::<Cancel>(a, ctx, timeout).await,
+    };
+    Execution::Done(outcome)
+}
+
+fn timed_out(action: &str, timeout: Duration) -> Outcome {
+    Outcome::error(
+        Status::TimedOut,
+        format!(
+            "action {action} did not finish within {}",
+            humantime::format_duration(timeout)
+        ),
+    )
 }
 
 fn decode_args<A: Action>(args: &[u8]) -> Result<A::Args, Refusal> {
@@ -100,14 +194,7 @@ async fn run<A: Action>(args: A::Args, ctx: &ActionContext, timeout: Duration) -
     match tokio::time::timeout(timeout, A::apply(args, ctx)).await {
         Ok(Ok(output)) => Outcome::ok(codec::encode(&output)),
         Ok(Err(e)) => Outcome::error(e.status, e.message),
-        Err(_) => Outcome::error(
-            Status::TimedOut,
-            format!(
-                "action {} did not finish within {}",
-                A::NAME,
-                humantime::format_duration(timeout)
-            ),
-        ),
+        Err(_) => timed_out(A::NAME, timeout),
     }
 }
 
@@ -126,8 +213,8 @@ fn truncate(mut s: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actions::testing;
     use gearmq_schemas::actions::PingResult;
-    use std::time::Instant;
 
     #[test]
     fn ping_args_decode_strictly() {
@@ -148,13 +235,66 @@ mod tests {
 
     #[tokio::test]
     async fn ping_reports_version_and_uptime() {
-        let ctx = ActionContext {
-            agent_started: Instant::now(),
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = testing::context(testing::services(dir.path()), "ping");
+        let Execution::Done(o) =
+            execute(Call::Ping(PingArgs {}), &ctx, Duration::from_secs(1)).await
+        else {
+            panic!("ping is not a stream")
         };
-        let o = execute(Call::Ping(PingArgs {}), &ctx, Duration::from_secs(1)).await;
         assert_eq!(o.status, Status::Ok);
         let r: PingResult = codec::decode("data", &o.data.unwrap(), 1024).unwrap();
         assert_eq!(r.agent_version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[tokio::test]
+    async fn unit_actions_without_systemd_fail_with_status_5_naming_the_bus() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = testing::services(dir.path());
+        let mut spec = gearmq_schemas::units::UnitSpec::new("web", "/bin/sleep");
+        spec.args = vec!["600".into()];
+        let ctx = testing::context(services.clone(), "install");
+        let call = Call::Install(Box::new(InstallArgs { spec, start: true }));
+        let Execution::Done(o) = execute(call, &ctx, Duration::from_secs(5)).await else {
+            panic!("not a stream")
+        };
+        assert_eq!(o.status, Status::UnknownError);
+        let e = o.error.unwrap();
+        assert!(
+            e.contains("systemd is not reachable on the user bus"),
+            "{e}"
+        );
+        // Nothing was written.
+        assert!(!services.units.path("web").exists());
+        assert!(!ctx.intent_written());
+    }
+
+    #[tokio::test]
+    async fn bad_unit_names_are_invalid_data_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = testing::services(dir.path());
+        for unit in ["../etc/x", "a/b", ""] {
+            let ctx = testing::context(services.clone(), "start");
+            let call = Call::Start(UnitArgs { unit: unit.into() });
+            let Execution::Done(o) = execute(call, &ctx, Duration::from_secs(5)).await else {
+                panic!("not a stream")
+            };
+            assert_eq!(o.status, Status::InvalidData, "{unit}");
+            assert!(o.error.unwrap().contains("invalid unit"), "{unit}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_of_an_unknown_stream_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = testing::context(testing::services(dir.path()), "cancel");
+        let call = Call::Cancel(CancelArgs {
+            request_id: uuid::Uuid::now_v7(),
+        });
+        let Execution::Done(o) = execute(call, &ctx, Duration::from_secs(5)).await else {
+            panic!("not a stream")
+        };
+        assert_eq!(o.status, Status::NotFound);
     }
 
     #[test]

@@ -4,18 +4,33 @@
 //! Never panics on input and never leaves a delivery without an outcome: it is acked
 //! (answered, or not for us), dead-lettered (sender not proven), or left unacked only
 //! when the session broke, so the broker redelivers it to the next session.
+//!
+//! Actions that change a unit write an intent record before acting; the handler
+//! writes the outcome record after, then signs, records the reply, publishes and acks.
+//! A request that comes back with an outcome record is answered from it; with only an
+//! intent, the action resolves it against systemd's real state.
+//!
+//! `logs --follow` answers with several replies: seq 0 (not final) carries the last
+//! lines and is published before the request is acked; a stream task then sends new
+//! lines as seq 1, 2, … (not final) and ends with a final reply at the deadline, on
+//! `cancel`, or on shutdown.
 
-use crate::actions::ActionContext;
-use crate::dispatch::{self, Outcome};
+use crate::actions::logs::FollowStart;
+use crate::actions::{ActionContext, RequestInfo, Services};
+use crate::dispatch::{self, Execution, Outcome};
+use crate::fault::Fault;
 use crate::identity::HostIdentity;
+use crate::records::{Before, Desired, Previous};
 use crate::replay::{Begin, ReplayStore, Reservation};
 use crate::session::{Published, ReplyPublisher};
 use crate::stats::{Reason, Stats};
+use crate::streams::{StreamEnd, StreamTicket};
 use crate::verifier::{
     Refusal, ReplyAddress, RequestVerifier, Screened, duration_ms, now_ms, rfc3339,
 };
+use gearmq_schemas::actions::LogsResult;
 use gearmq_schemas::time::Millis;
-use gearmq_schemas::{Reply, Signed, Status};
+use gearmq_schemas::{Reply, Signed, Status, codec};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use std::sync::Arc;
@@ -25,6 +40,27 @@ use tracing::{debug, error, info, warn};
 /// Extra time, beyond the action timeout, that a redelivered copy of a request waits
 /// for the copy being handled.
 const BUSY_WAIT_GRACE: Duration = Duration::from_secs(10);
+/// How often a follow stream looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Most replies a follow stream sends per poll (each at most `limits.max_log_bytes`).
+const FOLLOW_REPLIES_PER_POLL: usize = 4;
+/// A stream ends this long before its request expires, so that its final reply
+/// reaches a caller that stops waiting at the expiry.
+const FOLLOW_END_MARGIN: Duration = Duration::from_secs(2);
+
+/// Where a reply stands among the replies to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Part {
+    seq: u32,
+    is_final: bool,
+}
+
+impl Part {
+    const ONLY: Part = Part {
+        seq: 0,
+        is_final: true,
+    };
+}
 
 /// Everything needed to handle deliveries; shared by all handler tasks.
 #[derive(Debug)]
@@ -33,31 +69,40 @@ pub struct Handler {
     verifier: RequestVerifier,
     store: ReplayStore,
     stats: Arc<Stats>,
-    action_ctx: ActionContext,
+    services: Arc<Services>,
     action_timeout: Duration,
     clock_skew: Duration,
+    fault: Fault,
 }
 
 impl Handler {
-    /// A handler for the host `identity`.
+    /// A handler for the host `identity`; `fault` is the test seam (see [`Fault`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: HostIdentity,
         verifier: RequestVerifier,
         store: ReplayStore,
         stats: Arc<Stats>,
-        action_ctx: ActionContext,
+        services: Arc<Services>,
         action_timeout: Duration,
         clock_skew: Duration,
+        fault: Fault,
     ) -> Self {
         Handler {
             identity,
             verifier,
             store,
             stats,
-            action_ctx,
+            services,
             action_timeout,
             clock_skew,
+            fault,
         }
+    }
+
+    /// What actions use (systemd, unit files, streams…).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
     }
 
     /// The agent's counters.
@@ -65,8 +110,9 @@ impl Handler {
         &self.stats
     }
 
-    /// Handles one delivery from the host queue, answering on `publisher`.
-    pub async fn handle(&self, delivery: Delivery, publisher: &ReplyPublisher) {
+    /// Handles one delivery from the host queue, answering on `publisher`. A follow
+    /// stream goes on in a task of its own after this returns.
+    pub async fn handle(self: &Arc<Self>, delivery: Delivery, publisher: &ReplyPublisher) {
         self.stats.received();
         // Steps 1–2: size, envelope, credential chain, signature, body.
         let opened = match self.verifier.open(&delivery.data) {
@@ -173,23 +219,195 @@ impl Handler {
             .verifier
             .authorize(checked)
             .and_then(|verified| dispatch::parse(&verified));
-        let outcome = match call {
-            Ok(call) => {
-                let o = dispatch::execute(call, &self.action_ctx, self.action_timeout).await;
-                self.stats.executed();
-                Ok(o)
+        let call = match call {
+            Ok(call) => call,
+            Err(r) => {
+                self.answer(
+                    &delivery,
+                    publisher,
+                    &addr,
+                    Err(r),
+                    started,
+                    Some(reservation),
+                )
+                .await;
+                return;
             }
-            Err(r) => Err(r),
         };
+        // Act: unless the records say an earlier run of these very bytes finished.
+        let previous = self
+            .services
+            .records
+            .previous(addr.request_id, &addr.digest);
+        let intent = match previous {
+            Previous::Outcome(o) => {
+                info!(request_id = %addr.request_id, "redelivered request resolved from its outcome record");
+                self.answer(
+                    &delivery,
+                    publisher,
+                    &addr,
+                    Ok(o),
+                    started,
+                    Some(reservation),
+                )
+                .await;
+                return;
+            }
+            Previous::Intent(i) => {
+                info!(request_id = %addr.request_id, unit = %i.unit, "redelivered request has an intent record; resolving against the unit's state");
+                Some(i)
+            }
+            Previous::None => None,
+        };
+        let ctx = ActionContext::new(self.services.clone(), request_info(&addr), intent);
+        let outcome = match dispatch::execute(call, &ctx, self.action_timeout).await {
+            Execution::Done(o) => o,
+            Execution::Stream(start) => {
+                self.start_stream(
+                    &delivery,
+                    publisher,
+                    &addr,
+                    *start,
+                    &ctx,
+                    started,
+                    reservation,
+                )
+                .await;
+                return;
+            }
+        };
+        self.stats.executed();
+        if ctx.intent_written() {
+            self.fault.after_execute();
+            self.record_outcome(&addr, &outcome).await;
+        }
         self.answer(
             &delivery,
             publisher,
             &addr,
-            outcome,
+            Ok(outcome),
             started,
             Some(reservation),
         )
         .await;
+    }
+
+    async fn record_outcome(&self, addr: &ReplyAddress, outcome: &Outcome) {
+        let services = self.services.clone();
+        let (id, digest, o) = (addr.request_id, addr.digest, outcome.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            services.records.write_outcome(id, &digest, &o, now_ms())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(request_id = %addr.request_id, error = %e, "outcome not recorded; a redelivery will be resolved from the intent")
+            }
+            Err(e) => {
+                error!(request_id = %addr.request_id, error = %e, "recording the outcome failed")
+            }
+        }
+    }
+
+    /// Starts a `logs --follow` stream: registers it (bounded), records the intent,
+    /// publishes seq 0 with the last lines, acks, and leaves the rest to a task.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_stream(
+        self: &Arc<Self>,
+        delivery: &Delivery,
+        publisher: &ReplyPublisher,
+        addr: &ReplyAddress,
+        start: FollowStart,
+        ctx: &ActionContext,
+        started: Millis,
+        reservation: Reservation,
+    ) {
+        let ticket = match self
+            .services
+            .streams
+            .register(addr.request_id, &addr.caller)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let o = Outcome::error(Status::Conflict, e.to_string());
+                self.answer(delivery, publisher, addr, Ok(o), started, Some(reservation))
+                    .await;
+                return;
+            }
+        };
+        if let Err(e) = ctx
+            .record_intent(&start.unit, Desired::Streaming, Before::default())
+            .await
+        {
+            let o = Outcome::error(e.status, e.message);
+            self.answer(delivery, publisher, addr, Ok(o), started, Some(reservation))
+                .await;
+            return;
+        }
+        self.stats.executed();
+        let first = Outcome::ok(codec::encode(&start.initial));
+        let part = Part {
+            seq: 0,
+            is_final: false,
+        };
+        let bytes = self.sign_reply(addr, first, part, started, now_ms().max(started));
+        // Published before it is recorded: a stream changes nothing, so if the session
+        // breaks here the redelivered request may simply start the stream again.
+        match publisher
+            .publish_reply(&addr.reply_to, addr.request_id, &bytes)
+            .await
+        {
+            Ok(Published::Delivered) => {}
+            Ok(Published::Unroutable) => {
+                warn!(request_id = %addr.request_id, "follow stream not started: the caller's reply queue is gone");
+                self.stats.unroutable_reply();
+                self.keep_reply(addr, reservation, bytes).await;
+                ack(delivery).await;
+                return;
+            }
+            Err(e) => {
+                warn!(request_id = %addr.request_id, error = %e, "follow stream not started: reply not published; the request will be redelivered");
+                return;
+            }
+        }
+        self.keep_reply(addr, reservation, bytes).await;
+        ack(delivery).await;
+        info!(request_id = %addr.request_id, caller = %addr.caller, unit = %start.unit, "log stream started");
+        let now = now_ms();
+        let until_expiry = Duration::from_millis(addr.expires_at.saturating_sub(now))
+            .saturating_sub(FOLLOW_END_MARGIN);
+        let deadline =
+            tokio::time::Instant::now() + until_expiry.min(self.services.limits.max_follow);
+        let stream = FollowStream {
+            handler: self.clone(),
+            publisher: publisher.clone(),
+            addr: addr.clone(),
+            unit: start.unit,
+            offset: start.offset,
+            ticket,
+            deadline,
+            started,
+        };
+        self.services.streams.spawn(stream.run());
+    }
+
+    /// Records a reply for redeliveries (blocking write, off the async threads).
+    async fn keep_reply(&self, addr: &ReplyAddress, reservation: Reservation, bytes: Vec<u8>) {
+        let keep_until = addr.expires_at.saturating_add(duration_ms(self.clock_skew));
+        let reply_to = addr.reply_to.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || reservation.record(keep_until, reply_to, bytes).1)
+                .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(request_id = %addr.request_id, error = %e, "reply not persisted; replay protection for this request lasts only while the agent runs")
+            }
+            Err(e) => {
+                error!(request_id = %addr.request_id, error = %e, "recording the reply failed")
+            }
+        }
     }
 
     /// Signs the reply for `outcome` (or refusal), records it when `reservation` is
@@ -229,7 +447,7 @@ impl Handler {
             }
         };
         let finished = now_ms().max(started);
-        let bytes = self.sign_reply(addr, outcome, started, finished);
+        let bytes = self.sign_reply(addr, outcome, Part::ONLY, started, finished);
         let bytes: Arc<[u8]> = match reservation {
             None => bytes.into(),
             Some(reservation) => {
@@ -261,6 +479,7 @@ impl Handler {
         &self,
         addr: &ReplyAddress,
         outcome: Outcome,
+        part: Part,
         started: Millis,
         finished: Millis,
     ) -> Vec<u8> {
@@ -272,6 +491,8 @@ impl Handler {
             started,
             finished,
         );
+        reply.seq = part.seq;
+        reply.is_final = part.is_final;
         reply.data = outcome.data.map(serde_bytes::ByteBuf::from);
         reply.error = outcome.error;
         Signed::seal(&reply, &self.identity.key, &self.identity.credential_bytes)
@@ -302,6 +523,136 @@ impl Handler {
                 warn!(request_id = %addr.request_id, reply_to, error = %e, "reply not published; the request will be redelivered");
             }
         }
+    }
+}
+
+/// A running `logs --follow` stream.
+struct FollowStream {
+    handler: Arc<Handler>,
+    publisher: ReplyPublisher,
+    addr: ReplyAddress,
+    unit: String,
+    offset: u64,
+    ticket: StreamTicket,
+    deadline: tokio::time::Instant,
+    started: Millis,
+}
+
+impl FollowStream {
+    /// Polls the unit's output and sends new lines until the deadline, a cancel or
+    /// shutdown; then the final reply and the outcome record.
+    async fn run(mut self) {
+        let mut seq = 1u32;
+        let max_bytes = self.handler.services.limits.max_log_bytes;
+        let end = loop {
+            tokio::select! {
+                biased;
+                e = self.ticket.ended() => break e,
+                _ = tokio::time::sleep_until(self.deadline) => break StreamEnd::Deadline,
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+            for _ in 0..FOLLOW_REPLIES_PER_POLL {
+                let Some(chunk) = self.read(false).await else {
+                    break;
+                };
+                if chunk.lines.is_empty() {
+                    break;
+                }
+                let caught_up = chunk.lines.iter().map(String::len).sum::<usize>() < max_bytes / 2;
+                if !self
+                    .send(seq, false, Outcome::ok(codec::encode(&chunk)))
+                    .await
+                {
+                    return;
+                }
+                seq = seq.saturating_add(1);
+                if caught_up {
+                    break;
+                }
+            }
+        };
+        let outcome = match end {
+            StreamEnd::Shutdown => Outcome::error(
+                Status::Aborted,
+                "the agent is shutting down; the log stream ended early",
+            ),
+            StreamEnd::Deadline | StreamEnd::Cancelled => {
+                let rest = self.read(true).await.unwrap_or_default();
+                Outcome::ok(codec::encode(&rest))
+            }
+        };
+        info!(request_id = %self.addr.request_id, end = ?end, replies = seq + 1, "log stream ended");
+        if self.send(seq, true, outcome.clone()).await {
+            self.handler.record_outcome(&self.addr, &outcome).await;
+        }
+    }
+
+    /// New lines since the last read (with `partial`, a last line without newline
+    /// too), at most one reply's worth; `None` if the file cannot be read.
+    async fn read(&mut self, partial: bool) -> Option<LogsResult> {
+        let services = self.handler.services.clone();
+        let unit = self.unit.clone();
+        let offset = self.offset;
+        let max = services.limits.max_log_bytes;
+        let read = tokio::task::spawn_blocking(move || {
+            services.output.read_from(&unit, offset, max, partial)
+        })
+        .await;
+        match read {
+            Ok(Ok(chunk)) => {
+                self.offset = chunk.next_offset;
+                Some(LogsResult {
+                    lines: chunk.lines,
+                    truncated: chunk.truncated,
+                })
+            }
+            Ok(Err(e)) => {
+                warn!(request_id = %self.addr.request_id, unit = %self.unit, error = %e, "cannot read unit output");
+                None
+            }
+            Err(e) => {
+                warn!(request_id = %self.addr.request_id, error = %e, "reading unit output failed");
+                None
+            }
+        }
+    }
+
+    /// Signs and publishes one reply; `false` if the session is gone (the stream
+    /// cannot go on: its request was acked and will not come back).
+    async fn send(&self, seq: u32, is_final: bool, outcome: Outcome) -> bool {
+        let part = Part { seq, is_final };
+        let bytes = self.handler.sign_reply(
+            &self.addr,
+            outcome,
+            part,
+            self.started,
+            now_ms().max(self.started),
+        );
+        match self
+            .publisher
+            .publish_reply(&self.addr.reply_to, self.addr.request_id, &bytes)
+            .await
+        {
+            Ok(Published::Delivered) => true,
+            Ok(Published::Unroutable) => {
+                info!(request_id = %self.addr.request_id, "log stream ended: the caller's reply queue is gone");
+                false
+            }
+            Err(e) => {
+                warn!(request_id = %self.addr.request_id, error = %e, "log stream ended: reply not published");
+                false
+            }
+        }
+    }
+}
+
+fn request_info(addr: &ReplyAddress) -> RequestInfo {
+    RequestInfo {
+        id: addr.request_id,
+        digest: addr.digest,
+        caller: addr.caller.clone(),
+        action: addr.action.to_string(),
+        expires_at: addr.expires_at,
     }
 }
 

@@ -4,14 +4,17 @@
 //! Flow of one message: [`server`] (consume, concurrency, reconnect) → [`handler`]
 //! (one delivery) → [`verifier`] (signature, target, windows, policy) → [`replay`]
 //! (redelivery and replay) → [`dispatch`] → [`actions`] → [`session`] (publish with
-//! confirms) → ack.
+//! confirms) → ack. Unit actions go through [`systemd`] (D-Bus), [`unit_files`],
+//! [`unit_output`] and [`records`]; `logs --follow` streams are tracked in [`streams`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod actions;
 pub mod config;
 pub mod dispatch;
+pub mod fault;
 pub mod handler;
+pub mod housekeeping;
 pub mod identity;
 pub mod records;
 pub mod replay;

@@ -6,8 +6,9 @@
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use gearmq_agent::actions::ActionContext;
+use gearmq_agent::actions::Services;
 use gearmq_agent::config::AgentConfig;
+use gearmq_agent::fault::Fault;
 use gearmq_agent::handler::Handler;
 use gearmq_agent::identity::HostIdentity;
 use gearmq_agent::replay::ReplayStore;
@@ -20,7 +21,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -97,8 +98,20 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let agent_started = Instant::now();
     let cfg = AgentConfig::load(&args.config).map_err(|e| Failure::Config(e.into()))?;
+    let systemd = cfg
+        .systemd
+        .resolve(|k| std::env::var(k).ok())
+        .map_err(|e| {
+            Failure::Config(anyhow::anyhow!(
+                "config file {}: {e}",
+                args.config.display()
+            ))
+        })?;
+    let fault = Fault::from_env().map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
+    if fault != Fault::None {
+        warn!(fault = ?fault, "fault injection is on (a test seam); never set GEARMQ_AGENT_FAULT in production");
+    }
     let identity = HostIdentity::load(&cfg).map_err(|e| Failure::Config(e.into()))?;
     if let Err(r) = gearmq_agent::verifier::check_credential_window(
         &identity.credential,
@@ -138,6 +151,22 @@ async fn run(args: Args) -> Result<(), Failure> {
     if report.damaged {
         warn!("the replay journal ended in a damaged record; entries after it were ignored");
     }
+    // Unit files name the output file by absolute path.
+    let state_dir = std::fs::canonicalize(&cfg.state_dir)
+        .with_context(|| format!("cannot resolve state_dir {}", cfg.state_dir.display()))
+        .map_err(Failure::Config)?;
+    let services = Arc::new(Services::new(
+        &systemd,
+        &state_dir,
+        &cfg.limits,
+        identity.credential.labels.clone(),
+        identity.credential.not_after,
+    ));
+    info!(
+        bus = %services.systemd.describe(),
+        unit_dir = %systemd.unit_dir.display(),
+        "units are managed through systemd over D-Bus (connected on first use)"
+    );
     let revocations = Revocations::none();
     if !revocations.has_list() {
         warn!("no revocation list support yet: revoked credentials are not refused");
@@ -159,9 +188,10 @@ async fn run(args: Args) -> Result<(), Failure> {
         verifier,
         store,
         stats.clone(),
-        ActionContext { agent_started },
+        services.clone(),
         cfg.limits.action_timeout,
         cfg.limits.clock_skew,
+        fault,
     ));
     let server = Server::new(
         handler,
@@ -175,7 +205,12 @@ async fn run(args: Args) -> Result<(), Failure> {
     );
     let shutdown = CancellationToken::new();
     spawn_signal_watch(shutdown.clone()).map_err(Failure::Runtime)?;
+    let upkeep = tokio::spawn(gearmq_agent::housekeeping::run(
+        services.clone(),
+        shutdown.clone(),
+    ));
     server.run(shutdown).await;
+    let _ = upkeep.await;
     let s = stats.snapshot();
     info!(
         received = s.received,

@@ -21,6 +21,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the backoff; one that broke sooner (say a
 /// reply the broker refuses every time) keeps backing off.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// How long shutdown waits for log streams to send their final reply.
+const STREAM_DRAIN: Duration = Duration::from_secs(5);
 
 /// The delay before reconnect attempt `attempt` (0-based): 100 ms doubling up to 10 s,
 /// then a random point in its upper half, so a fleet does not reconnect in lockstep.
@@ -187,6 +189,14 @@ impl Server {
                         "in-flight requests did not finish in time; the broker will redeliver them"
                     );
                     tasks.abort_all();
+                }
+                // Streams send their final reply while the session is still open.
+                let streams = &self.handler.services().streams;
+                if !streams.is_empty() {
+                    info!(streams = streams.len(), "ending log streams");
+                }
+                if !streams.shut_down(STREAM_DRAIN).await {
+                    warn!("log streams did not end in time");
                 }
                 session.close().await;
             }

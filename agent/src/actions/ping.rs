@@ -15,7 +15,7 @@ impl Action for Ping {
     async fn apply(_args: PingArgs, ctx: &ActionContext) -> Result<PingResult, ActionError> {
         Ok(PingResult {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_ms: gearmq_schemas::time::duration_ms(ctx.agent_started.elapsed()),
+            uptime_ms: gearmq_schemas::time::duration_ms(ctx.services.agent_started.elapsed()),
         })
     }
 }
