@@ -1,11 +1,13 @@
 //! The orchestrator: a broker session that signs requests once, publishes them per
 //! target and turns verified replies into per-host results.
 
+use crate::audit::AuditSink;
 use crate::config::OrchestratorConfig;
 use crate::correlate::{Correlator, Rejected, Rejection, Verdict, open_reply};
 use crate::inventory::Inventory;
 use crate::outcome::{CallResult, HostResult, HostStatus};
 use futures_util::StreamExt;
+use gearmq_schemas::audit::Entry;
 use gearmq_schemas::envelope::{Opened, Signed};
 use gearmq_schemas::files::{FileError, load_credential, load_signing_key, load_trusted_issuers};
 use gearmq_schemas::request::reply_queue_name;
@@ -64,6 +66,9 @@ pub enum OrchestratorError {
     /// An argument the caller gave is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The audit log cannot be written (requests are not sent unaudited).
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 /// Which hosts a call is for.
@@ -157,6 +162,7 @@ struct Shared {
     routes: Mutex<HashMap<Uuid, mpsc::Sender<Event>>>,
     rejections: Mutex<BTreeMap<Rejection, u64>>,
     max_message_bytes: usize,
+    audit: Option<AuditSink>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -254,6 +260,18 @@ impl Orchestrator {
                 })
             })?;
         }
+        let audit = match &config.audit.file {
+            Some(path) => Some(
+                AuditSink::open(
+                    path,
+                    load_signing_key(&config.key_file)?,
+                    &credential,
+                    config.audit.max_bytes,
+                )
+                .map_err(|e| OrchestratorError::Audit(e.to_string()))?,
+            ),
+            None => None,
+        };
         let (connection, url) = connect_any(&config.broker.urls, &name).await?;
         let broker_user = broker_user(&url);
         let channel = connection.create_channel().await?;
@@ -335,6 +353,7 @@ impl Orchestrator {
             routes: Mutex::new(HashMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
             max_message_bytes: config.limits.max_message_bytes,
+            audit,
         });
         let consumer = tokio::spawn(take_replies(shared.clone(), consumer));
         tracing::debug!(queue = %reply_queue, broker = %redact_url(&url), "orchestrator connected");
@@ -495,6 +514,13 @@ impl Orchestrator {
             &self.shared.credential,
         );
 
+        // The request is on record before any host can see it.
+        if let Some(audit) = &self.shared.audit {
+            audit
+                .record_now(Entry::request_sent(&bytes))
+                .await
+                .map_err(|e| OrchestratorError::Audit(e.to_string()))?;
+        }
         let (tx, rx) = mpsc::channel(1024);
         lock(&self.shared.routes).insert(request.id, tx);
         lock(&self.shared.correlator).register(request.id, digest, targets.clone());
@@ -577,8 +603,20 @@ impl Orchestrator {
         })
     }
 
-    /// Closes the broker connection (the reply queue goes with it).
+    /// Waits until every audit record so far is written and synced.
+    pub async fn flush_audit(&self) -> Result<(), OrchestratorError> {
+        match &self.shared.audit {
+            Some(a) => a.flush().await.map_err(OrchestratorError::Audit),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the broker connection (the reply queue goes with it), after the audit log
+    /// is synced.
     pub async fn close(self) {
+        if let Err(e) = self.flush_audit().await {
+            tracing::error!(error = %e, "audit log not flushed");
+        }
         self.consumer.abort();
         let _ = self.connection.close(200, "bye".into()).await;
     }
@@ -626,6 +664,14 @@ async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
         let opened = open_reply(&delivery.data, shared.max_message_bytes, &shared.verifier);
         let verdict =
             lock(&shared.correlator).judge(opened, user_id.as_deref(), now_ms(), Instant::now());
+        if let Some(audit) = &shared.audit {
+            audit.record_later(match &verdict {
+                Verdict::Accepted(_) => Entry::reply_accepted(&delivery.data),
+                Verdict::Rejected(r) => {
+                    Entry::reply_rejected(&delivery.data, r.reason.as_str(), user_id.as_deref())
+                }
+            });
+        }
         let (id, event) = match verdict {
             Verdict::Accepted(a) => (Some(a.request_id), Event::Reply(Box::new(a.reply))),
             Verdict::Rejected(r) => {
@@ -743,10 +789,15 @@ impl Call {
         }
     }
 
-    /// Waits for the rest and returns every target's result.
+    /// Waits for the rest and returns every target's result (the audit log synced).
     pub async fn finish(mut self) -> CallResult {
         while self.next().await.is_some() {}
         let rejected = self.end();
+        if let Some(audit) = &self.shared.audit {
+            if let Err(e) = audit.flush().await {
+                tracing::error!(error = %e, "audit log not flushed");
+            }
+        }
         let mut results: Vec<HostResult> =
             std::mem::take(&mut self.results).into_values().collect();
         // In a discovery, silent hosts were never targets; otherwise they are no_reply.

@@ -31,6 +31,34 @@ pub struct OrchestratorConfig {
     /// Limits on what is accepted.
     #[serde(default)]
     pub limits: Limits,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// Where the audit log goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The live log file (rotated to `<file>.1`, `.2`, … by size); none: no log.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Rotate past this many bytes.
+    #[serde(default = "default_audit_max")]
+    pub max_bytes: u64,
+}
+
+fn default_audit_max() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            file: None,
+            max_bytes: default_audit_max(),
+        }
+    }
 }
 
 /// How to reach the broker.

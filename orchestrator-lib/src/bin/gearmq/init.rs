@@ -231,13 +231,19 @@ fn orchestrator_toml(operator: &Name, dir: &Path, broker: &str) -> String {
          require_user_id = false\n\
          \n\
          [defaults]\n\
-         timeout = \"5s\"\n",
+         timeout = \"5s\"\n\
+         \n\
+         [audit]\n\
+         # Every request signed and every reply received, in a signed hash chain:\n\
+         # gearmq audit verify {audit} --issuer {issuer}\n\
+         file = {audit}\n",
         name = toml_str(operator.as_str()),
         key = toml_path(&dir.join("operator.key")),
         cred = toml_path(&dir.join("operator.cred")),
         issuer = toml_path(&dir.join("issuer.pub")),
         hosts = toml_path(&dir.join("hosts")),
         revocations = toml_path(&dir.join("revocations.bin")),
+        audit = toml_path(&dir.join("audit.log")),
         broker = toml_str(broker),
     )
 }
