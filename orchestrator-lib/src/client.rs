@@ -793,10 +793,12 @@ impl Call {
     pub async fn finish(mut self) -> CallResult {
         while self.next().await.is_some() {}
         let rejected = self.end();
-        if let Some(audit) = &self.shared.audit {
-            if let Err(e) = audit.flush().await {
-                tracing::error!(error = %e, "audit log not flushed");
-            }
+        let flushed = match &self.shared.audit {
+            Some(audit) => audit.flush().await,
+            None => Ok(()),
+        };
+        if let Err(e) = flushed {
+            tracing::error!(error = %e, "audit log not flushed");
         }
         let mut results: Vec<HostResult> =
             std::mem::take(&mut self.results).into_values().collect();
