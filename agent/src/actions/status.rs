@@ -32,6 +32,8 @@ impl Action for UnitStatus {
 
 /// The state of every unit gearmq manages here, in name order.
 pub async fn all_units(services: &Arc<Services>) -> Result<UnitsResult, ActionError> {
+    // Even with no unit installed, an unreachable systemd is an error, not "none".
+    services.systemd.ensure_connected().await?;
     let s = services.clone();
     let names = blocking(move || s.units.list()).await??;
     let mut units = Vec::with_capacity(names.len());
