@@ -148,6 +148,17 @@ pub struct AgentFiles {
 }
 
 pub fn write_agent_files(vhost: &Vhost, pki: &Pki, host: &Party, extra: &str) -> AgentFiles {
+    write_agent_files_with(vhost, pki, host, extra, "")
+}
+
+/// Like [`write_agent_files`], with `systemd` as the body of a `[systemd]` section.
+pub fn write_agent_files_with(
+    vhost: &Vhost,
+    pki: &Pki,
+    host: &Party,
+    extra: &str,
+    systemd: &str,
+) -> AgentFiles {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key_file = d.join("host.key");
@@ -176,6 +187,9 @@ urls = ["{url}"]
 
 [limits]
 {extra}
+
+[systemd]
+{systemd}
 "#,
             name = host.name,
             key = key_file.display(),
@@ -207,10 +221,16 @@ impl AgentProcess {
 
     /// Like [`AgentProcess::start`] with extra command-line arguments.
     pub async fn start_with_args(config: &Path, args: &[&str]) -> AgentProcess {
+        Self::start_with(config, args, &[]).await
+    }
+
+    /// Like [`AgentProcess::start`] with extra arguments and environment variables.
+    pub async fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> AgentProcess {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gearmq-agent"))
             .arg("--config")
             .arg(config)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -476,5 +496,188 @@ impl World {
             "{:?}",
             reply.body().error
         );
+    }
+}
+
+/// A request from `caller` to `host` for `action` with `args`, valid for `ttl`.
+pub fn request<A: serde::Serialize>(
+    caller: &Name,
+    reply_queue: &str,
+    host: &Name,
+    action: &str,
+    args: &A,
+    ttl: Duration,
+) -> Request {
+    let now = now_ms();
+    Request::new(
+        caller.clone(),
+        now,
+        now + ttl.as_millis() as u64,
+        Targets::Hosts(vec![host.clone()]),
+        reply_queue.to_string(),
+        ActionName::new(action).unwrap(),
+        codec::encode(args),
+    )
+}
+
+/// Run by `sh` inside `unshare -m`: moves itself into a control group of its own in
+/// the systemd-named (v1) and the unified (v2) hierarchies, so that units of parallel
+/// test managers with equal names never share a cgroup (stopping one would kill the
+/// other's processes), then makes /run/systemd/system exist in this mount namespace
+/// only and becomes the user manager. The cgroups made are listed in
+/// $GEARMQ_TEST_CGROUPS for removal on drop.
+const ISOLATE_AND_EXEC_MANAGER: &str = r#"set -e
+: > "$GEARMQ_TEST_CGROUPS"
+join() {
+  d="$1$2/gearmq-test-$$"
+  mkdir -p "$d" && echo "$d" >> "$GEARMQ_TEST_CGROUPS" && echo $$ > "$d/cgroup.procs"
+}
+mp=$(awk '$3 == "cgroup" && $4 ~ /name=systemd/ { print $2; exit }' /proc/self/mounts)
+own=$(sed -n 's/^[0-9]*:name=systemd://p' /proc/self/cgroup)
+if [ -n "$mp" ]; then join "$mp" "${own%/}"; fi
+mp2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+own2=$(sed -n 's/^0:://p' /proc/self/cgroup)
+if [ -n "$mp2" ]; then join "$mp2" "${own2%/}" || true; fi
+mkdir -p /run/systemd
+mount -t tmpfs tmpfs /run/systemd
+mkdir /run/systemd/system
+exec /usr/lib/systemd/systemd --user
+"#;
+
+/// A real `systemd --user` in a private mount namespace (it runs only where
+/// /run/systemd/system exists, which must not be created for the whole machine), with
+/// its own HOME, XDG_CONFIG_HOME and XDG_RUNTIME_DIR. SIGTERMed on drop.
+pub struct UserManager {
+    pub dir: tempfile::TempDir,
+    pub config_home: PathBuf,
+    pub runtime_dir: PathBuf,
+    pub unit_dir: PathBuf,
+    pub bus_address: String,
+    child: std::process::Child,
+}
+
+impl UserManager {
+    pub fn start() -> UserManager {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let config_home = home.join(".config");
+        let runtime_dir = dir.path().join("run");
+        let unit_dir = config_home.join("systemd/user");
+        std::fs::create_dir_all(&unit_dir).unwrap();
+        std::fs::create_dir_all(&runtime_dir).unwrap();
+        std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let log = std::fs::File::create(dir.path().join("systemd.log")).unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "sh", "-c", ISOLATE_AND_EXEC_MANAGER])
+            .env("GEARMQ_TEST_CGROUPS", dir.path().join("cgroups"))
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", &config_home)
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn systemd --user");
+        let bus_address = format!("unix:path={}/bus", runtime_dir.display());
+        let mut m = UserManager {
+            dir,
+            config_home,
+            runtime_dir,
+            unit_dir,
+            bus_address,
+            child,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new("busctl")
+                .args([
+                    "--address",
+                    &m.bus_address,
+                    "status",
+                    "org.freedesktop.systemd1",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            if let Ok(Some(st)) = m.child.try_wait() {
+                panic!(
+                    "systemd --user exited ({st}): {}",
+                    std::fs::read_to_string(m.dir.path().join("systemd.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "systemd --user bus did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
+    /// The `[systemd]` section of an agent managing units in this manager.
+    pub fn agent_section(&self) -> String {
+        format!(
+            "bus = \"user\"\naddress = \"{}\"\nunit_dir = \"{}\"\n",
+            self.bus_address,
+            self.unit_dir.display()
+        )
+    }
+
+    /// Writes an executable `#!/bin/sh` script named `name` in this manager's dir.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                self.remove_cgroups();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.remove_cgroups();
+    }
+}
+
+impl UserManager {
+    /// Removes the (now empty) cgroups the manager ran in, deepest first.
+    fn remove_cgroups(&self) {
+        let list = std::fs::read_to_string(self.dir.path().join("cgroups")).unwrap_or_default();
+        for top in list.lines().filter(|l| l.contains("/gearmq-test-")) {
+            let mut dirs = Vec::new();
+            let mut stack = vec![PathBuf::from(top)];
+            while let Some(d) = stack.pop() {
+                if let Ok(entries) = std::fs::read_dir(&d) {
+                    for e in entries.flatten() {
+                        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                            stack.push(e.path());
+                        }
+                    }
+                }
+                dirs.push(d);
+            }
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
     }
 }

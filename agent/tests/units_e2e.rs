@@ -1,0 +1,706 @@
+//! Unit actions end to end: the real agent binary, the real RabbitMQ, and a real
+//! `systemd --user` per test (private mount namespace, own HOME and runtime dir).
+
+mod common;
+
+use common::*;
+use gearmq_schemas::actions::{
+    ALL_ACTIONS, CancelArgs, CancelResult, Change, FactsArgs, FactsResult, InstallArgs, ListArgs,
+    LogsArgs, LogsResult, READ_ONLY_ACTIONS, StatusArgs, UnitArgs, UnitChangeResult, UnitsResult,
+};
+use gearmq_schemas::units::UnitSpec;
+use gearmq_schemas::{Reply, Role, Status, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A test program: counts its starts, echoes its arguments one per line, then waits.
+const PROGRAM: &str = r#"echo start >> "$0.starts"
+for a in "$@"; do printf 'arg[%s]\n' "$a"; done
+echo ready
+exec sleep 600
+"#;
+
+/// An operator's view of one agent: a reply queue and a demultiplexer by request id.
+struct Caller {
+    party: Party,
+    orch: Orch,
+    early: Vec<lapin::message::Delivery>,
+}
+
+impl Caller {
+    async fn connect(vhost: &Vhost, party: Party) -> Caller {
+        let orch = Orch::connect(vhost, &party.name).await;
+        Caller {
+            party,
+            orch,
+            early: Vec::new(),
+        }
+    }
+
+    /// Publishes a signed request for `action` to `host`; returns its id.
+    async fn send<A: Serialize>(
+        &self,
+        host: &Party,
+        action: &str,
+        args: &A,
+        ttl: Duration,
+    ) -> Uuid {
+        self.send_raw(host, action, codec::encode(args), ttl).await
+    }
+
+    /// Like [`Caller::send`] with arguments already encoded.
+    async fn send_raw(&self, host: &Party, action: &str, args: Vec<u8>, ttl: Duration) -> Uuid {
+        let mut req = request(
+            &self.party.name,
+            &self.orch.reply_queue,
+            &host.name,
+            action,
+            &(),
+            ttl,
+        );
+        req.args = args;
+        self.orch
+            .publish(&format!("host.{}", host.name), &sign(&req, &self.party))
+            .await;
+        req.id
+    }
+
+    /// The next reply to request `id` (others are kept for later).
+    async fn reply_to(&mut self, pki: &Pki, id: Uuid, timeout: Duration) -> Reply {
+        if let Some(i) = self
+            .early
+            .iter()
+            .position(|d| open_reply(pki, &d.data).body().request_id == id)
+        {
+            let d = self.early.remove(i);
+            return open_reply(pki, &d.data).body().clone();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let d = self
+                .orch
+                .next_reply(left)
+                .await
+                .unwrap_or_else(|| panic!("no reply to {id} within {timeout:?}"));
+            let opened = open_reply(pki, &d.data);
+            if opened.body().request_id == id {
+                return opened.body().clone();
+            }
+            self.early.push(d);
+        }
+    }
+
+    /// Sends and waits for the final reply.
+    async fn call<A: Serialize>(
+        &mut self,
+        pki: &Pki,
+        host: &Party,
+        action: &str,
+        args: &A,
+    ) -> Reply {
+        self.call_raw(pki, host, action, codec::encode(args)).await
+    }
+
+    /// Like [`Caller::call`] with arguments already encoded.
+    async fn call_raw(&mut self, pki: &Pki, host: &Party, action: &str, args: Vec<u8>) -> Reply {
+        let id = self
+            .send_raw(host, action, args, Duration::from_secs(60))
+            .await;
+        let r = self.reply_to(pki, id, Duration::from_secs(30)).await;
+        assert!(r.is_final, "{action}: single replies are final");
+        r
+    }
+}
+
+fn data<T: Serialize + DeserializeOwned>(r: &Reply) -> T {
+    assert_eq!(r.status, Status::Ok, "{:?}", r.error);
+    codec::decode("data", r.data.as_ref().expect("data"), 1 << 20).expect("typed data")
+}
+
+fn error_of(r: &Reply) -> &str {
+    r.error.as_deref().unwrap_or("")
+}
+
+/// One agent `web1` managing units in its own user manager.
+struct UnitWorld {
+    pki: Pki,
+    host: Party,
+    ops: Caller,
+    files: AgentFiles,
+    agent: AgentProcess,
+    manager: UserManager,
+    vhost: Vhost,
+}
+
+impl UnitWorld {
+    async fn start() -> UnitWorld {
+        Self::start_with("", &[]).await
+    }
+
+    /// With extra `[systemd]` lines and agent environment.
+    async fn start_with(systemd_extra: &str, env: &[(&str, &str)]) -> UnitWorld {
+        let manager = UserManager::start();
+        let vhost = Vhost::create();
+        let pki = Pki::new();
+        let host = pki.party("web1", Role::Host, &[]);
+        let ops = pki.party("ops", Role::Operator, ALL_ACTIONS);
+        let section = format!("{}{systemd_extra}\n", manager.agent_section());
+        let files =
+            write_agent_files_with(&vhost, &pki, &host, "action_timeout = \"20s\"", &section);
+        let agent = AgentProcess::start_with(&files.config, &[], env).await;
+        let ops = Caller::connect(&vhost, ops).await;
+        UnitWorld {
+            pki,
+            host,
+            ops,
+            files,
+            agent,
+            manager,
+            vhost,
+        }
+    }
+
+    async fn call<A: Serialize>(&mut self, action: &str, args: &A) -> Reply {
+        self.ops.call(&self.pki, &self.host, action, args).await
+    }
+
+    fn program(&self) -> PathBuf {
+        self.manager.script("prog.sh", PROGRAM)
+    }
+
+    fn starts(&self, program: &Path) -> usize {
+        std::fs::read_to_string(format!("{}.starts", program.display()))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn unit_file(&self, unit: &str) -> PathBuf {
+        self.manager.unit_dir.join(format!("gearmq-{unit}.service"))
+    }
+
+    fn unit_files(&self) -> Vec<String> {
+        std::fs::read_dir(&self.manager.unit_dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn install(&mut self, spec: &UnitSpec, start: bool) -> Reply {
+        self.call(
+            "install",
+            &InstallArgs {
+                spec: spec.clone(),
+                start,
+            },
+        )
+        .await
+    }
+
+    async fn unit(&mut self, action: &str, unit: &str) -> Reply {
+        self.call(action, &UnitArgs { unit: unit.into() }).await
+    }
+
+    async fn status(&mut self, unit: &str) -> gearmq_schemas::actions::UnitState {
+        let r = self
+            .call(
+                "status",
+                &StatusArgs {
+                    unit: Some(unit.into()),
+                },
+            )
+            .await;
+        let mut units: UnitsResult = data(&r);
+        assert_eq!(units.units.len(), 1);
+        units.units.remove(0)
+    }
+
+    async fn logs(&mut self, unit: &str, lines: u32) -> LogsResult {
+        let r = self
+            .call(
+                "logs",
+                &LogsArgs {
+                    unit: unit.into(),
+                    lines,
+                    follow: false,
+                },
+            )
+            .await;
+        data(&r)
+    }
+
+    /// Polls `logs` until a line satisfies `pred` (output reaches the file shortly
+    /// after the program writes it).
+    async fn wait_for_log_line(&mut self, unit: &str, pred: impl Fn(&str) -> bool) -> LogsResult {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = self.logs(unit, 1000).await;
+            if l.lines.iter().any(|x| pred(x)) {
+                return l;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log line not seen; log: {:?}",
+                l.lines
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn spec(unit: &str, exec: &Path) -> UnitSpec {
+    UnitSpec::new(unit, exec.to_string_lossy())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_start_status_logs_restart_stop_delete_lifecycle() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    let mut s = spec("web", &prog);
+    s.args = vec!["hello".into()];
+    s.memory_max = Some(64 * 1024 * 1024);
+
+    let r: UnitChangeResult = data(&w.install(&s, false).await);
+    assert_eq!(r.change, Change::Created);
+    assert_eq!(r.then, None);
+    assert!(w.unit_file("web").exists());
+    assert_eq!(w.starts(&prog), 0, "install without start does not start");
+
+    let r: UnitChangeResult = data(&w.unit("start", "web").await);
+    assert_eq!(r.change, Change::Started);
+    let st = r.state.unwrap();
+    assert_eq!(
+        (st.active_state.as_str(), st.sub_state.as_str()),
+        ("active", "running")
+    );
+
+    let st = w.status("web").await;
+    assert_eq!(st.load_state, "loaded");
+    assert_eq!(st.active_state, "active");
+    assert_eq!(st.sub_state, "running");
+    assert!(st.main_pid > 0);
+    assert!(st.since_ms.is_some());
+    // A user manager on cgroup v1 does not enforce MemoryMax; the agent says so.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if !v2 {
+        assert_eq!(st.limits_enforced, Some(false));
+    }
+    let first_pid = st.main_pid;
+
+    let logs = w.wait_for_log_line("web", |l| l == "ready").await;
+    assert!(
+        logs.lines.contains(&"arg[hello]".to_string()),
+        "{:?}",
+        logs.lines
+    );
+    let two = w.logs("web", 2).await;
+    assert_eq!(two.lines, vec!["arg[hello]", "ready"]);
+
+    let r: UnitChangeResult = data(&w.unit("start", "web").await);
+    assert_eq!(r.change, Change::AlreadyRunning);
+    assert_eq!(w.starts(&prog), 1);
+
+    let r: UnitChangeResult = data(&w.unit("restart", "web").await);
+    assert_eq!(r.change, Change::Restarted);
+    let st = r.state.unwrap();
+    assert_eq!(st.active_state, "active");
+    assert_ne!(st.main_pid, first_pid, "restart runs a new main process");
+    assert_eq!(w.starts(&prog), 2);
+
+    let facts: FactsResult = data(&w.call("facts", &FactsArgs {}).await);
+    assert_eq!((facts.managed_units, facts.active_units), (1, 1));
+    assert_eq!(facts.agent_version, env!("CARGO_PKG_VERSION"));
+    if !v2 {
+        assert!(!facts.limits_enforced);
+    }
+
+    let r: UnitChangeResult = data(&w.unit("stop", "web").await);
+    assert_eq!(r.change, Change::Stopped);
+    assert_eq!(r.state.unwrap().active_state, "inactive");
+    let r: UnitChangeResult = data(&w.unit("stop", "web").await);
+    assert_eq!(r.change, Change::AlreadyStopped);
+    assert_eq!(w.status("web").await.active_state, "inactive");
+
+    let r: UnitChangeResult = data(&w.unit("delete", "web").await);
+    assert_eq!(r.change, Change::Deleted);
+    assert_eq!(r.state, None);
+    let list: UnitsResult = data(&w.call("list", &ListArgs {}).await);
+    assert!(list.units.is_empty(), "{:?}", list.units);
+    assert!(!w.unit_file("web").exists(), "unit file removed from disk");
+    assert!(w.unit_files().is_empty(), "{:?}", w.unit_files());
+    let r: UnitChangeResult = data(&w.unit("delete", "web").await);
+    assert_eq!(r.change, Change::Absent);
+    let r = w
+        .call(
+            "status",
+            &StatusArgs {
+                unit: Some("web".into()),
+            },
+        )
+        .await;
+    assert_eq!(r.status, Status::NotFound, "{:?}", r.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_install_is_unchanged_and_changed_args_are_updated() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    let mut s = spec("app", &prog);
+    s.args = vec!["one".into()];
+    let r: UnitChangeResult = data(&w.install(&s, true).await);
+    assert_eq!((r.change, r.then), (Change::Created, Some(Change::Started)));
+    let r: UnitChangeResult = data(&w.install(&s, true).await);
+    assert_eq!(
+        (r.change, r.then),
+        (Change::Unchanged, Some(Change::AlreadyRunning))
+    );
+    assert_eq!(w.starts(&prog), 1);
+
+    s.args = vec!["two".into()];
+    // Updated but not asked to start: the running program is left as it is.
+    let r: UnitChangeResult = data(&w.install(&s, false).await);
+    assert_eq!((r.change, r.then), (Change::Updated, None));
+    assert_eq!(w.starts(&prog), 1);
+    assert!(
+        std::fs::read_to_string(w.unit_file("app"))
+            .unwrap()
+            .contains("\"two\"")
+    );
+    s.args = vec!["three".into()];
+    let r: UnitChangeResult = data(&w.install(&s, true).await);
+    assert_eq!(
+        (r.change, r.then),
+        (Change::Updated, Some(Change::Restarted))
+    );
+    assert_eq!(w.starts(&prog), 2);
+    w.wait_for_log_line("app", |l| l == "arg[three]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_data_naming_the_field_and_writes_nothing() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    let mut newline = spec("web", &prog);
+    newline.args = vec!["ok".into(), "two\nlines".into()];
+    let cases = [
+        (spec("../etc/x", &prog), "invalid unit"),
+        (spec("a/b", &prog), "invalid unit"),
+        (UnitSpec::new("web", "bin/sh"), "invalid exec"),
+        (newline, "invalid args[1]"),
+    ];
+    for (s, field) in cases {
+        let r = w.install(&s, true).await;
+        assert_eq!(r.status, Status::InvalidData, "{s:?}: {:?}", r.error);
+        assert!(error_of(&r).contains(field), "{field}: {}", error_of(&r));
+    }
+    assert!(w.unit_files().is_empty(), "{:?}", w.unit_files());
+    assert!(!w.manager.config_home.join("systemd/etc").exists());
+    assert_eq!(w.starts(&prog), 0);
+    // Unit names in the other actions too.
+    for action in ["start", "stop", "restart", "delete"] {
+        let r = w.unit(action, "../etc/x").await;
+        assert_eq!(r.status, Status::InvalidData, "{action}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_dollar_quotes_and_backslashes_reach_the_program_literally() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    let args: Vec<String> = [
+        "100%",
+        "%n",
+        "$HOME",
+        "${X}",
+        "say \"hi\"",
+        "it's",
+        "back\\slash",
+        "ends\\",
+        ";",
+        "",
+        "a  b",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut s = spec("echo", &prog);
+    s.args = args.clone();
+    s.env.insert("X".into(), "not expanded".into());
+    let r: UnitChangeResult = data(&w.install(&s, true).await);
+    assert_eq!(r.then, Some(Change::Started));
+    let logs = w.wait_for_log_line("echo", |l| l == "ready").await;
+    let got: Vec<String> = logs
+        .lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("arg[").and_then(|l| l.strip_suffix(']')))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, args);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_operator_cannot_install_or_stop_but_can_observe() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    let r: UnitChangeResult = data(&w.install(&spec("web", &prog), true).await);
+    assert_eq!(r.then, Some(Change::Started));
+
+    let reader = w.pki.party("reader", Role::Operator, READ_ONLY_ACTIONS);
+    let mut reader = Caller::connect(&w.vhost, reader).await;
+    let r = reader
+        .call(
+            &w.pki,
+            &w.host,
+            "install",
+            &InstallArgs {
+                spec: spec("evil", &prog),
+                start: true,
+            },
+        )
+        .await;
+    assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
+    assert!(!w.unit_file("evil").exists());
+    let r = reader
+        .call(&w.pki, &w.host, "stop", &UnitArgs { unit: "web".into() })
+        .await;
+    assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
+    assert!(
+        error_of(&r).contains("not allowed action stop"),
+        "{}",
+        error_of(&r)
+    );
+    assert_eq!(
+        w.status("web").await.active_state,
+        "active",
+        "still running"
+    );
+
+    let st: UnitsResult = data(
+        &reader
+            .call(&w.pki, &w.host, "status", &StatusArgs { unit: None })
+            .await,
+    );
+    assert_eq!(st.units.len(), 1);
+    let list: UnitsResult = data(&reader.call(&w.pki, &w.host, "list", &ListArgs {}).await);
+    assert_eq!(list.units[0].unit, "web");
+    let logs = LogsArgs {
+        unit: "web".into(),
+        lines: 10,
+        follow: false,
+    };
+    let _: LogsResult = data(&reader.call(&w.pki, &w.host, "logs", &logs).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_outside_allowed_exec_prefixes_is_unauthorized() {
+    let mut w =
+        UnitWorld::start_with("allowed_exec_prefixes = [\"/opt/gearmq-allowed\"]", &[]).await;
+    let prog = w.program();
+    let r = w.install(&spec("web", &prog), true).await;
+    assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
+    assert!(
+        error_of(&r).contains("allowed_exec_prefixes"),
+        "{}",
+        error_of(&r)
+    );
+    assert!(w.unit_files().is_empty());
+    assert_eq!(w.starts(&prog), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_execute_is_resolved_from_records_and_starts_once() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    let r: UnitChangeResult = data(&w.install(&spec("web", &prog), false).await);
+    assert_eq!(r.change, Change::Created);
+
+    // An agent that aborts right after it started the unit, before the outcome, the
+    // stored reply and the ack.
+    w.agent.signal("TERM");
+    w.agent.wait_exit(Duration::from_secs(20)).await;
+    w.agent = AgentProcess::start_with(
+        &w.files.config,
+        &[],
+        &[("GEARMQ_AGENT_FAULT", "crash-after-execute")],
+    )
+    .await;
+    let id = w
+        .ops
+        .send(
+            &w.host,
+            "start",
+            &UnitArgs { unit: "web".into() },
+            Duration::from_secs(60),
+        )
+        .await;
+    let status = w.agent.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success(), "the agent aborted: {status:?}");
+    assert!(
+        w.ops.orch.next_reply(QUIET).await.is_none(),
+        "no reply before the crash"
+    );
+    assert_eq!(w.starts(&prog), 1, "the crashed run started the program");
+
+    // The broker redelivers the unacked request to the restarted agent.
+    w.agent = AgentProcess::start(&w.files.config).await;
+    let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(30)).await;
+    let r: UnitChangeResult = data(&r);
+    assert_eq!(r.change, Change::Started, "resolved as the start it was");
+    assert_eq!(r.state.unwrap().active_state, "active");
+    w.agent
+        .wait_for_log("intent record", Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.starts(&prog), 1, "started exactly once");
+    // Answered and acked now: nothing left in the queue.
+    assert_eq!(w.vhost.queue_messages("gearmq.host.web1"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_streams_new_lines_and_cancel_ends_it() {
+    let mut w = UnitWorld::start().await;
+    let ticker = w.manager.script(
+        "ticker.sh",
+        "i=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done\n",
+    );
+    let r: UnitChangeResult = data(&w.install(&spec("tick", &ticker), true).await);
+    assert_eq!(r.then, Some(Change::Started));
+    w.wait_for_log_line("tick", |l| l == "tick 2").await;
+
+    let follow = LogsArgs {
+        unit: "tick".into(),
+        lines: 2,
+        follow: true,
+    };
+    let id = w
+        .ops
+        .send(&w.host, "logs", &follow, Duration::from_secs(60))
+        .await;
+    let first = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+    assert_eq!((first.seq, first.is_final), (0, false));
+    let initial: LogsResult = data(&first);
+    assert_eq!(initial.lines.len(), 2, "{:?}", initial.lines);
+    let last_initial: u32 = initial.lines[1]
+        .strip_prefix("tick ")
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Lines written after the stream started arrive in non-final replies, seq rising.
+    let mut seq = 0;
+    let mut newest = last_initial;
+    while newest < last_initial + 3 {
+        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+        assert!(!r.is_final);
+        assert_eq!(r.seq, seq + 1);
+        seq = r.seq;
+        let part: LogsResult = data(&r);
+        for l in &part.lines {
+            let n: u32 = l.strip_prefix("tick ").unwrap().parse().unwrap();
+            assert!(
+                n > newest || newest == last_initial && n >= newest,
+                "{l} after {newest}"
+            );
+            newest = n;
+        }
+    }
+
+    // Only the caller that started it may cancel it.
+    let other = w.pki.party("other", Role::Operator, ALL_ACTIONS);
+    let mut other = Caller::connect(&w.vhost, other).await;
+    let r = other
+        .call(&w.pki, &w.host, "cancel", &CancelArgs { request_id: id })
+        .await;
+    assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
+
+    let cancel = w
+        .ops
+        .send(
+            &w.host,
+            "cancel",
+            &CancelArgs { request_id: id },
+            Duration::from_secs(60),
+        )
+        .await;
+    let r = w
+        .ops
+        .reply_to(&w.pki, cancel, Duration::from_secs(10))
+        .await;
+    let c: CancelResult = data(&r);
+    assert_eq!(c.request_id, id);
+    // Then the stream's own final reply.
+    let mut seqs = HashMap::new();
+    let last = loop {
+        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+        assert!(r.seq > seq);
+        seq = r.seq;
+        seqs.insert(r.seq, r.is_final);
+        if r.is_final {
+            break r;
+        }
+    };
+    assert_eq!(last.status, Status::Ok);
+    let _: LogsResult = data(&last);
+    assert!(
+        w.ops.orch.next_reply(QUIET).await.is_none(),
+        "nothing after the final reply"
+    );
+    // A cancel of an ended stream finds nothing.
+    let r = w
+        .ops
+        .call(&w.pki, &w.host, "cancel", &CancelArgs { request_id: id })
+        .await;
+    assert_eq!(r.status, Status::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_without_systemd_answers_ping_and_unit_actions_with_status_5() {
+    let vhost = Vhost::create();
+    let pki = Pki::new();
+    let host = pki.party("web1", Role::Host, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "bus = \"user\"\naddress = \"unix:path={}/no-such-bus\"\nunit_dir = \"{}/units\"\n",
+        dir.path().display(),
+        dir.path().display()
+    );
+    let files = write_agent_files_with(&vhost, &pki, &host, "", &section);
+    let _agent = AgentProcess::start(&files.config).await;
+    let ops = pki.party("ops", Role::Operator, ALL_ACTIONS);
+    let mut ops = Caller::connect(&vhost, ops).await;
+    let r = ops
+        .call(&pki, &host, "ping", &gearmq_schemas::actions::PingArgs {})
+        .await;
+    assert_eq!(r.status, Status::Ok);
+    for (action, args) in [
+        ("status", codec::encode(&StatusArgs { unit: None })),
+        ("list", codec::encode(&ListArgs {})),
+        (
+            "install",
+            codec::encode(&InstallArgs {
+                spec: UnitSpec::new("web", "/bin/sleep"),
+                start: true,
+            }),
+        ),
+    ] {
+        let r = ops.call_raw(&pki, &host, action, args).await;
+        assert_eq!(r.status, Status::UnknownError, "{action}: {:?}", r.error);
+        assert!(
+            error_of(&r).contains("systemd is not reachable on the user bus"),
+            "{action}: {}",
+            error_of(&r)
+        );
+    }
+    assert!(!dir.path().join("units").exists(), "nothing written");
+    // Still answering.
+    let r = ops
+        .call(&pki, &host, "ping", &gearmq_schemas::actions::PingArgs {})
+        .await;
+    assert_eq!(r.status, Status::Ok);
+}
