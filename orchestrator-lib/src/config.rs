@@ -23,6 +23,10 @@ pub struct OrchestratorConfig {
     /// revoked host credential are rejected as forged.
     #[serde(default)]
     pub revocation_file: Option<PathBuf>,
+    /// Hosts that may send delegated requests (their broker users may publish to
+    /// single hosts' routes); `gearmq broker provision` grants it.
+    #[serde(default)]
+    pub delegators: Vec<String>,
     /// Broker connection.
     pub broker: BrokerConfig,
     /// Defaults for calls.

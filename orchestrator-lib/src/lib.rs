@@ -37,6 +37,7 @@ pub mod config;
 pub mod correlate;
 pub mod inventory;
 pub mod outcome;
+pub mod provision;
 
 pub use client::{Call, CallSpec, Orchestrator, OrchestratorError, Progress, Resolved, Selection};
 pub use config::OrchestratorConfig;

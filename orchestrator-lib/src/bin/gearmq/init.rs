@@ -34,9 +34,58 @@ pub struct InitArgs {
     /// or the user manager of the user running each agent.
     #[arg(long, value_enum, default_value = "system")]
     systemd_bus: Bus,
+    /// Give every host and the operator a broker user of its own with least-privilege
+    /// permissions (rabbitmqctl import_definitions on the local node), and turn the
+    /// orchestrator's user_id check on. Needs rabbitmqctl rights (root).
+    #[arg(long)]
+    provision: bool,
+    /// Hosts that may send delegated requests (with --provision).
+    #[arg(long, value_delimiter = ',', requires = "provision")]
+    delegators: Vec<String>,
+    /// The RabbitMQ node to provision (default: the local node).
+    #[arg(long, requires = "provision")]
+    node: Option<String>,
     /// Write into a non-empty directory, replacing files.
     #[arg(long)]
     force: bool,
+}
+
+/// A random broker password (URL-safe).
+fn new_password() -> Result<String> {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 18];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
+/// `url` with its user and password replaced.
+fn url_as(url: &str, user: &str, password: &str) -> Result<String> {
+    let u: lapin::uri::AMQPUri = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--broker does not parse: {e}"))?;
+    let scheme = if url.starts_with("amqps") {
+        "amqps"
+    } else {
+        "amqp"
+    };
+    let vhost: String = u
+        .vhost
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect();
+    Ok(format!(
+        "{scheme}://{user}:{password}@{}:{}/{vhost}",
+        u.authority.host, u.authority.port
+    ))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -126,6 +175,12 @@ pub fn run(a: InitArgs) -> Result<()> {
     )?;
 
     let hosts_dir = dir.join("hosts");
+    let provisioned = a.provision;
+    for d in &a.delegators {
+        if !hosts.iter().any(|h| h.as_str() == d) {
+            bail!("delegator {d} is not one of --hosts");
+        }
+    }
     for h in &hosts {
         let hd = hosts_dir.join(h.as_str());
         std::fs::create_dir_all(&hd).with_context(|| format!("cannot create {}", hd.display()))?;
@@ -141,19 +196,46 @@ pub fn run(a: InitArgs) -> Result<()> {
         }
         .issue(&issuer)?;
         write_file(&hd.join("host.cred"), &cred, 0o644, force)?;
+        let url = if provisioned {
+            let pw = new_password()?;
+            write_file(&hd.join("broker.password"), pw.as_bytes(), 0o600, force)?;
+            url_as(&a.broker, h.as_str(), &pw)?
+        } else {
+            a.broker.clone()
+        };
         write_file(
             &hd.join("agent.toml"),
-            agent_toml(h, &hd, &issuer_pub, &a.broker, a.systemd_bus).as_bytes(),
+            agent_toml(h, &hd, &issuer_pub, &url, a.systemd_bus, provisioned).as_bytes(),
             0o600,
             force,
         )?;
     }
+    let op_url = if provisioned {
+        url_as(&a.broker, operator.as_str(), &new_password()?)?
+    } else {
+        a.broker.clone()
+    };
     write_file(
         &dir.join("orchestrator.toml"),
-        orchestrator_toml(&operator, &dir, &a.broker).as_bytes(),
+        orchestrator_toml(&operator, &dir, &op_url, provisioned, &a.delegators).as_bytes(),
         0o600,
         force,
     )?;
+    if provisioned {
+        let config = gearmq_orchestrator::OrchestratorConfig::load(&dir.join("orchestrator.toml"))?;
+        let plan_args = crate::broker::PlanArgs::for_init(a.delegators.clone(), a.node.clone());
+        let plan = crate::broker::plan_from(&config, &plan_args)?;
+        crate::broker::apply(
+            a.node.as_deref(),
+            &gearmq_orchestrator::provision::definitions(&plan),
+        )
+        .context("cannot provision the broker")?;
+        println!(
+            "broker provisioned: vhost {}, {} host users, operator user {operator}",
+            plan.vhost,
+            plan.hosts.len()
+        );
+    }
 
     println!("fleet written to {}", dir.display());
     println!("  issuer        {}", issuer_pub.display());
@@ -179,7 +261,21 @@ pub fn run(a: InitArgs) -> Result<()> {
     Ok(())
 }
 
-fn agent_toml(host: &Name, hd: &Path, issuer_pub: &Path, broker: &str, bus: Bus) -> String {
+fn agent_toml(
+    host: &Name,
+    hd: &Path,
+    issuer_pub: &Path,
+    broker: &str,
+    bus: Bus,
+    provisioned: bool,
+) -> String {
+    let provisioning = if provisioned {
+        "# A provisioned broker: this host's own user; passive declares only.\n\
+         provisioned = true\n"
+    } else {
+        "# A development broker: the agent declares its own queue and bindings.\n\
+         provisioned = false\n"
+    };
     let systemd = match bus {
         Bus::System => "",
         Bus::User => {
@@ -199,8 +295,7 @@ fn agent_toml(host: &Name, hd: &Path, issuer_pub: &Path, broker: &str, bus: Bus)
          \n\
          [broker]\n\
          urls = [{broker}]\n\
-         # A development broker: the agent declares its own queue and bindings.\n\
-         provisioned = false\n\
+         {provisioning}\
          {systemd}",
         name = toml_str(host.as_str()),
         key = toml_path(&hd.join("host.key")),
@@ -211,7 +306,29 @@ fn agent_toml(host: &Name, hd: &Path, issuer_pub: &Path, broker: &str, bus: Bus)
     )
 }
 
-fn orchestrator_toml(operator: &Name, dir: &Path, broker: &str) -> String {
+fn orchestrator_toml(
+    operator: &Name,
+    dir: &Path,
+    broker: &str,
+    provisioned: bool,
+    delegators: &[String],
+) -> String {
+    let delegators = toml::Value::Array(
+        delegators
+            .iter()
+            .map(|d| toml::Value::String(d.clone()))
+            .collect(),
+    );
+    let trust = if provisioned {
+        "provisioned = true\n\
+         # Every host logs in as itself: a reply's user_id must name the host.\n\
+         require_user_id = true\n"
+    } else {
+        "provisioned = false\n\
+         # Every agent of this development fleet logs in as the same broker user, so the\n\
+         # reply user_id cannot name the host. `gearmq init --provision` turns this on.\n\
+         require_user_id = false\n"
+    };
     format!(
         "# gearmq orchestrator configuration, written by `gearmq init`.\n\
          name = {name}\n\
@@ -222,13 +339,12 @@ fn orchestrator_toml(operator: &Name, dir: &Path, broker: &str) -> String {
          inventory_dir = {hosts}\n\
          # Extended by `gearmq revoke --list ...`; revoked hosts' replies are forged.\n\
          revocation_file = {revocations}\n\
+         # Hosts that may send delegated requests (granted by `gearmq broker provision`).\n\
+         delegators = {delegators}\n\
          \n\
          [broker]\n\
          urls = [{broker}]\n\
-         provisioned = false\n\
-         # Every agent of this development fleet logs in as the same broker user, so the\n\
-         # reply user_id cannot name the host. A provisioned broker turns this on.\n\
-         require_user_id = false\n\
+         {trust}\
          \n\
          [defaults]\n\
          timeout = \"5s\"\n\

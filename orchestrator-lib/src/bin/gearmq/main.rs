@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod broker;
 mod call;
 mod enroll;
 mod init;
@@ -55,6 +56,9 @@ enum Command {
     /// public key and this binary).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Provision the broker from the inventory, check it for drift, remove a host.
+    #[command(subcommand)]
+    Broker(broker::BrokerCommand),
     /// A small CA and TLS certificates for the broker and its clients.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => enroll::keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Enroll(c) => enroll::enroll(c).map(|()| ExitCode::SUCCESS),
         Command::Audit(c) => audit::run(c),
+        Command::Broker(c) => broker::run(&cli.config, c),
         Command::Pki(c) => pki::run(c).map(|()| ExitCode::SUCCESS),
         Command::Revoke(a) => revoke::revoke(a).map(|()| ExitCode::SUCCESS),
         Command::Renew(a) => revoke::renew(a).map(|()| ExitCode::SUCCESS),
