@@ -10,7 +10,13 @@ use std::time::{Duration, Instant};
 pub struct UserSystemd {
     child: Option<Child>,
     root: tempfile::TempDir,
+    cgroups: Vec<PathBuf>,
 }
+
+/// cgroup hierarchies a user manager tracks its units in. Each manager gets its own
+/// group in them: managers started from the same group would share unit cgroups, and
+/// stopping `x.service` in one would kill `x.service` of another.
+const CGROUP_ROOTS: [&str; 2] = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"];
 
 impl UserSystemd {
     /// Starts one and waits until its bus answers.
@@ -27,13 +33,25 @@ impl UserSystemd {
         }
         set_mode(&runtime, 0o700);
         let log = std::fs::File::create(root.path().join("systemd.log")).expect("log");
+        let group = format!("gearmq-test-{:08x}", crate::rand_u32());
+        let cgroups: Vec<PathBuf> = CGROUP_ROOTS
+            .iter()
+            .map(Path::new)
+            .filter(|r| r.is_dir())
+            .map(|r| r.join(&group))
+            .collect();
+        let mut script = String::new();
+        for cg in &cgroups {
+            script.push_str(&format!(
+                "mkdir -p {d} && echo $$ > {d}/cgroup.procs && ",
+                d = cg.display()
+            ));
+        }
+        script.push_str(
+            "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && exec /usr/lib/systemd/systemd --user",
+        );
         let child = Command::new("unshare")
-            .args([
-                "-m",
-                "sh",
-                "-c",
-                "mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system && exec /usr/lib/systemd/systemd --user",
-            ])
+            .args(["-m", "sh", "-c", &script])
             .env("HOME", &home)
             .env("XDG_RUNTIME_DIR", &runtime)
             .env("XDG_CONFIG_HOME", &config)
@@ -46,6 +64,7 @@ impl UserSystemd {
         let s = UserSystemd {
             child: Some(child),
             root,
+            cgroups,
         };
         s.wait_bus(Duration::from_secs(20));
         s
@@ -125,6 +144,27 @@ fn set_mode(p: &Path, mode: u32) {
 
 impl Drop for UserSystemd {
     fn drop(&mut self) {
+        self.stop();
+        // Empty once the manager and its units are gone; rmdir removes a cgroup.
+        for cg in &self.cgroups {
+            remove_cgroup(cg);
+        }
+    }
+}
+
+fn remove_cgroup(cg: &Path) {
+    if let Ok(entries) = std::fs::read_dir(cg) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(cg);
+}
+
+impl UserSystemd {
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGTERM lets the manager stop its units (our test programs) first.
             let _ = Command::new("kill")
