@@ -704,3 +704,39 @@ async fn agent_without_systemd_answers_ping_and_unit_actions_with_status_5() {
         .await;
     assert_eq!(r.status, Status::Ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_an_open_stream_with_a_final_aborted_reply() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    let r: UnitChangeResult = data(&w.install(&spec("web", &prog), true).await);
+    assert_eq!(r.then, Some(Change::Started));
+    let follow = LogsArgs {
+        unit: "web".into(),
+        lines: 5,
+        follow: true,
+    };
+    let id = w
+        .ops
+        .send(&w.host, "logs", &follow, Duration::from_secs(60))
+        .await;
+    let first = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+    assert_eq!((first.seq, first.is_final), (0, false));
+    w.agent.signal("TERM");
+    let last = loop {
+        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+        if r.is_final {
+            break r;
+        }
+    };
+    assert_eq!(last.status, Status::Aborted, "{:?}", last.error);
+    assert!(
+        error_of(&last).contains("shutting down"),
+        "{}",
+        error_of(&last)
+    );
+    assert_eq!(
+        w.agent.wait_exit(Duration::from_secs(20)).await.code(),
+        Some(0)
+    );
+}
