@@ -272,8 +272,12 @@ impl Orchestrator {
             ),
             None => None,
         };
-        let (connection, url) = connect_any(&config.broker.urls, &name).await?;
-        let broker_user = broker_user(&url);
+        let (connection, url) = connect_any(&config.broker, &name).await?;
+        let broker_user = config
+            .broker
+            .user
+            .clone()
+            .unwrap_or_else(|| broker_user(&url));
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -525,12 +529,16 @@ impl Orchestrator {
         lock(&self.shared.routes).insert(request.id, tx);
         lock(&self.shared.correlator).register(request.id, digest, targets.clone());
 
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(CONTENT_TYPE.into())
             .with_correlation_id(request.id.to_string().into())
-            .with_reply_to(self.reply_queue.as_str().into())
-            .with_user_id(self.broker_user.as_str().into());
+            .with_reply_to(self.reply_queue.as_str().into());
+        // The broker checks user_id against the login; without a known user (EXTERNAL
+        // and no `broker.user`) it is left out rather than guessed.
+        if !self.broker_user.is_empty() {
+            props = props.with_user_id(self.broker_user.as_str().into());
+        }
         let mut confirms = Vec::with_capacity(targets.len());
         let routes: Vec<(Option<Name>, String)> = if resolved.discover {
             vec![(None, "all".to_string())]
@@ -623,22 +631,22 @@ impl Orchestrator {
 }
 
 async fn connect_any(
-    urls: &[String],
+    cfg: &crate::config::BrokerConfig,
     name: &Name,
 ) -> Result<(Connection, String), OrchestratorError> {
     let mut last = String::from("no URL configured");
-    for url in urls {
+    for url in &cfg.urls {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("gearmq-orchestrator {name}").into());
-        match tokio::time::timeout(Duration::from_secs(10), Connection::connect(url, props)).await {
-            Ok(Ok(c)) => return Ok((c, url.clone())),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = "timed out after 10s".into(),
+        match crate::broker_conn::connect(url, cfg, props, Duration::from_secs(10)).await {
+            Ok(c) => return Ok((c, url.clone())),
+            Err(e) => last = e,
         }
         tracing::debug!(url = %redact_url(url), error = %last, "broker connect failed");
     }
     Err(OrchestratorError::Connect {
-        urls: urls
+        urls: cfg
+            .urls
             .iter()
             .map(|u| redact_url(u))
             .collect::<Vec<_>>()

@@ -81,6 +81,25 @@ pub struct BrokerConfig {
     /// Most replies held in this process's reply queue.
     #[serde(default = "default_reply_queue_max")]
     pub reply_queue_max_length: u32,
+    /// The broker user's password, read from this file (never put on a command line);
+    /// used when a URL has a user but no password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) that `amqps://` brokers must chain to. Only this CA is
+    /// trusted: system roots never are.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS; with `?auth_mechanism=external` in the URL the
+    /// broker user is its common name.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, PKCS#8; mode 0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The broker user (the AMQP `user_id` of every request). Default: the URL's user;
+    /// set it for EXTERNAL logins, where the URL has none.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Defaults for calls.

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod broker_conn;
 pub mod client;
 pub mod config;
 pub mod correlate;
