@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The operator's and the auditor's walk-through on one machine:
+#   deploy/demo.sh
+# Two hosts (web1, web2), each an agent with a systemd user manager of its own (so the
+# demo needs no systemd as PID 1), one operator who installs, starts, inspects, stops
+# and deletes a service on both, and an auditor who verifies the signed audit logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/ensure-rabbitmq.sh
+command -v busctl >/dev/null && [ -x /usr/lib/systemd/systemd ] || {
+  echo "installing systemd (for its user manager and busctl)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+}
+cargo build --locked -q -p gearmq-agent -p gearmq-orchestrator
+BIN=$PWD/target/debug
+W=$(mktemp -d /tmp/gearmq-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for cg in /sys/fs/cgroup/systemd/gearmq-demo-* /sys/fs/cgroup/unified/gearmq-demo-*; do
+    [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+run() { echo; echo "\$ gearmq $*"; "$BIN/gearmq" --config "$W/fleet/orchestrator.toml" "$@" || true; }
+
+"$BIN/gearmq" init --dir "$W/fleet" --hosts web1,web2 --systemd-bus user >/dev/null
+for h in web1 web2; do
+  home=$W/$h/home; rt=$W/$h/run
+  mkdir -p "$home/.config" "$rt"; chmod 700 "$rt"
+  # A user manager per host, in a private mount namespace (it needs /run/systemd/system,
+  # which must not exist machine-wide here) and a cgroup of its own.
+  cg=gearmq-demo-$h-$$
+  HOME=$home XDG_RUNTIME_DIR=$rt XDG_CONFIG_HOME=$home/.config unshare -m sh -c "
+    for r in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
+      [ -d \$r ] && mkdir -p \$r/$cg && echo \$\$ > \$r/$cg/cgroup.procs; done
+    mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system &&
+    exec /usr/lib/systemd/systemd --user" 2>"$W/$h-systemd.log" &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    busctl --address "unix:path=$rt/bus" status org.freedesktop.systemd1 >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  HOME=$home XDG_RUNTIME_DIR=$rt XDG_CONFIG_HOME=$home/.config \
+    "$BIN/gearmq-agent" --config "$W/fleet/hosts/$h/agent.toml" 2>"$W/$h-agent.log" &
+  PIDS+=($!)
+  for _ in $(seq 200); do grep -q "agent ready" "$W/$h-agent.log" && break; sleep 0.05; done
+done
+
+cat >"$W/hello.sh" <<'PROG'
+#!/bin/sh
+echo "hello, $1 (pid $$)"
+while true; do echo "tick $(date +%T)"; sleep 1; done
+PROG
+chmod 755 "$W/hello.sh"
+
+echo "== the operator"
+run install web1,web2 hello --exec "$W/hello.sh" --arg world --restart on-failure --start
+run status web1,web2 hello
+sleep 2
+run logs web1 hello --lines 3
+run list --all
+run restart web2 hello
+run stop web1,web2 hello
+run delete web1,web2 hello
+run facts --all
+
+echo
+echo "== the auditor (needs only the logs, the issuer public key and gearmq)"
+echo "\$ gearmq audit verify fleet/audit.log --issuer fleet/issuer.pub"
+"$BIN/gearmq" audit verify "$W/fleet/audit.log" --issuer "$W/fleet/issuer.pub" || true
+for h in web1 web2; do
+  log=$W/fleet/hosts/$h/state/audit.log
+  if [ -f "$log" ]; then
+    echo "\$ gearmq audit verify fleet/hosts/$h/state/audit.log --issuer fleet/issuer.pub"
+    "$BIN/gearmq" audit verify "$log" --issuer "$W/fleet/issuer.pub" || true
+  fi
+done
+echo "\$ gearmq audit show fleet/audit.log | tail -4"
+"$BIN/gearmq" audit show "$W/fleet/audit.log" | tail -4
