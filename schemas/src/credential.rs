@@ -1,7 +1,7 @@
 //! Credentials: issuer-signed statements of who holds a key and what it may do.
 
-use crate::codec::{self, DecodeError};
-use crate::envelope::{Body, Context, IssuerSigned, decode_body};
+use crate::codec::DecodeError;
+use crate::envelope::{Body, Context, IssuerSigned, IssuerSignedError};
 use crate::keys::{PublicKey, SigningKey};
 use crate::names::{ActionName, Name, check_label_key, check_label_value};
 use crate::time::Millis;
@@ -153,13 +153,7 @@ impl Credential {
 
     /// Signs this credential with the issuer key: the bytes of a `.cred` file.
     pub fn issue(&self, issuer: &SigningKey) -> Vec<u8> {
-        let body = codec::encode(self);
-        let sig = issuer.sign(Context::Credential, &body);
-        codec::encode(&IssuerSigned {
-            body,
-            issuer: issuer.public_key(),
-            sig: serde_bytes::ByteArray::new(sig),
-        })
+        IssuerSigned::seal(self, issuer)
     }
 
     /// Checks the validity window at `now`, allowing `skew` ms either side.
@@ -195,20 +189,17 @@ pub fn verify_credential(
     bytes: &[u8],
     trusted: &[PublicKey],
 ) -> Result<Credential, CredentialError> {
-    let env: IssuerSigned = codec::decode("credential envelope", bytes, MAX_CREDENTIAL_BYTES)
-        .map_err(CredentialError::Decode)?;
-    if !trusted.contains(&env.issuer) {
-        return Err(CredentialError::UntrustedIssuer { issuer: env.issuer });
-    }
-    env.issuer
-        .verify(Context::Credential, &env.body, env.sig.as_slice())
-        .map_err(|_| CredentialError::BadSignature)?;
-    decode_body::<Credential>(&env.body, MAX_CREDENTIAL_BYTES).map_err(CredentialError::Decode)
+    IssuerSigned::open::<Credential>(bytes, MAX_CREDENTIAL_BYTES, trusted).map_err(|e| match e {
+        IssuerSignedError::Decode(d) => CredentialError::Decode(d),
+        IssuerSignedError::UntrustedIssuer(issuer) => CredentialError::UntrustedIssuer { issuer },
+        IssuerSignedError::BadSignature => CredentialError::BadSignature,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec;
 
     fn sample(issuer: &SigningKey) -> (Credential, Vec<u8>) {
         let holder = SigningKey::from_seed(&[2; 32]);

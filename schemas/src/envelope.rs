@@ -149,6 +149,48 @@ impl Signed {
     }
 }
 
+/// Why an issuer-signed body (credential, revocation list) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerSignedError {
+    /// The envelope or body did not decode.
+    Decode(DecodeError),
+    /// Signed by a key that is not a trusted issuer.
+    UntrustedIssuer(PublicKey),
+    /// The issuer signature does not match.
+    BadSignature,
+}
+
+impl IssuerSigned {
+    /// Signs `body` with the issuer key: the bytes of a `.cred` or revocation file.
+    pub fn seal<B: Body>(body: &B, issuer: &crate::SigningKey) -> Vec<u8> {
+        let body = codec::encode(body);
+        let sig = issuer.sign(B::CONTEXT, &body);
+        codec::encode(&IssuerSigned {
+            body,
+            issuer: issuer.public_key(),
+            sig: serde_bytes::ByteArray::new(sig),
+        })
+    }
+
+    /// Decodes an issuer-signed `B`, checking the issuer is one of `trusted` and the
+    /// signature holds, then decoding the body strictly.
+    pub fn open<B: Body>(
+        bytes: &[u8],
+        max: usize,
+        trusted: &[PublicKey],
+    ) -> Result<B, IssuerSignedError> {
+        let env: IssuerSigned = codec::decode("issuer-signed envelope", bytes, max)
+            .map_err(IssuerSignedError::Decode)?;
+        if !trusted.contains(&env.issuer) {
+            return Err(IssuerSignedError::UntrustedIssuer(env.issuer));
+        }
+        env.issuer
+            .verify(B::CONTEXT, &env.body, env.sig.as_slice())
+            .map_err(|_| IssuerSignedError::BadSignature)?;
+        decode_body::<B>(&env.body, max).map_err(IssuerSignedError::Decode)
+    }
+}
+
 /// Why a signed message could not be opened. Every variant means the sender is not
 /// proven, so none of them may be answered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -4,9 +4,9 @@
 //! that became valid before then, so a re-enrolled holder is trusted again). Lists carry
 //! a rising sequence number: a newer list replaces an older one, never the reverse.
 
-use crate::codec::{self, DecodeError};
+use crate::codec::DecodeError;
 use crate::credential::Credential;
-use crate::envelope::{Body, Context, IssuerSigned, decode_body};
+use crate::envelope::{Body, Context, IssuerSigned, IssuerSignedError};
 use crate::keys::{PublicKey, SigningKey};
 use crate::names::Name;
 use crate::time::Millis;
@@ -128,13 +128,7 @@ impl RevocationList {
 
     /// Signs the list with the issuer key: the bytes of a revocation file.
     pub fn issue(&self, issuer: &SigningKey) -> Vec<u8> {
-        let body = codec::encode(self);
-        let sig = issuer.sign(Context::Revocation, &body);
-        codec::encode(&IssuerSigned {
-            body,
-            issuer: issuer.public_key(),
-            sig: serde_bytes::ByteArray::new(sig),
-        })
+        IssuerSigned::seal(self, issuer)
     }
 }
 
@@ -143,15 +137,15 @@ pub fn verify_revocation(
     bytes: &[u8],
     trusted: &[PublicKey],
 ) -> Result<RevocationList, RevocationError> {
-    let env: IssuerSigned = codec::decode("revocation envelope", bytes, MAX_REVOCATION_BYTES)
-        .map_err(RevocationError::Decode)?;
-    if !trusted.contains(&env.issuer) {
-        return Err(RevocationError::UntrustedIssuer { issuer: env.issuer });
-    }
-    env.issuer
-        .verify(Context::Revocation, &env.body, env.sig.as_slice())
-        .map_err(|_| RevocationError::BadSignature)?;
-    decode_body::<RevocationList>(&env.body, MAX_REVOCATION_BYTES).map_err(RevocationError::Decode)
+    IssuerSigned::open::<RevocationList>(bytes, MAX_REVOCATION_BYTES, trusted).map_err(
+        |e| match e {
+            IssuerSignedError::Decode(d) => RevocationError::Decode(d),
+            IssuerSignedError::UntrustedIssuer(issuer) => {
+                RevocationError::UntrustedIssuer { issuer }
+            }
+            IssuerSignedError::BadSignature => RevocationError::BadSignature,
+        },
+    )
 }
 
 /// The newest verified list a receiver holds. Replacing it with an older or equal
@@ -170,13 +164,11 @@ impl Revocations {
     /// Verifies `bytes` and takes the list if it is newer than the one held.
     pub fn update(&mut self, bytes: &[u8], trusted: &[PublicKey]) -> Result<u64, RevocationError> {
         let list = verify_revocation(bytes, trusted)?;
-        if let Some(held) = &self.list {
-            if list.sequence <= held.sequence {
-                return Err(RevocationError::Stale {
-                    got: list.sequence,
-                    held: held.sequence,
-                });
-            }
+        if let Some(held) = self.list.as_ref().filter(|h| list.sequence <= h.sequence) {
+            return Err(RevocationError::Stale {
+                got: list.sequence,
+                held: held.sequence,
+            });
         }
         let seq = list.sequence;
         self.list = Some(list);
