@@ -60,10 +60,23 @@ pub struct Summary {
     pub failed: usize,
     /// Hosts that gave no verified reply.
     pub no_reply: usize,
-    /// Replies rejected, by reason.
+    /// Replies rejected, by reason (security rejections and stragglers).
     pub rejected: BTreeMap<String, u64>,
+    /// Repeats of replies already accepted: not a security event, counted apart.
+    pub duplicates: u64,
     /// Wall time of the call, in ms.
     pub elapsed_ms: f64,
+}
+
+impl Summary {
+    /// Counts `n` rejected replies with `reason`, keeping duplicates apart.
+    pub fn count_rejected(&mut self, reason: &str, n: u64) {
+        if reason == crate::Rejection::Duplicate.as_str() {
+            self.duplicates += n;
+        } else {
+            *self.rejected.entry(reason.to_string()).or_default() += n;
+        }
+    }
 }
 
 /// Everything a call produced.
@@ -101,14 +114,18 @@ impl CallResult {
     ) -> Self {
         results.sort_by(|a, b| a.host.cmp(&b.host));
         let count = |s: HostStatus| results.iter().filter(|r| r.status == s).count();
-        let summary = Summary {
+        let mut summary = Summary {
             targets: results.len(),
             ok: count(HostStatus::Ok),
             failed: count(HostStatus::Error),
             no_reply: count(HostStatus::NoReply),
-            rejected,
+            rejected: BTreeMap::new(),
+            duplicates: 0,
             elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         };
+        for (reason, n) in rejected {
+            summary.count_rejected(&reason, n);
+        }
         let batches = vec![Batch {
             request_id,
             hosts: results.iter().map(|r| r.host.to_string()).collect(),
@@ -129,7 +146,8 @@ impl CallResult {
 
     /// The documented JSON document:
     /// `{"request_id","action","results":[{"host","status","code","message","data",
-    /// "elapsed_ms"}],"summary":{"targets","ok","failed","no_reply","rejected","elapsed_ms"}}`.
+    /// "elapsed_ms"}],"summary":{"targets","ok","failed","no_reply","rejected","duplicates","elapsed_ms"},
+    /// "batches":[{"request_id","hosts"}]}`.
     pub fn to_json(&self) -> serde_json::Value {
         let results: Vec<_> = self
             .results
@@ -169,6 +187,7 @@ impl CallResult {
         for (k, v) in other.summary.rejected {
             *rejected.entry(k).or_default() += v;
         }
+        let duplicates = self.summary.duplicates + other.summary.duplicates;
         self.results.extend(other.results);
         let mut batches = std::mem::take(&mut self.batches);
         batches.extend(other.batches);
@@ -180,6 +199,7 @@ impl CallResult {
             Duration::ZERO,
         );
         merged.summary.elapsed_ms = elapsed;
+        merged.summary.duplicates = duplicates;
         merged.batches = batches;
         merged
     }
@@ -188,6 +208,7 @@ impl CallResult {
     /// after a failure.
     pub fn skip(&mut self, hosts: Vec<Name>, reason: &str) {
         let rejected = std::mem::take(&mut self.summary.rejected);
+        let duplicates = self.summary.duplicates;
         let elapsed = self.summary.elapsed_ms;
         let mut results = std::mem::take(&mut self.results);
         let batches = std::mem::take(&mut self.batches);
@@ -200,6 +221,7 @@ impl CallResult {
             Duration::ZERO,
         );
         self.summary.elapsed_ms = elapsed;
+        self.summary.duplicates = duplicates;
         self.batches = batches;
     }
 }

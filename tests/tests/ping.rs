@@ -369,3 +369,65 @@ fn init_refuses_a_used_dir_and_bad_names() {
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("a-z, 0-9 and '-'"), "{}", bad.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_of_an_accepted_reply_is_counted_apart_from_rejections() {
+    let fleet = Fleet::init("dup", &["a", "b"]);
+    let _a = fleet.start_agent("a");
+    // b's queue exists but nobody answers: the call stays open until its deadline.
+    declare_silent_host_queue(&fleet, "b").await;
+    let orch = Orchestrator::connect(&fleet.orchestrator_config())
+        .await
+        .unwrap();
+    let conn = fleet.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    let capture = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        capture.name().clone(),
+        "gearmq.replies".into(),
+        orch.reply_queue().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut call = orch
+        .start(ping_spec(
+            Selection::Hosts(vec![name("a"), name("b")]),
+            Duration::from_millis(2000),
+        ))
+        .await
+        .unwrap();
+    // Wait for a's genuine reply, then deliver a copy of it again.
+    while let Some(p) = call.next().await {
+        if matches!(p, gearmq_orchestrator::Progress::Host(_)) {
+            break;
+        }
+    }
+    let copy = ch
+        .basic_get(capture.name().clone(), Default::default())
+        .await
+        .unwrap()
+        .expect("captured reply");
+    inject_reply(&fleet, orch.reply_queue(), &copy.delivery.data).await;
+    let result = call.finish().await;
+    assert_eq!(result.summary.ok, 1);
+    assert_eq!(result.summary.duplicates, 1);
+    assert!(
+        result.summary.rejected.is_empty(),
+        "{:?}",
+        result.summary.rejected
+    );
+    let _ = conn.close(200, "done".into()).await;
+    orch.close().await;
+}

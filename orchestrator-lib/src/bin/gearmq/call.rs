@@ -228,12 +228,14 @@ pub async fn connect(config: &OrchestratorConfig, selection: &Selection) -> Resu
 /// forgeries with bad signatures): the operator must see them too.
 pub fn merge_rejections(result: &mut CallResult, orch: &Orchestrator) {
     for (reason, n) in orch.rejections() {
-        let e = result
-            .summary
-            .rejected
-            .entry(reason.to_string())
-            .or_default();
-        *e = (*e).max(n);
+        let have = if reason == gearmq_orchestrator::Rejection::Duplicate.as_str() {
+            result.summary.duplicates
+        } else {
+            result.summary.rejected.get(reason).copied().unwrap_or(0)
+        };
+        if n > have {
+            result.summary.count_rejected(reason, n - have);
+        }
     }
 }
 

@@ -119,6 +119,9 @@ pub fn print_summary(result: &CallResult) {
             parts.join(", ")
         );
     }
+    if s.duplicates > 0 {
+        println!("duplicate replies ignored: {}", s.duplicates);
+    }
     let mut line = format!("{}/{} ok", s.ok, s.targets);
     if s.failed > 0 {
         line.push_str(&format!(", {} failed", s.failed));
