@@ -175,6 +175,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// never take each other's replies.
 pub struct Orchestrator {
     shared: Arc<Shared>,
+    revocation_file: Option<std::path::PathBuf>,
     inventory: Inventory,
     connection: Connection,
     channel: lapin::Channel,
@@ -363,6 +364,7 @@ impl Orchestrator {
         tracing::debug!(queue = %reply_queue, broker = %redact_url(&url), "orchestrator connected");
         Ok(Orchestrator {
             shared,
+            revocation_file: config.revocation_file.clone(),
             inventory,
             connection,
             channel,
@@ -395,6 +397,24 @@ impl Orchestrator {
             .revocations_mut()
             .update(bytes, &trusted)
             .map_err(|e| OrchestratorError::Invalid(e.to_string()))
+    }
+
+    /// Re-reads the configured `revocation_file` (for a long-running orchestrator on
+    /// SIGHUP): a newer list is taken, an older or equal one is refused.
+    pub fn reload_revocations(&self) -> Result<u64, OrchestratorError> {
+        let Some(path) = &self.revocation_file else {
+            return Err(OrchestratorError::Invalid(
+                "no revocation_file is configured".into(),
+            ));
+        };
+        let bytes = std::fs::read(path).map_err(|source| {
+            OrchestratorError::File(FileError::Io {
+                action: "read",
+                path: path.clone(),
+                source,
+            })
+        })?;
+        self.update_revocations(&bytes)
     }
 
     /// Replies rejected so far by this orchestrator, by reason (including those that
