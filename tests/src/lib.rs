@@ -5,6 +5,7 @@
 //! removed), so tests run in parallel and leave nothing behind, pass or fail.
 #![forbid(unsafe_code)]
 
+pub mod broker_node;
 pub mod systemd;
 
 use anyhow::{Context, Result, bail};
