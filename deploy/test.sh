@@ -9,6 +9,15 @@ cd "$(dirname "$0")/.."
 
 bash deploy/ensure-rabbitmq.sh
 
+# systemd-analyze checks deploy/gearmq-agent.service, and the unit tests run a real
+# `systemd --user`: both come with Debian's systemd package (never started as PID 1).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "test.sh: installing systemd (for systemd-analyze and systemd --user)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq systemd >/dev/null
+fi
+
 # One profile for everything: the binaries the end-to-end tests spawn are the ones
 # this build makes.
 cargo build --workspace --all-targets --locked
