@@ -13,12 +13,15 @@
 //! [`Entry::Rotation`] record chained to the last record of the file before it; the
 //! index keeps counting across files.
 //!
-//! [`AuditLog`] appends (locking, rotation, crash recovery); [`verify_log`] checks a
-//! chain offline; [`read_record`] decodes a record for display without judging it.
+//! [`AuditLog`] appends (locking, rotation, crash recovery); [`AuditSink`] shares one
+//! between threads with a batching writer thread; [`verify_log`] checks a chain
+//! offline; [`read_record`] decodes a record for display without judging it.
 
+mod sink;
 mod verify;
 mod writer;
 
+pub use sink::{AuditSink, OnError, SinkError, SinkOptions};
 pub use verify::{Broken, Problem, Summary, VerifyOptions, verify_log};
 pub use writer::{Appended, AuditError, AuditLog, AuditOptions, OnRepair, Repair, log_files};
 

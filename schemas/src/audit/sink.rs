@@ -1,0 +1,427 @@
+//! A shared handle on an audit log with a writer thread that appends in batches: one
+//! file lock and one fsync per batch, however many callers wait on it.
+//!
+//! Three ways in, for the three kinds of caller:
+//! - [`AuditSink::record_now`] appends under the caller's thread and returns once the
+//!   record is durable (the orchestrator's requests, logged before publishing);
+//! - [`AuditSink::record_durable`] queues the record and waits until the batch it went
+//!   into is synced (an agent's requests, logged before acking: concurrent handlers
+//!   share one fsync);
+//! - [`AuditSink::record_later`] queues the record and returns at once, dropping (and
+//!   counting) it when the queue is full (the orchestrator's replies, so a flood never
+//!   blocks the consumer).
+//!
+//! [`AuditSink::flush`] waits until everything queued before it is synced. Every call
+//! that waits blocks its thread: async callers run it on a blocking thread
+//! (`tokio::task::spawn_blocking`). Std only, so both sides share it whatever their
+//! runtime; failures the writer thread meets are handed to an error callback.
+
+use super::{Appended, AuditError, AuditLog, AuditOptions, Entry};
+use crate::keys::SigningKey;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A callback told of every failure the writer thread meets (log it).
+pub type OnError = Arc<dyn Fn(&AuditError) + Send + Sync>;
+
+/// How a sink queues and batches.
+#[derive(Clone)]
+pub struct SinkOptions {
+    /// Most records waiting for the writer thread. Default 65,536.
+    pub queue: usize,
+    /// Most records appended in one batch (one lock, one fsync). Default 1024.
+    pub batch: usize,
+    /// Told of every failed write of the writer thread. Default: none.
+    pub on_error: Option<OnError>,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        SinkOptions {
+            queue: 65_536,
+            batch: 1024,
+            on_error: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for SinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkOptions")
+            .field("queue", &self.queue)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a record did not reach the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// The log could not be written (or refused the entry); the error is shared by
+    /// every waiter of the batch it was in.
+    #[error("{0}")]
+    Write(Arc<AuditError>),
+    /// The writer thread is gone (it panicked, or the sink is being dropped).
+    #[error("the audit log writer thread has stopped")]
+    Stopped,
+}
+
+impl SinkError {
+    /// Whether the entry itself was refused (too large, or breaking a verifier's
+    /// rules): writing it again cannot succeed, unlike an I/O or lock failure.
+    pub fn entry_refused(&self) -> bool {
+        matches!(self, SinkError::Write(e) if is_entry_refused(e))
+    }
+}
+
+fn is_entry_refused(e: &AuditError) -> bool {
+    matches!(
+        e,
+        AuditError::RecordTooLarge { .. } | AuditError::InvalidEntry { .. }
+    )
+}
+
+type Waiter = SyncSender<Result<(), SinkError>>;
+
+enum Job {
+    /// A record, with whoever waits for it to be durable.
+    Record(Entry, Option<Waiter>),
+    /// Someone waiting for everything queued before.
+    Flush(Waiter),
+}
+
+/// A shared audit log with a batching writer thread. Dropping the last handle lets
+/// the thread write what is queued and end.
+pub struct AuditSink {
+    log: Arc<Mutex<AuditLog>>,
+    path: PathBuf,
+    tx: SyncSender<Job>,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink")
+            .field("path", &self.path)
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<AuditLog>) -> MutexGuard<'_, AuditLog> {
+    // The log's own state is consistent between calls (it re-reads the tail under its
+    // file lock), so a poisoned mutex is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AuditSink {
+    /// Opens (or starts) the log at `path`, written with `key` and its encoded
+    /// `credential` (see [`AuditLog::open`]), and starts the writer thread.
+    pub fn open(
+        path: &Path,
+        key: SigningKey,
+        credential: &[u8],
+        log_options: AuditOptions,
+        options: SinkOptions,
+    ) -> Result<AuditSink, AuditError> {
+        let log = Arc::new(Mutex::new(AuditLog::open(
+            path,
+            key,
+            credential,
+            log_options,
+        )?));
+        let (tx, rx) = sync_channel(options.queue.max(1));
+        let writer = log.clone();
+        let batch = options.batch.max(1);
+        let on_error = options.on_error;
+        std::thread::Builder::new()
+            .name("gearmq-audit".into())
+            .spawn(move || write_batches(&writer, &rx, batch, on_error.as_ref()))
+            .map_err(|source| AuditError::Io {
+                action: "start the writer thread for",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(AuditSink {
+            log,
+            path: path.to_path_buf(),
+            tx,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// The live file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `entry` on this thread (taking the file lock, then one fsync) and
+    /// returns once it is durable. Blocks.
+    pub fn record_now(&self, entry: Entry) -> Result<Appended, AuditError> {
+        lock(&self.log).append(entry)
+    }
+
+    /// Queues `entry` and waits until the batch it went into is written and synced
+    /// (or failed). Waits for room when the queue is full. Blocks.
+    pub fn record_durable(&self, entry: Entry) -> Result<(), SinkError> {
+        let (tx, rx) = sync_channel(1);
+        self.tx
+            .send(Job::Record(entry, Some(tx)))
+            .map_err(|_| SinkError::Stopped)?;
+        rx.recv().unwrap_or(Err(SinkError::Stopped))
+    }
+
+    /// Queues `entry` for the writer thread and returns at once. If the queue is full
+    /// (records coming faster than the disk takes them) the record is dropped and
+    /// counted ([`AuditSink::dropped`]); returns whether it was queued.
+    pub fn record_later(&self, entry: Entry) -> bool {
+        match self.tx.try_send(Job::Record(entry, None)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Waits until every record queued before this call is written and synced. The
+    /// error is that of the last batch, if it failed. Blocks.
+    pub fn flush(&self) -> Result<(), SinkError> {
+        let (tx, rx) = sync_channel(1);
+        self.tx
+            .send(Job::Flush(tx))
+            .map_err(|_| SinkError::Stopped)?;
+        rx.recv().unwrap_or(Err(SinkError::Stopped))
+    }
+
+    /// Records dropped by [`AuditSink::record_later`] because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread: takes what is queued (up to `batch` records), appends it under
+/// one lock and one fsync, answers the waiters, and goes on until every sender is gone.
+fn write_batches(
+    log: &Mutex<AuditLog>,
+    rx: &Receiver<Job>,
+    batch: usize,
+    on_error: Option<&OnError>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut entries = Vec::new();
+        let mut record_waiters: Vec<(usize, Waiter)> = Vec::new();
+        let mut flush_waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Record(e, waiter) => {
+                    if let Some(w) = waiter {
+                        record_waiters.push((entries.len(), w));
+                    }
+                    entries.push(e);
+                }
+                Job::Flush(w) => flush_waiters.push(w),
+            }
+            if entries.len() < batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        let results = write(log, entries, on_error);
+        let last = results
+            .iter()
+            .rev()
+            .find_map(|r| r.as_ref().err().cloned())
+            .map_or(Ok(()), Err);
+        for (i, w) in record_waiters {
+            let r = results.get(i).cloned().unwrap_or(Err(SinkError::Stopped));
+            // A waiter that stopped waiting needs no answer.
+            let _ = w.try_send(r);
+        }
+        for w in flush_waiters {
+            let _ = w.try_send(last.clone());
+        }
+    }
+}
+
+/// Appends `entries` as one batch; if the batch is refused because of one entry
+/// (too large, invalid), appends them one by one so that only that entry fails.
+/// Returns one result per entry (an fsync result alone when there are none).
+fn write(
+    log: &Mutex<AuditLog>,
+    entries: Vec<Entry>,
+    on_error: Option<&OnError>,
+) -> Vec<Result<(), SinkError>> {
+    let fail = |e: AuditError| {
+        if let Some(cb) = on_error {
+            cb(&e);
+        }
+        Err(SinkError::Write(Arc::new(e)))
+    };
+    if entries.is_empty() {
+        return vec![lock(log).flush().or_else(fail)];
+    }
+    let n = entries.len();
+    let copies = (n > 1).then(|| entries.clone());
+    // Bound first: the guard must be released before the one-by-one fallback locks.
+    let appended = lock(log).append_batch(entries);
+    match appended {
+        Ok(_) => vec![Ok(()); n],
+        Err(e) if is_entry_refused(&e) => match copies {
+            Some(entries) => entries
+                .into_iter()
+                .map(|entry| lock(log).append(entry).map(|_| ()).or_else(fail))
+                .collect(),
+            None => vec![fail(e)],
+        },
+        Err(e) => {
+            let shared = fail(e);
+            vec![shared; n]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{MAX_RECORD_BYTES, VerifyOptions, log_files, verify_log};
+    use crate::credential::{Credential, Role};
+    use crate::names::Name;
+    use crate::time::now_ms;
+    use crate::trust::TrustAnchors;
+
+    fn writer() -> (SigningKey, Vec<u8>, SigningKey) {
+        let issuer = SigningKey::from_seed(&[1; 32]);
+        let key = SigningKey::from_seed(&[2; 32]);
+        let now = now_ms();
+        let cred = Credential::new(
+            1,
+            Name::new("ops").unwrap(),
+            Role::Operator,
+            key.public_key(),
+            now - 1000,
+            now + 3_600_000,
+        )
+        .issue(&issuer);
+        (key, cred, issuer)
+    }
+
+    fn verify(path: &Path, issuer: &SigningKey) -> crate::audit::Summary {
+        let files: Vec<(String, Vec<u8>)> = log_files(path)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect();
+        verify_log(
+            &files,
+            &TrustAnchors::new(vec![issuer.public_key()]),
+            &VerifyOptions::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn concurrent_durable_records_share_batches_and_make_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (key, cred, issuer) = writer();
+        let sink = Arc::new(
+            AuditSink::open(
+                &path,
+                key,
+                &cred,
+                AuditOptions::default(),
+                SinkOptions::default(),
+            )
+            .unwrap(),
+        );
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let s = sink.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        s.record_durable(Entry::reply_rejected(b"x", "forged", None))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for _ in 0..5 {
+            assert!(sink.record_later(Entry::reply_rejected(b"y", "late", None)));
+        }
+        sink.flush().unwrap();
+        sink.record_now(Entry::reply_rejected(b"z", "late", None))
+            .unwrap();
+        assert_eq!(sink.dropped(), 0);
+        let s = verify(&path, &issuer);
+        assert_eq!(s.records, 1 + 80 + 5 + 1);
+        assert_eq!(s.replies_rejected, 86);
+    }
+
+    #[test]
+    fn an_oversize_entry_fails_alone_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (key, cred, issuer) = writer();
+        let sink = Arc::new(
+            AuditSink::open(
+                &path,
+                key,
+                &cred,
+                AuditOptions::default(),
+                SinkOptions {
+                    batch: 64,
+                    ..SinkOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let big = Entry::request_handled(&vec![0; MAX_RECORD_BYTES], None);
+        let s2 = sink.clone();
+        let small = std::thread::spawn(move || {
+            (0..20)
+                .map(|_| s2.record_durable(Entry::reply_rejected(b"x", "forged", None)))
+                .collect::<Vec<_>>()
+        });
+        let e = sink.record_durable(big).unwrap_err();
+        assert!(e.entry_refused(), "{e}");
+        assert!(small.join().unwrap().iter().all(Result::is_ok));
+        assert_eq!(verify(&path, &issuer).replies_rejected, 20);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (key, cred, _) = writer();
+        let sink = AuditSink::open(
+            &path,
+            key,
+            &cred,
+            AuditOptions::default(),
+            SinkOptions {
+                queue: 1,
+                batch: 1,
+                on_error: None,
+            },
+        )
+        .unwrap();
+        // Hold the log so the writer thread cannot take anything off the queue.
+        let guard = lock(&sink.log);
+        let mut queued = 0;
+        for _ in 0..10 {
+            if sink.record_later(Entry::reply_rejected(b"x", "forged", None)) {
+                queued += 1;
+            }
+        }
+        drop(guard);
+        assert!(queued <= 2, "{queued}");
+        assert_eq!(sink.dropped(), 10 - queued);
+        sink.flush().unwrap();
+    }
+}
