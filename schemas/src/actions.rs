@@ -26,8 +26,19 @@ pub struct PingResult {
 
 /// Every action this protocol version defines, in the order `--help` lists them.
 pub const ALL_ACTIONS: &[&str] = &[
-    "ping", "install", "start", "stop", "restart", "delete", "status", "list", "logs", "facts",
-    "cancel", "stats",
+    "ping",
+    "install",
+    "start",
+    "stop",
+    "restart",
+    "delete",
+    "status",
+    "list",
+    "logs",
+    "facts",
+    "cancel",
+    "stats",
+    "revocation",
 ];
 
 /// The actions of a read-only operator: they observe and never change a host.
@@ -100,6 +111,26 @@ pub struct CancelArgs {
 pub struct CancelResult {
     /// The request whose stream is ending.
     pub request_id: uuid::Uuid,
+}
+
+/// `revocation`: a newer issuer-signed revocation list for the agent to take (and
+/// keep across restarts). Not a read-only action: it changes whom the host trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationArgs {
+    /// The list exactly as `gearmq revoke` wrote it (an issuer-signed envelope).
+    pub list: serde_bytes::ByteBuf,
+}
+
+/// `revocation`'s result: the list the agent holds afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationResult {
+    /// The sequence of the list held now: the pushed one's if it was taken, else the
+    /// (equal or newer) one the agent already held.
+    pub sequence: u64,
+    /// Whether the pushed list was taken (it was newer than the one held).
+    pub changed: bool,
 }
 
 /// What an action changed.
