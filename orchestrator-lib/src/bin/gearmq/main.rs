@@ -66,6 +66,9 @@ enum Command {
     Revoke(revoke::RevokeArgs),
     /// Re-issue a credential with a new serial and validity.
     Renew(revoke::RenewArgs),
+    /// Distribute the revocation list to running agents.
+    #[command(subcommand)]
+    Revocations(revoke::RevocationsCommand),
     /// Check that hosts are alive and answer with verified replies.
     Ping(call::PingCmd),
     /// Install a service on hosts (argv, never a shell string); --start to run it.
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Pki(c) => pki::run(c).map(|()| ExitCode::SUCCESS),
         Command::Revoke(a) => revoke::revoke(a).map(|()| ExitCode::SUCCESS),
         Command::Renew(a) => revoke::renew(a).map(|()| ExitCode::SUCCESS),
+        Command::Revocations(revoke::RevocationsCommand::Push(a)) => revoke::push(&cli.config, a),
         Command::Ping(a) => call::ping(&cli.config, a),
         Command::Install(a) => units::install(&cli.config, a),
         Command::Start(a) => units::unit_action(&cli.config, "start", a),

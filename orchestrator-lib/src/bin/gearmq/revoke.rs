@@ -113,3 +113,78 @@ pub fn renew(a: RenewArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    targets: crate::call::TargetArgs,
+    /// The list to push (default: the orchestrator's revocation_file).
+    #[arg(long)]
+    list: Option<PathBuf>,
+    #[command(flatten)]
+    opts: crate::call::CallOpts,
+}
+
+struct PushView;
+
+impl crate::call::View for PushView {
+    fn detail(&self, r: &gearmq_orchestrator::HostResult) -> String {
+        r.data
+            .as_deref()
+            .and_then(|d| {
+                gearmq_schemas::codec::decode::<gearmq_schemas::actions::RevocationResult>(
+                    "revocation result",
+                    d,
+                    4096,
+                )
+                .ok()
+            })
+            .map(|r| {
+                if r.changed {
+                    format!("took list {}", r.sequence)
+                } else {
+                    format!("kept list {} (not older)", r.sequence)
+                }
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `gearmq revocations push`: sends the list to running agents as a signed request, so
+/// a revocation takes effect without waiting for a restart or SIGHUP.
+pub fn push(config_path: &std::path::Path, a: PushArgs) -> Result<std::process::ExitCode> {
+    let config = gearmq_orchestrator::OrchestratorConfig::load(config_path)?;
+    let path = match a.list.or(config.revocation_file) {
+        Some(p) => p,
+        None => bail!("no --list given and no revocation_file in the config"),
+    };
+    let list = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let issuers = gearmq_schemas::files::load_trusted_issuers(&config.trusted_issuers)?;
+    let held = verify_revocation(&list, &issuers)
+        .with_context(|| format!("{} is not a list of a trusted issuer", path.display()))?;
+    eprintln!(
+        "pushing revocation list {} from {}",
+        held.sequence,
+        path.display()
+    );
+    let args = gearmq_schemas::codec::encode(&gearmq_schemas::actions::RevocationArgs {
+        list: serde_bytes::ByteBuf::from(list),
+    });
+    crate::call::run(
+        config_path,
+        crate::call::Invocation {
+            selection: a.targets.selection()?,
+            action: "revocation",
+            args,
+            opts: a.opts,
+            rollout: a.targets.rollout.clone(),
+        },
+        &PushView,
+    )
+}
+
+#[derive(clap::Subcommand)]
+pub enum RevocationsCommand {
+    /// Push the revocation list to running agents (a signed `revocation` request).
+    Push(PushArgs),
+}
