@@ -13,6 +13,7 @@ use crate::actions::list::List;
 use crate::actions::logs::{self, FollowStart, Logs};
 use crate::actions::ping::Ping;
 use crate::actions::restart::Restart;
+use crate::actions::revocation::Revocation;
 use crate::actions::start::Start;
 use crate::actions::status::UnitStatus;
 use crate::actions::stop::Stop;
@@ -20,8 +21,8 @@ use crate::actions::{Action, ActionContext};
 use crate::stats::Reason;
 use crate::verifier::{Refusal, VerifiedRequest};
 use gearmq_schemas::actions::{
-    CancelArgs, FactsArgs, InstallArgs, ListArgs, LogsArgs, MAX_ARGS_BYTES, PingArgs, StatusArgs,
-    UnitArgs,
+    CancelArgs, FactsArgs, InstallArgs, ListArgs, LogsArgs, MAX_ARGS_BYTES, PingArgs,
+    RevocationArgs, StatusArgs, UnitArgs,
 };
 use gearmq_schemas::{Status, codec};
 use std::time::Duration;
@@ -42,6 +43,7 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     Logs::NAME,
     Facts::NAME,
     Cancel::NAME,
+    Revocation::NAME,
 ];
 
 /// A request's action with its decoded arguments.
@@ -69,6 +71,8 @@ pub enum Call {
     Facts(FactsArgs),
     /// `cancel`.
     Cancel(CancelArgs),
+    /// `revocation`.
+    Revocation(RevocationArgs),
 }
 
 /// What an action came to: the reply's status and its data or error.
@@ -134,6 +138,7 @@ pub fn parse(request: &VerifiedRequest) -> Result<Call, Refusal> {
         Logs::NAME => decode_args::<Logs>(args).map(Call::Logs),
         Facts::NAME => decode_args::<Facts>(args).map(Call::Facts),
         Cancel::NAME => decode_args::<Cancel>(args).map(Call::Cancel),
+        Revocation::NAME => decode_args::<Revocation>(args).map(Call::Revocation),
         other => Err(Refusal::new(
             Status::UnknownAction,
             Reason::UnknownAction,
@@ -166,6 +171,7 @@ pub async fn execute(call: Call, ctx: &ActionContext, timeout: Duration) -> Exec
         Call::Logs(a) => run::<Logs>(a, ctx, timeout).await,
         Call::Facts(a) => run::<Facts>(a, ctx, timeout).await,
         Call::Cancel(a) => run::<Cancel>(a, ctx, timeout).await,
+        Call::Revocation(a) => run::<Revocation>(a, ctx, timeout).await,
     };
     Execution::Done(outcome)
 }

@@ -17,12 +17,14 @@ pub mod list;
 pub mod logs;
 pub mod ping;
 pub mod restart;
+pub mod revocation;
 pub mod start;
 pub mod status;
 pub mod stop;
 
 use crate::config::{BusKind, Limits, SystemdSettings};
 use crate::records::{Before, Desired, Intent, RecordError, Records};
+use crate::revocation::Revocations;
 use crate::streams::Streams;
 use crate::systemd::render::RunAs;
 use crate::systemd::{Systemd, SystemdError, UnitProps, cgroup};
@@ -66,6 +68,8 @@ pub struct Services {
     pub labels: BTreeMap<String, String>,
     /// When the host credential expires.
     pub credential_expires_at: Millis,
+    /// The revocation list held (the `revocation` action offers it newer ones).
+    pub revocations: Arc<Revocations>,
 }
 
 impl Services {
@@ -77,6 +81,7 @@ impl Services {
         limits: &Limits,
         labels: BTreeMap<String, String>,
         credential_expires_at: Millis,
+        revocations: Arc<Revocations>,
     ) -> Self {
         // Records matter while a request can still be redelivered and pass its
         // window checks: its lifetime plus skew on both ends.
@@ -93,6 +98,7 @@ impl Services {
             limits: limits.clone(),
             labels,
             credential_expires_at,
+            revocations,
         }
     }
 
@@ -406,6 +412,7 @@ pub(crate) mod testing {
             &Limits::default(),
             BTreeMap::new(),
             0,
+            Arc::new(Revocations::none()),
         ))
     }
 
