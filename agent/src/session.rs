@@ -5,6 +5,7 @@
 //! a publish not confirmed); then the server opens a new one. Any failure marks the
 //! session broken through its [`CancellationToken`], so every task using it stops.
 
+use crate::broker_conn::{BrokerFileError, ConnectFiles};
 use crate::config::redact_url;
 use gearmq_schemas::Name;
 use lapin::options::{
@@ -79,6 +80,9 @@ pub enum SessionError {
     /// The session had already broken.
     #[error("the broker session is gone")]
     Gone,
+    /// A TLS, certificate or password file could not be used.
+    #[error("{0}")]
+    Files(#[from] BrokerFileError),
 }
 
 /// One broker to connect to, as the agent uses it.
@@ -87,11 +91,17 @@ pub struct Endpoint {
     url: String,
     redacted: String,
     user_id: String,
+    files: ConnectFiles,
 }
 
 impl Endpoint {
     /// Parses `url`; replies carry `user_id` if given, else the URL's user name.
-    pub fn new(url: &str, user_id: Option<&str>) -> Result<Self, SessionError> {
+    /// `files` (TLS, password) are read at every connect.
+    pub fn new(
+        url: &str,
+        user_id: Option<&str>,
+        files: ConnectFiles,
+    ) -> Result<Self, SessionError> {
         let parsed: AMQPUri = url.parse().map_err(|reason| SessionError::BadUrl {
             broker: redact_url(url),
             reason,
@@ -102,6 +112,7 @@ impl Endpoint {
             user_id: user_id
                 .map(str::to_string)
                 .unwrap_or(parsed.authority.userinfo.username),
+            files,
         })
     }
 
@@ -149,10 +160,18 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("gearmq-agent {host}")));
+        let tls = endpoint.files.tls_config()?;
+        // Holds the password: never logged, never put in an error.
+        let url = endpoint.files.url_with_password(&endpoint.url)?;
+        let what = format!("connecting to {}", endpoint.redacted);
+        let runtime = lapin::runtime::default_runtime().map_err(|source| SessionError::Broker {
+            what: what.clone(),
+            source,
+        })?;
         let conn = timed(
-            format!("connecting to {}", endpoint.redacted),
+            what,
             CONNECT_TIMEOUT,
-            Connection::connect(&endpoint.url, props),
+            Connection::connect_with_config(&url, props, tls, runtime),
         )
         .await?;
         let consume_channel = timed(
@@ -424,10 +443,11 @@ mod tests {
 
     #[test]
     fn user_id_defaults_to_the_percent_decoded_url_user() {
-        let e = Endpoint::new("amqp://web%2D1:pw@h:5672/%2f", None).unwrap();
+        let none = ConnectFiles::default;
+        let e = Endpoint::new("amqp://web%2D1:pw@h:5672/%2f", None, none()).unwrap();
         assert_eq!(e.user_id(), "web-1");
         assert_eq!(e.redacted(), "amqp://web-1@h:5672/%2f");
-        let e = Endpoint::new("amqp://guest:guest@h:5672/%2f", Some("web1")).unwrap();
+        let e = Endpoint::new("amqp://guest:guest@h:5672/%2f", Some("web1"), none()).unwrap();
         assert_eq!(e.user_id(), "web1");
     }
 
