@@ -30,6 +30,10 @@ pub struct AgentConfig {
     pub trusted_issuers: Vec<PathBuf>,
     /// Where the replay and result store lives; created 0700 if missing.
     pub state_dir: PathBuf,
+    /// An issuer-signed revocation list (`gearmq revoke --list FILE`), read at start and
+    /// on SIGHUP; signers it revokes are refused.
+    #[serde(default)]
+    pub revocation_file: Option<PathBuf>,
     /// How to reach the broker.
     pub broker: BrokerConfig,
     /// Bounds on messages, time and storage.
@@ -38,6 +42,40 @@ pub struct AgentConfig {
     /// How units are managed: which systemd, where unit files go, who runs them.
     #[serde(default)]
     pub systemd: SystemdConfig,
+    /// Where the agent's audit log goes and how big a file grows.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The `[audit]` section: the log of every request answered after its signature was
+/// proven, with the reply sent, signed by the host key.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The live log file; default `state_dir/audit.log`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Rotate to `<file>.<n>` when appending would grow the file past this; default
+    /// 64 MiB.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// Default `audit.max_bytes`.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+impl AuditConfig {
+    /// The live log file for an agent whose state dir is `state_dir`.
+    pub fn path(&self, state_dir: &Path) -> PathBuf {
+        self.file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("audit.log"))
+    }
+
+    /// The rotation size.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.unwrap_or(DEFAULT_AUDIT_MAX_BYTES)
+    }
 }
 
 /// Which systemd instance the agent manages units in.
@@ -156,9 +194,25 @@ pub struct BrokerConfig {
     /// QoS prefetch, which is also the most requests handled at once.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
-    /// The `user_id` set on replies; default: the user name in the URL in use.
+    /// The `user_id` set on replies; default: the user name in the URL in use. Must
+    /// be set (to the host name) for EXTERNAL logins, whose URL has no user.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The broker password, read from this file (mode 0600) at every connect; used
+    /// when a URL has a user but no password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate(s), PEM, that `amqps://` brokers must chain to. Only these are
+    /// trusted: system roots never are.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate, PEM, for TLS; with `?auth_mechanism=external` in the URL
+    /// the broker user is its common name.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key, PEM PKCS#8 (mode 0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The `[limits]` section.
@@ -330,13 +384,29 @@ impl AgentConfig {
                 "at least one broker URL is needed".into(),
             ));
         }
+        let b = &self.broker;
+        if b.cert_file.is_some() != b.key_file.is_some() {
+            let key = if b.cert_file.is_some() {
+                "broker.key_file"
+            } else {
+                "broker.cert_file"
+            };
+            return Err(invalid(
+                key,
+                "broker.cert_file and broker.key_file go together".into(),
+            ));
+        }
         for url in &self.broker.urls {
-            url.parse::<AMQPUri>().map_err(|e| {
+            let parsed = url.parse::<AMQPUri>().map_err(|e| {
                 invalid(
                     "broker.urls",
                     format!("{} is not an AMQP URL: {e}", redact_url(url)),
                 )
             })?;
+            self.validate_broker_url(url, &parsed, path)?;
+        }
+        if self.audit.max_bytes == Some(0) {
+            return Err(invalid("audit.max_bytes", "must be more than 0".into()));
         }
         if self.broker.prefetch == 0 {
             return Err(invalid("broker.prefetch", "must be at least 1".into()));
@@ -385,6 +455,50 @@ impl AgentConfig {
             return Err(invalid("limits.max_streams", "must be at least 1".into()));
         }
         self.validate_systemd(path)
+    }
+
+    /// TLS and EXTERNAL need their files and a user_id; each mistake is named here
+    /// rather than found as a failed handshake later.
+    fn validate_broker_url(
+        &self,
+        url: &str,
+        parsed: &AMQPUri,
+        path: &Path,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let b = &self.broker;
+        let shown = redact_url(url);
+        if parsed.scheme == lapin::uri::AMQPScheme::AMQPS && b.ca_file.is_none() {
+            return Err(invalid(
+                "broker.ca_file",
+                format!(
+                    "{shown} is a TLS URL; set the CA its certificate must chain to (system roots are never trusted)"
+                ),
+            ));
+        }
+        let external = parsed.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
+        if external {
+            if b.cert_file.is_none() {
+                return Err(invalid(
+                    "broker.cert_file",
+                    format!("{shown} logs in with EXTERNAL, which needs a client certificate"),
+                ));
+            }
+            if b.user_id.is_none() {
+                return Err(invalid(
+                    "broker.user_id",
+                    format!(
+                        "{shown} logs in with EXTERNAL (no user in the URL); set user_id to the certificate's common name, the host name {}",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_systemd(&self, path: &Path) -> Result<(), ConfigError> {
@@ -462,9 +576,19 @@ pub fn redact_url(url: &str) -> String {
             } else {
                 u.vhost.replace('%', "%25").replace('/', "%2f")
             };
+            // A URL without a user (EXTERNAL) parses with the default "guest": show none.
+            let has_user = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+                .is_some_and(|authority| authority.contains('@'));
+            let user = if has_user {
+                format!("{}@", u.authority.userinfo.username)
+            } else {
+                String::new()
+            };
             format!(
-                "{}://{}@{}:{}/{}",
-                u.scheme, u.authority.userinfo.username, u.authority.host, u.authority.port, vhost
+                "{}://{user}{}:{}/{}",
+                u.scheme, u.authority.host, u.authority.port, vhost
             )
         }
         Err(_) => "<unparsable URL>".to_string(),
@@ -487,7 +611,53 @@ mod tests {
         assert!(!cfg.broker.provisioned);
         assert_eq!(cfg.broker.prefetch, 32);
         assert_eq!(cfg.broker.user_id, None);
+        assert_eq!(cfg.broker.password_file, None);
+        assert_eq!(cfg.broker.ca_file, None);
         assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(
+            cfg.revocation_file.as_deref(),
+            Some(Path::new("/etc/gearmq/revocations.bin"))
+        );
+        assert_eq!(cfg.audit.max_bytes(), DEFAULT_AUDIT_MAX_BYTES);
+        assert_eq!(
+            cfg.audit.path(Path::new("/var/lib/gearmq/web1")),
+            PathBuf::from("/var/lib/gearmq/web1/audit.log")
+        );
+    }
+
+    #[test]
+    fn tls_and_external_logins_need_their_keys() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let load = |pairs: &[(&str, &str)]| {
+            AgentConfig::load_with_env(&example_path(), Some(env(pairs))).map_err(|e| e.to_string())
+        };
+        let tls = ("GEARMQ_AGENT__BROKER__URLS", "amqps://web1@broker:5671/%2f");
+        let e = load(&[tls]).unwrap_err();
+        assert!(e.contains("broker.ca_file"), "{e}");
+        assert!(load(&[tls, ("GEARMQ_AGENT__BROKER__CA_FILE", "/ca.pem")]).is_ok());
+        let ext = (
+            "GEARMQ_AGENT__BROKER__URLS",
+            "amqps://broker:5671/%2f?auth_mechanism=external",
+        );
+        let ca = ("GEARMQ_AGENT__BROKER__CA_FILE", "/ca.pem");
+        let e = load(&[ext, ca]).unwrap_err();
+        assert!(e.contains("broker.cert_file"), "{e}");
+        let cert = ("GEARMQ_AGENT__BROKER__CERT_FILE", "/c.pem");
+        let key = ("GEARMQ_AGENT__BROKER__KEY_FILE", "/k.pem");
+        let e = load(&[ext, ca, cert]).unwrap_err();
+        assert!(e.contains("broker.key_file"), "{e}");
+        let e = load(&[ext, ca, cert, key]).unwrap_err();
+        assert!(e.contains("broker.user_id") && e.contains("web1"), "{e}");
+        let user = ("GEARMQ_AGENT__BROKER__USER_ID", "web1");
+        let cfg = load(&[ext, ca, cert, key, user]).unwrap();
+        assert_eq!(cfg.broker.user_id.as_deref(), Some("web1"));
+        let e = load(&[("GEARMQ_AGENT__AUDIT__MAX_BYTES", "0")]).unwrap_err();
+        assert!(e.contains("audit.max_bytes"), "{e}");
     }
 
     #[test]
@@ -683,5 +853,9 @@ urls = ["amqp://db2:pw@broker:5672/%2f"]
         let r = redact_url("amqp://guest:guest@127.0.0.1:5672/gearmq-t-1");
         assert_eq!(r, "amqp://guest@127.0.0.1:5672/gearmq-t-1");
         assert_eq!(redact_url("not a url :pw@"), "<unparsable URL>");
+        assert_eq!(
+            redact_url("amqps://broker:5671/%2f?auth_mechanism=external"),
+            "amqps://broker:5671/%2f"
+        );
     }
 }

@@ -10,6 +10,12 @@
 //! A request that comes back with an outcome record is answered from it; with only an
 //! intent, the action resolves it against systemd's real state.
 //!
+//! Every request answered with a signed reply is recorded in the audit log with that
+//! reply (durable, one fsync shared by concurrent handlers) before the reply is
+//! published and the request acked; a stream is recorded with its first reply. If the
+//! record cannot be written, nothing is published and the request is requeued, to be
+//! answered (and recorded) again.
+//!
 //! `logs --follow` answers with several replies: seq 0 (not final) carries the last
 //! lines and is published before the request is acked; a stream task then sends new
 //! lines as seq 1, 2, … (not final) and ends with a final reply at the deadline, on
@@ -29,6 +35,7 @@ use crate::verifier::{
     Refusal, ReplyAddress, RequestVerifier, Screened, duration_ms, now_ms, rfc3339,
 };
 use gearmq_schemas::actions::LogsResult;
+use gearmq_schemas::audit::{AuditSink, Entry};
 use gearmq_schemas::time::Millis;
 use gearmq_schemas::{Reply, Signed, Status, codec};
 use lapin::message::Delivery;
@@ -70,13 +77,15 @@ pub struct Handler {
     store: ReplayStore,
     stats: Arc<Stats>,
     services: Arc<Services>,
+    audit: Arc<AuditSink>,
     action_timeout: Duration,
     clock_skew: Duration,
     fault: Fault,
 }
 
 impl Handler {
-    /// A handler for the host `identity`; `fault` is the test seam (see [`Fault`]).
+    /// A handler for the host `identity`, recording what it answers in `audit`;
+    /// `fault` is the test seam (see [`Fault`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: HostIdentity,
@@ -84,6 +93,7 @@ impl Handler {
         store: ReplayStore,
         stats: Arc<Stats>,
         services: Arc<Services>,
+        audit: Arc<AuditSink>,
         action_timeout: Duration,
         clock_skew: Duration,
         fault: Fault,
@@ -94,6 +104,7 @@ impl Handler {
             store,
             stats,
             services,
+            audit,
             action_timeout,
             clock_skew,
             fault,
@@ -352,7 +363,12 @@ impl Handler {
             is_final: false,
         };
         let bytes = self.sign_reply(addr, first, part, started, now_ms().max(started));
-        // Published before it is recorded: a stream changes nothing, so if the session
+        if !self.audit(delivery, addr, &bytes).await {
+            drop(ticket);
+            requeue(delivery).await;
+            return;
+        }
+        // Published before it is stored: a stream changes nothing, so if the session
         // breaks here the redelivered request may simply start the stream again.
         match publisher
             .publish_reply(&addr.reply_to, addr.request_id, &bytes)
@@ -498,9 +514,44 @@ impl Handler {
         Signed::seal(&reply, &self.identity.key, &self.identity.credential_bytes)
     }
 
-    /// Publishes with confirms, then acks. If the publish fails the session is broken:
-    /// the request is left unacked and comes back on the next session, where the
-    /// stored reply (if any) is sent again.
+    /// Records the request with `reply` in the audit log and waits until the record
+    /// is durable. `false` when it could not be written: the reply must not go out
+    /// unrecorded, so the caller requeues the request to answer it again.
+    async fn audit(&self, delivery: &Delivery, addr: &ReplyAddress, reply: &[u8]) -> bool {
+        if !addr.auditable {
+            warn!(request_id = %addr.request_id, caller = %addr.caller, "request answered but not audit-logged: it is not an operator's request as its caller, which an audit record cannot hold");
+            self.stats.not_audited();
+            return true;
+        }
+        let entry = Entry::request_handled(&delivery.data, Some(reply));
+        let sink = self.audit.clone();
+        match tokio::task::spawn_blocking(move || sink.record_durable(entry)).await {
+            Ok(Ok(())) => {
+                self.stats.audited();
+                true
+            }
+            Ok(Err(e)) if e.entry_refused() => {
+                error!(request_id = %addr.request_id, error = %e, "request answered but not audit-logged: the log refuses its record");
+                self.stats.not_audited();
+                true
+            }
+            Ok(Err(e)) => {
+                error!(request_id = %addr.request_id, error = %e, "audit log write failed; the request is requeued and will be answered again");
+                self.stats.audit_failure();
+                false
+            }
+            Err(e) => {
+                error!(request_id = %addr.request_id, error = %e, "audit log write failed; the request is requeued and will be answered again");
+                self.stats.audit_failure();
+                false
+            }
+        }
+    }
+
+    /// Records the request and reply in the audit log, publishes with confirms, then
+    /// acks. If the publish fails the session is broken: the request is left unacked
+    /// and comes back on the next session, where the stored reply (if any) is sent
+    /// again.
     async fn publish_and_ack(
         &self,
         delivery: &Delivery,
@@ -509,6 +560,10 @@ impl Handler {
         reply_to: &str,
         bytes: &[u8],
     ) {
+        if !self.audit(delivery, addr, bytes).await {
+            requeue(delivery).await;
+            return;
+        }
         match publisher
             .publish_reply(reply_to, addr.request_id, bytes)
             .await

@@ -1,24 +1,31 @@
-//! Background upkeep of the state dir: rotating unit output files past their size cap
-//! and pruning intent/outcome records no redelivery can need any more.
+//! Background upkeep: rotating unit output files past their size cap, pruning
+//! intent/outcome records no redelivery can need any more, and warning (at start and
+//! daily) when the host credential nears its end.
 
 use crate::actions::Services;
+use crate::identity::{Expiry, expiry};
+use crate::verifier::{now_ms, rfc3339};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often output files are checked against `limits.unit_log_max_bytes`.
 pub const ROTATE_EVERY: Duration = Duration::from_secs(10);
 /// How often old records are pruned.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often the host credential's expiry is looked at (the first time at start).
+pub const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(86_400);
 
 /// Runs until `shutdown`.
 pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
     let mut rotate = tokio::time::interval(ROTATE_EVERY);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
+    let mut credential = tokio::time::interval(EXPIRY_CHECK_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = credential.tick() => warn_of_expiry(&services),
             _ = rotate.tick() => {
                 let s = services.clone();
                 let _ = tokio::task::spawn_blocking(move || rotate_outputs(&s)).await;
@@ -33,6 +40,22 @@ pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+fn warn_of_expiry(services: &Services) {
+    let not_after = services.credential_expires_at;
+    match expiry(not_after, now_ms()) {
+        Expiry::Later => {}
+        Expiry::Soon { left_ms } => warn!(
+            expires_at = %rfc3339(not_after),
+            left = %humantime::format_duration(Duration::from_secs(left_ms / 1000)),
+            "the host credential expires soon; renew it (gearmq renew) and restart the agent"
+        ),
+        Expiry::Expired => error!(
+            expired_at = %rfc3339(not_after),
+            "the host credential has expired: orchestrators refuse this host's replies; renew it (gearmq renew) and restart the agent"
+        ),
     }
 }
 

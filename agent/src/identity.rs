@@ -67,12 +67,7 @@ pub struct HostIdentity {
 impl HostIdentity {
     /// Loads and cross-checks key, credential and trusted issuers named in `cfg`.
     pub fn load(cfg: &AgentConfig) -> Result<Self, IdentityError> {
-        let key_text = read_text("host key", &cfg.key_file)?;
-        let key = SigningKey::from_pem(&key_text).map_err(|e| IdentityError::Invalid {
-            what: "host key",
-            path: cfg.key_file.clone(),
-            reason: e.to_string(),
-        })?;
+        let key = load_host_key(&cfg.key_file)?;
         let mut issuers = Vec::with_capacity(cfg.trusted_issuers.len());
         for path in &cfg.trusted_issuers {
             let text = read_text("trusted issuer key", path)?;
@@ -103,6 +98,48 @@ impl HostIdentity {
             credential_bytes,
             anchors: TrustAnchors::new(issuers),
         })
+    }
+}
+
+/// Reads the host's private key (PEM PKCS#8). The audit log writer gets a key of its
+/// own this way (a key pair cannot be copied).
+pub fn load_host_key(path: &Path) -> Result<SigningKey, IdentityError> {
+    let key_text = read_text("host key", path)?;
+    SigningKey::from_pem(&key_text).map_err(|e| IdentityError::Invalid {
+        what: "host key",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// How close the host credential is to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Past `not_after`: orchestrators refuse its replies.
+    Expired,
+    /// Ends within [`EXPIRY_WARNING`]; `left_ms` to go.
+    Soon {
+        /// Milliseconds until `not_after`.
+        left_ms: u64,
+    },
+    /// Further off.
+    Later,
+}
+
+/// How long before its credential ends the agent starts warning (daily).
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+
+/// Where a credential ending at `not_after` stands at `now` (ms).
+pub fn expiry(not_after: u64, now: u64) -> Expiry {
+    if now > not_after {
+        Expiry::Expired
+    } else {
+        let left_ms = not_after - now;
+        if u128::from(left_ms) <= EXPIRY_WARNING.as_millis() {
+            Expiry::Soon { left_ms }
+        } else {
+            Expiry::Later
+        }
     }
 }
 
@@ -174,6 +211,17 @@ mod tests {
         assert!(e.unwrap_err().contains("web2"));
         let e = check_fits(&cred(Role::Host, "web1", &other), &web1, &k.public_key());
         assert!(e.unwrap_err().contains("public key"));
+    }
+
+    #[test]
+    fn expiry_warns_within_fourteen_days() {
+        let day = 86_400_000;
+        let c = 100 * day;
+        assert_eq!(expiry(c, 0), Expiry::Later);
+        assert_eq!(expiry(c, 86 * day - 1), Expiry::Later);
+        assert_eq!(expiry(c, 86 * day), Expiry::Soon { left_ms: 14 * day });
+        assert_eq!(expiry(c, 100 * day), Expiry::Soon { left_ms: 0 });
+        assert_eq!(expiry(c, 100 * day + 1), Expiry::Expired);
     }
 
     #[test]

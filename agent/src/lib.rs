@@ -4,12 +4,16 @@
 //! Flow of one message: [`server`] (consume, concurrency, reconnect) → [`handler`]
 //! (one delivery) → [`verifier`] (signature, target, windows, policy) → [`replay`]
 //! (redelivery and replay) → [`dispatch`] → [`actions`] → [`session`] (publish with
-//! confirms) → ack. Unit actions go through [`systemd`] (D-Bus), [`unit_files`],
+//! confirms) → ack, each answered request recorded in the audit log before its reply
+//! goes out. Unit actions go through [`systemd`] (D-Bus), [`unit_files`],
 //! [`unit_output`] and [`records`]; `logs --follow` streams are tracked in [`streams`].
+//! Revocation lists are held in [`revocation`]; TLS and password files are read by
+//! [`broker_conn`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod actions;
+pub mod broker_conn;
 pub mod config;
 pub mod dispatch;
 pub mod fault;

@@ -7,16 +7,18 @@
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use gearmq_agent::actions::Services;
+use gearmq_agent::broker_conn::ConnectFiles;
 use gearmq_agent::config::AgentConfig;
 use gearmq_agent::fault::Fault;
 use gearmq_agent::handler::Handler;
-use gearmq_agent::identity::HostIdentity;
+use gearmq_agent::identity::{Expiry, HostIdentity, expiry, load_host_key};
 use gearmq_agent::replay::ReplayStore;
-use gearmq_agent::revocation::Revocations;
+use gearmq_agent::revocation::{Revocations, Update};
 use gearmq_agent::server::{Server, ServerSettings};
 use gearmq_agent::session::Endpoint;
 use gearmq_agent::stats::Stats;
 use gearmq_agent::verifier::{RequestVerifier, VerifierSettings, now_ms, rfc3339};
+use gearmq_schemas::audit::{AuditOptions, AuditSink, SinkOptions};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,9 +115,17 @@ async fn run(args: Args) -> Result<(), Failure> {
         warn!(fault = ?fault, "fault injection is on (a test seam); never set GEARMQ_AGENT_FAULT in production");
     }
     let identity = HostIdentity::load(&cfg).map_err(|e| Failure::Config(e.into()))?;
+    let now = now_ms();
+    if expiry(identity.credential.not_after, now) == Expiry::Expired {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "host credential {} expired at {}; renew it (gearmq renew) before starting the agent",
+            cfg.credential_file.display(),
+            rfc3339(identity.credential.not_after)
+        )));
+    }
     if let Err(r) = gearmq_agent::verifier::check_credential_window(
         &identity.credential,
-        now_ms(),
+        now,
         cfg.limits.clock_skew,
     ) {
         warn!(
@@ -123,11 +133,13 @@ async fn run(args: Args) -> Result<(), Failure> {
             r.message
         );
     }
+    let files = ConnectFiles::from_config(&cfg.broker);
+    files.check().map_err(|e| Failure::Config(e.into()))?;
     let endpoints = cfg
         .broker
         .urls
         .iter()
-        .map(|u| Endpoint::new(u, cfg.broker.user_id.as_deref()))
+        .map(|u| Endpoint::new(u, cfg.broker.user_id.as_deref(), files.clone()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Failure::Config(e.into()))?;
     let (store, report) =
@@ -155,22 +167,46 @@ async fn run(args: Args) -> Result<(), Failure> {
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
         .with_context(|| format!("cannot resolve state_dir {}", cfg.state_dir.display()))
         .map_err(Failure::Config)?;
+    let (revocations, loaded) = Revocations::load(
+        cfg.revocation_file.as_deref(),
+        &state_dir,
+        identity.anchors.issuers(),
+    )
+    .map_err(|e| Failure::Config(e.into()))?;
+    for why in &loaded.ignored {
+        warn!("revocation list ignored: {why}");
+    }
+    match revocations.sequence() {
+        Some(sequence) => info!(
+            sequence,
+            from_file = ?loaded.file,
+            from_state = ?loaded.state,
+            "revocation list loaded"
+        ),
+        None => warn!(
+            "no revocation list (revocation_file is not set and none was pushed): revoked credentials are not refused"
+        ),
+    }
+    let revocations = Arc::new(revocations);
+    if let Err(r) = revocations.check(&identity.credential) {
+        warn!("this host's own credential is revoked; orchestrators will reject its replies: {r}");
+    }
     let services = Arc::new(Services::new(
         &systemd,
         &state_dir,
         &cfg.limits,
         identity.credential.labels.clone(),
         identity.credential.not_after,
+        revocations.clone(),
     ));
     info!(
         bus = %services.systemd.describe(),
         unit_dir = %systemd.unit_dir.display(),
         "units are managed through systemd over D-Bus (connected on first use)"
     );
-    let revocations = Revocations::none();
-    if !revocations.has_list() {
-        warn!("no revocation list support yet: revoked credentials are not refused");
-    }
+    let audit_path = cfg.audit.path(&state_dir);
+    let audit = open_audit_log(&cfg, &identity, &audit_path).map_err(Failure::Config)?;
+    info!(file = %audit_path.display(), max_bytes = cfg.audit.max_bytes(), "audit log open");
     let verifier = RequestVerifier::new(
         identity.anchors.clone(),
         identity.name.clone(),
@@ -180,7 +216,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             clock_skew: cfg.limits.clock_skew,
             max_request_lifetime: cfg.limits.max_request_lifetime,
         },
-        revocations,
+        revocations.clone(),
     );
     let stats = Arc::new(Stats::default());
     let handler = Arc::new(Handler::new(
@@ -189,6 +225,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         store,
         stats.clone(),
         services.clone(),
+        audit.clone(),
         cfg.limits.action_timeout,
         cfg.limits.clock_skew,
         fault,
@@ -205,12 +242,17 @@ async fn run(args: Args) -> Result<(), Failure> {
     );
     let shutdown = CancellationToken::new();
     spawn_signal_watch(shutdown.clone()).map_err(Failure::Runtime)?;
+    spawn_reload_on_hangup(revocations).map_err(Failure::Runtime)?;
     let upkeep = tokio::spawn(gearmq_agent::housekeeping::run(
         services.clone(),
         shutdown.clone(),
     ));
     server.run(shutdown).await;
     let _ = upkeep.await;
+    let flushed = tokio::task::spawn_blocking(move || audit.flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        warn!(result = ?flushed, "audit log: final flush failed");
+    }
     let s = stats.snapshot();
     info!(
         received = s.received,
@@ -221,9 +263,72 @@ async fn run(args: Args) -> Result<(), Failure> {
         dead_lettered = s.dead_lettered,
         unroutable_replies = s.unroutable_replies,
         reconnects = s.reconnects,
+        audited = s.audited,
+        not_audited = s.not_audited,
+        audit_failures = s.audit_failures,
         refused = ?s.refused,
         "agent stopped"
     );
+    Ok(())
+}
+
+/// Opens the audit log, written with the host key and credential: the first records
+/// of a new log, or the chain found, continued.
+fn open_audit_log(
+    cfg: &AgentConfig,
+    identity: &HostIdentity,
+    path: &std::path::Path,
+) -> anyhow::Result<Arc<AuditSink>> {
+    let key = load_host_key(&cfg.key_file)?;
+    let log_options = AuditOptions {
+        max_bytes: cfg.audit.max_bytes(),
+        on_repair: Some(Arc::new(
+            |r| warn!(repair = ?r, "audit log: a torn tail was cut off"),
+        )),
+        ..AuditOptions::default()
+    };
+    let sink_options = SinkOptions {
+        // Bounded by prefetch anyway: every handler waits for its own record.
+        queue: 4096,
+        on_error: Some(Arc::new(
+            |e| tracing::error!(error = %e, "audit log: cannot write"),
+        )),
+        ..SinkOptions::default()
+    };
+    let sink = AuditSink::open(
+        path,
+        key,
+        &identity.credential_bytes,
+        log_options,
+        sink_options,
+    )
+    .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+    Ok(Arc::new(sink))
+}
+
+/// Reads `revocation_file` again on every SIGHUP; only a newer list is taken.
+fn spawn_reload_on_hangup(revocations: Arc<Revocations>) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let r = revocations.clone();
+            let reloaded = tokio::task::spawn_blocking(move || r.reload_file()).await;
+            match reloaded {
+                Ok(None) => info!("SIGHUP: no revocation_file is configured; nothing to reload"),
+                Ok(Some(Ok(Update::Taken { sequence }))) => {
+                    info!(sequence, "SIGHUP: revocation list reloaded")
+                }
+                Ok(Some(Ok(Update::NotNewer { offered, held }))) => warn!(
+                    offered,
+                    held, "SIGHUP: revocation_file is not newer than the list held; ignored"
+                ),
+                Ok(Some(Err(e))) => {
+                    warn!(error = %e, "SIGHUP: revocation_file ignored; the list held stays")
+                }
+                Err(e) => warn!(error = %e, "SIGHUP: reloading the revocation list failed"),
+            }
+        }
+    });
     Ok(())
 }
 

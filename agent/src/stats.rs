@@ -115,6 +115,9 @@ pub struct Stats {
     dead_lettered: AtomicU64,
     unroutable_replies: AtomicU64,
     reconnects: AtomicU64,
+    audited: AtomicU64,
+    not_audited: AtomicU64,
+    audit_failures: AtomicU64,
     refused: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -137,6 +140,13 @@ pub struct StatsSnapshot {
     pub unroutable_replies: u64,
     /// Broker sessions re-established after a loss.
     pub reconnects: u64,
+    /// Requests recorded in the audit log with their reply.
+    pub audited: u64,
+    /// Requests answered without an audit record: the record format cannot hold them
+    /// (a non-operator's request) or the entry was refused (too large).
+    pub not_audited: u64,
+    /// Audit writes that failed (the request was requeued to be answered again).
+    pub audit_failures: u64,
     /// Refusals by reason (only non-zero ones).
     pub refused: BTreeMap<&'static str, u64>,
 }
@@ -178,6 +188,18 @@ impl Stats {
     pub fn reconnected(&self) {
         bump(&self.reconnects)
     }
+    /// A request and its reply were recorded in the audit log.
+    pub fn audited(&self) {
+        bump(&self.audited)
+    }
+    /// A request was answered without an audit record.
+    pub fn not_audited(&self) {
+        bump(&self.not_audited)
+    }
+    /// An audit write failed.
+    pub fn audit_failure(&self) {
+        bump(&self.audit_failures)
+    }
     /// A request was refused for `reason`.
     pub fn refused(&self, reason: Reason) {
         if let Some(c) = self.refused.get(reason.index()) {
@@ -197,6 +219,9 @@ impl Stats {
             dead_lettered: get(&self.dead_lettered),
             unroutable_replies: get(&self.unroutable_replies),
             reconnects: get(&self.reconnects),
+            audited: get(&self.audited),
+            not_audited: get(&self.not_audited),
+            audit_failures: get(&self.audit_failures),
             refused: Reason::ALL
                 .iter()
                 .filter_map(|r| {
