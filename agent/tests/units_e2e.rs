@@ -740,3 +740,87 @@ async fn shutdown_ends_an_open_stream_with_a_final_aborted_reply() {
         Some(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_of_pings_an_install_a_stream_and_refusals_verifies() {
+    let mut w = UnitWorld::start().await;
+    let prog = w.program();
+    for _ in 0..2 {
+        let r = w.call("ping", &gearmq_schemas::actions::PingArgs {}).await;
+        assert_eq!(r.status, Status::Ok);
+    }
+    let r = w.install(&spec("web", &prog), true).await;
+    let _: UnitChangeResult = data(&r);
+    // A stream is logged with its first reply; cancelling it logs the cancel.
+    let follow = LogsArgs {
+        unit: "web".into(),
+        lines: 5,
+        follow: true,
+    };
+    let id = w
+        .ops
+        .send(&w.host, "logs", &follow, Duration::from_secs(60))
+        .await;
+    let first = w.ops.reply_to(&w.pki, id, Duration::from_secs(30)).await;
+    assert!(!first.is_final);
+    let r = w.call("cancel", &CancelArgs { request_id: id }).await;
+    let _: CancelResult = data(&r);
+    while !w
+        .ops
+        .reply_to(&w.pki, id, Duration::from_secs(30))
+        .await
+        .is_final
+    {}
+    // Refused: a read-only operator installing; an expired request.
+    let reader = w.pki.party("reader", Role::Operator, READ_ONLY_ACTIONS);
+    let mut reader = Caller::connect(&w.vhost, reader).await;
+    let r = reader
+        .call(
+            &w.pki,
+            &w.host,
+            "install",
+            &InstallArgs {
+                spec: spec("web", &prog),
+                start: false,
+            },
+        )
+        .await;
+    assert_eq!(r.status, Status::Unauthorized);
+    let now = gearmq_schemas::time::now_ms();
+    let mut old = request(
+        &w.ops.party.name,
+        &w.ops.orch.reply_queue,
+        &w.host.name,
+        "ping",
+        &gearmq_schemas::actions::PingArgs {},
+        Duration::from_secs(60),
+    );
+    old.issued_at = now - 7_200_000;
+    old.expires_at = now - 3_600_000;
+    w.ops
+        .orch
+        .publish("host.web1", &sign(&old, &w.ops.party))
+        .await;
+    let r = w
+        .ops
+        .reply_to(&w.pki, old.id, Duration::from_secs(30))
+        .await;
+    assert_eq!(r.status, Status::Expired);
+
+    let path = w.files.state_dir.join("audit.log");
+    let files: Vec<(String, Vec<u8>)> = gearmq_schemas::audit::log_files(&path)
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    let summary = gearmq_schemas::audit::verify_log(
+        &files,
+        &gearmq_schemas::TrustAnchors::new(vec![w.pki.issuer.public_key()]),
+        &gearmq_schemas::audit::VerifyOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("audit log verifies: {e}"));
+    // ping ×2, install, logs (with seq 0), cancel, refused install, expired ping.
+    assert_eq!(summary.requests_handled, 7);
+    assert_eq!(summary.handled_not_ok, 2);
+    assert_eq!(summary.writer, w.host.name);
+}
