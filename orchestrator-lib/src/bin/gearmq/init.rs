@@ -269,6 +269,23 @@ fn agent_toml(
     bus: Bus,
     provisioned: bool,
 ) -> String {
+    // The fleet directory holds issuer.pub and the revocation list `gearmq revoke`
+    // extends.
+    let fleet = issuer_pub.parent().unwrap_or(Path::new("."));
+    let (broker, password) = if provisioned {
+        // The host's own user; its password stays in broker.password (mode 0600),
+        // out of the URL, the config and any log.
+        (
+            url_without_password(broker),
+            format!(
+                "# This host's broker password (mode 0600), never in the URL.\n\
+                 password_file = {}\n",
+                toml_path(&hd.join("broker.password"))
+            ),
+        )
+    } else {
+        (broker.to_string(), String::new())
+    };
     let provisioning = if provisioned {
         "# A provisioned broker: this host's own user; passive declares only.\n\
          provisioned = true\n"
@@ -291,10 +308,14 @@ fn agent_toml(
          key_file = {key}\n\
          credential_file = {cred}\n\
          trusted_issuers = [{issuer}]\n\
+         # Also holds the audit log (audit.log) and the last pushed revocation list.\n\
          state_dir = {state}\n\
+         # Extended by `gearmq revoke --list ...`; reloaded on SIGHUP, newer lists only.\n\
+         revocation_file = {revocations}\n\
          \n\
          [broker]\n\
          urls = [{broker}]\n\
+         {password}\
          {provisioning}\
          {systemd}",
         name = toml_str(host.as_str()),
@@ -302,8 +323,25 @@ fn agent_toml(
         cred = toml_path(&hd.join("host.cred")),
         issuer = toml_path(issuer_pub),
         state = toml_path(&hd.join("state")),
-        broker = toml_str(broker),
+        revocations = toml_path(&fleet.join("revocations.bin")),
+        broker = toml_str(&broker),
     )
+}
+
+/// `scheme://user:password@host…` → `scheme://user@host…` (the agent reads the
+/// password from its password_file); any other URL as it is.
+fn url_without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}{}", &rest[at..]),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 fn orchestrator_toml(
@@ -362,4 +400,52 @@ fn orchestrator_toml(
         audit = toml_path(&dir.join("audit.log")),
         broker = toml_str(broker),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisioned_agent_toml_reads_its_password_from_a_file() {
+        let host = Name::new("web1").unwrap();
+        let hd = Path::new("/fleet/hosts/web1");
+        let url = "amqp://web1:s3cr-et_@127.0.0.1:5672/gearmq";
+        let text = agent_toml(
+            &host,
+            hd,
+            Path::new("/fleet/issuer.pub"),
+            url,
+            Bus::User,
+            true,
+        );
+        assert!(!text.contains("s3cr-et_"), "{text}");
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            v["broker"]["urls"][0].as_str(),
+            Some("amqp://web1@127.0.0.1:5672/gearmq")
+        );
+        assert_eq!(
+            v["broker"]["password_file"].as_str(),
+            Some("/fleet/hosts/web1/broker.password")
+        );
+        assert_eq!(
+            v["revocation_file"].as_str(),
+            Some("/fleet/revocations.bin")
+        );
+        let dev = agent_toml(
+            &host,
+            hd,
+            Path::new("/fleet/issuer.pub"),
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Bus::System,
+            false,
+        );
+        let v: toml::Value = toml::from_str(&dev).unwrap();
+        assert!(v["broker"].get("password_file").is_none());
+        assert_eq!(
+            v["revocation_file"].as_str(),
+            Some("/fleet/revocations.bin")
+        );
+    }
 }
