@@ -570,7 +570,9 @@ impl Chain<'_> {
                         role: writer.role,
                     });
                 }
-                let req = self.open_request(request)?;
+                // Signature and credential chain always; who may sign is judged below,
+                // once the reply says whether the agent executed it or refused it.
+                let req = open_embedded::<Request>("request", request, &self.verifier)?;
                 let body = req.body();
                 if !body.targets.includes(&writer.name, &writer.labels) {
                     return Err(Problem::NotATarget {
@@ -596,12 +598,15 @@ impl Chain<'_> {
                     }
                     status = Some(rep.body().status);
                 }
-                // An agent logs the requests it refused too: one refused because its
-                // credential had expired is a correct record, one executed is not.
-                if let Err(error) = req.signer().check_window(time, self.options.skew_ms)
-                    && status != Some(Status::Expired)
-                {
-                    return Err(Problem::ExpiredNotRefused { id: body.id, error });
+                // An agent logs the requests it refused too (wrong role, caller not the
+                // signer, expired or revoked credential): refusing them is correct, only
+                // executing them is not. A record without a reply is judged strictly.
+                let executed = status.is_none_or(|s| s == Status::Ok);
+                if executed {
+                    check_request_signer(&req)?;
+                    if let Err(error) = req.signer().check_window(time, self.options.skew_ms) {
+                        return Err(Problem::ExpiredNotRefused { id: body.id, error });
+                    }
                 }
                 self.summary.requests_handled += 1;
                 if status != Some(Status::Ok) {
@@ -614,25 +619,7 @@ impl Chain<'_> {
 
     fn open_request(&self, bytes: &[u8]) -> Result<Opened<Request>, Problem> {
         let req = open_embedded::<Request>("request", bytes, &self.verifier)?;
-        let signer = req.signer();
-        // Operators sign requests; a host only with a delegation token (which only the
-        // audience host can unseal, so it is not checked here).
-        let may_sign = signer.role == Role::Operator
-            || (signer.role == Role::Host && req.body().token.is_some());
-        if !may_sign {
-            return Err(Problem::WrongRole {
-                what: "request",
-                name: signer.name.clone(),
-                role: signer.role,
-            });
-        }
-        if req.body().caller != signer.name {
-            return Err(Problem::NotSigner {
-                what: "request",
-                claimed: req.body().caller.clone(),
-                signer: signer.name.clone(),
-            });
-        }
+        check_request_signer(&req)?;
         Ok(req)
     }
 
@@ -669,4 +656,27 @@ fn open_embedded<B: Body>(
     verifier: &CredentialVerifier,
 ) -> Result<Opened<B>, Problem> {
     open::<B>(bytes, MAX_RECORD_BYTES, verifier).map_err(|error| Problem::Embedded { what, error })
+}
+
+/// Operators sign requests; a host only with a delegation token (which only the
+/// audience host can unseal, so it is not checked here); `caller` is the signer.
+fn check_request_signer(req: &Opened<Request>) -> Result<(), Problem> {
+    let signer = req.signer();
+    let may_sign =
+        signer.role == Role::Operator || (signer.role == Role::Host && req.body().token.is_some());
+    if !may_sign {
+        return Err(Problem::WrongRole {
+            what: "request",
+            name: signer.name.clone(),
+            role: signer.role,
+        });
+    }
+    if req.body().caller != signer.name {
+        return Err(Problem::NotSigner {
+            what: "request",
+            claimed: req.body().caller.clone(),
+            signer: signer.name.clone(),
+        });
+    }
+    Ok(())
 }
