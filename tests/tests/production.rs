@@ -574,7 +574,6 @@ fn plain_amqp_port_is_closed_when_tls_only() {
 }
 
 #[test]
-#[ignore = "needs agent TLS keys (broker.ca_file, cert_file, key_file)"]
 fn ping_all_over_tls_and_external_works() {
     let fleet = TlsFleet::init(
         BrokerNode::shared(),
@@ -759,7 +758,6 @@ fn orchestrator_example_config_loads() {
 }
 
 #[test]
-#[ignore = "needs agent TLS keys (broker.ca_file, cert_file, key_file)"]
 fn agent_example_config_loads() {
     let cfg = gearmq_agent::config::AgentConfig::load_with_env(
         &deploy_file("agent.example.toml"),
