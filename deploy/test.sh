@@ -21,4 +21,4 @@ fi
 # One profile for everything: the binaries the end-to-end tests spawn are the ones
 # this build makes.
 cargo build --workspace --all-targets --locked
-cargo test --workspace --locked -- --test-threads "${GEARMQ_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${GEARMQ_TEST_THREADS:-4}"

@@ -160,6 +160,14 @@ async fn stored_reply_survives_an_agent_restart() {
     w.orch.publish(&w.host_key(), &bytes).await;
     let again = w.orch.reply().await;
     assert_eq!(first.data, again.data);
+    // If the kill landed before the first ack reached the broker, the original delivery
+    // comes back too and is answered with the same stored reply: never anything else.
+    while let Some(extra) = w.orch.next_reply(Duration::from_millis(500)).await {
+        assert_eq!(
+            extra.data, first.data,
+            "only the stored reply may come again"
+        );
+    }
     w.assert_ping_ok().await;
 }
 
