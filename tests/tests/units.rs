@@ -180,6 +180,31 @@ fn operator_installs_and_runs_a_service_on_two_hosts() {
     assert_eq!(del.code, 0);
     assert_eq!(result_for(&del.json(), "a")["data"]["change"], "absent");
 
+    // The orchestrator's and both agents' audit logs of all of this verify offline.
+    let issuer = fleet.path().join("issuer.pub");
+    for log in [
+        fleet.path().join("audit.log"),
+        fleet.host_dir("a").join("state").join("audit.log"),
+        fleet.host_dir("b").join("state").join("audit.log"),
+    ] {
+        let out = gearmq_tests::run_cli(&[
+            "audit",
+            "verify",
+            log.to_str().unwrap(),
+            "--issuer",
+            issuer.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.code,
+            0,
+            "{}: {}{}",
+            log.display(),
+            out.stdout,
+            out.stderr
+        );
+        assert!(out.stdout.contains("ok: "), "{}", out.stdout);
+    }
+
     // facts: one row per host, limits honestly reported.
     let facts = fleet.cli(&["facts", "--all", "--json", "--timeout", "30s"]);
     assert_eq!(facts.code, 0, "{}", facts.stderr);
