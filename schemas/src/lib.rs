@@ -13,6 +13,8 @@ pub mod codec;
 pub mod credential;
 pub mod envelope;
 pub mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod names;
 pub mod reply;
