@@ -15,6 +15,7 @@ use crate::actions::ping::Ping;
 use crate::actions::restart::Restart;
 use crate::actions::revocation::Revocation;
 use crate::actions::start::Start;
+use crate::actions::stats::Stats;
 use crate::actions::status::UnitStatus;
 use crate::actions::stop::Stop;
 use crate::actions::{Action, ActionContext};
@@ -22,7 +23,7 @@ use crate::stats::Reason;
 use crate::verifier::{Refusal, VerifiedRequest};
 use gearmq_schemas::actions::{
     CancelArgs, FactsArgs, InstallArgs, ListArgs, LogsArgs, MAX_ARGS_BYTES, PingArgs,
-    RevocationArgs, StatusArgs, UnitArgs,
+    RevocationArgs, StatsArgs, StatusArgs, UnitArgs,
 };
 use gearmq_schemas::{Status, codec};
 use std::time::Duration;
@@ -43,6 +44,7 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     Logs::NAME,
     Facts::NAME,
     Cancel::NAME,
+    Stats::NAME,
     Revocation::NAME,
 ];
 
@@ -71,6 +73,8 @@ pub enum Call {
     Facts(FactsArgs),
     /// `cancel`.
     Cancel(CancelArgs),
+    /// `stats`.
+    Stats(StatsArgs),
     /// `revocation`.
     Revocation(RevocationArgs),
 }
@@ -138,6 +142,7 @@ pub fn parse(request: &VerifiedRequest) -> Result<Call, Refusal> {
         Logs::NAME => decode_args::<Logs>(args).map(Call::Logs),
         Facts::NAME => decode_args::<Facts>(args).map(Call::Facts),
         Cancel::NAME => decode_args::<Cancel>(args).map(Call::Cancel),
+        Stats::NAME => decode_args::<Stats>(args).map(Call::Stats),
         Revocation::NAME => decode_args::<Revocation>(args).map(Call::Revocation),
         other => Err(Refusal::new(
             Status::UnknownAction,
@@ -171,6 +176,7 @@ pub async fn execute(call: Call, ctx: &ActionContext, timeout: Duration) -> Exec
         Call::Logs(a) => run::<Logs>(a, ctx, timeout).await,
         Call::Facts(a) => run::<Facts>(a, ctx, timeout).await,
         Call::Cancel(a) => run::<Cancel>(a, ctx, timeout).await,
+        Call::Stats(a) => run::<Stats>(a, ctx, timeout).await,
         Call::Revocation(a) => run::<Revocation>(a, ctx, timeout).await,
     };
     Execution::Done(outcome)
@@ -251,6 +257,28 @@ mod tests {
         assert_eq!(o.status, Status::Ok);
         let r: PingResult = codec::decode("data", &o.data.unwrap(), 1024).unwrap();
         assert_eq!(r.agent_version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[tokio::test]
+    async fn stats_reports_the_counters_the_handler_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = testing::services(dir.path());
+        services.stats.received();
+        services.stats.verified();
+        services.stats.dead_lettered();
+        services.stats.refused(Reason::Expired);
+        let ctx = testing::context(services, "stats");
+        let Execution::Done(o) =
+            execute(Call::Stats(StatsArgs {}), &ctx, Duration::from_secs(1)).await
+        else {
+            panic!("stats is not a stream")
+        };
+        assert_eq!(o.status, Status::Ok);
+        let r: gearmq_schemas::actions::StatsResult =
+            codec::decode("data", &o.data.unwrap(), 4096).unwrap();
+        assert_eq!((r.received, r.verified, r.dead_lettered), (1, 1, 1));
+        assert_eq!(r.executed, 0);
+        assert_eq!(r.refused.get("expired"), Some(&1));
     }
 
     #[tokio::test]

@@ -16,7 +16,6 @@ use gearmq_agent::replay::ReplayStore;
 use gearmq_agent::revocation::{Revocations, Update};
 use gearmq_agent::server::{Server, ServerSettings};
 use gearmq_agent::session::Endpoint;
-use gearmq_agent::stats::Stats;
 use gearmq_agent::verifier::{RequestVerifier, VerifierSettings, now_ms, rfc3339};
 use gearmq_schemas::audit::{AuditOptions, AuditSink, SinkOptions};
 use std::io::IsTerminal;
@@ -218,7 +217,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         },
         revocations.clone(),
     );
-    let stats = Arc::new(Stats::default());
+    let stats = services.stats.clone();
     let handler = Arc::new(Handler::new(
         identity,
         verifier,

@@ -24,6 +24,35 @@ pub struct PingResult {
     pub uptime_ms: u64,
 }
 
+/// `stats`: no arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsArgs {}
+
+/// `stats`' result: the agent's counters since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsResult {
+    /// How long the agent has run, in ms.
+    pub uptime_ms: u64,
+    /// Deliveries received from the host queue.
+    pub received: u64,
+    /// Requests whose signature verified.
+    pub verified: u64,
+    /// Actions run.
+    pub executed: u64,
+    /// Verified requests not addressed to this host.
+    pub not_target: u64,
+    /// Deliveries dead-lettered (failed before the signature was proven).
+    pub dead_lettered: u64,
+    /// Broker sessions re-established after a loss.
+    pub reconnects: u64,
+    /// Refusals by reason label (only non-zero ones).
+    pub refused: BTreeMap<String, u64>,
+    /// Requests recorded in the audit log with their reply.
+    pub audited: u64,
+}
+
 /// Every action this protocol version defines, in the order `--help` lists them.
 pub const ALL_ACTIONS: &[&str] = &[
     "ping",

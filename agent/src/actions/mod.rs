@@ -19,12 +19,14 @@ pub mod ping;
 pub mod restart;
 pub mod revocation;
 pub mod start;
+pub mod stats;
 pub mod status;
 pub mod stop;
 
 use crate::config::{BusKind, Limits, SystemdSettings};
 use crate::records::{Before, Desired, Intent, RecordError, Records};
 use crate::revocation::Revocations;
+use crate::stats::Stats;
 use crate::streams::Streams;
 use crate::systemd::render::RunAs;
 use crate::systemd::{Systemd, SystemdError, UnitProps, cgroup};
@@ -70,6 +72,8 @@ pub struct Services {
     pub credential_expires_at: Millis,
     /// The revocation list held (the `revocation` action offers it newer ones).
     pub revocations: Arc<Revocations>,
+    /// The agent's counters; the handler updates them, the `stats` action reads them.
+    pub stats: Arc<Stats>,
 }
 
 impl Services {
@@ -99,6 +103,7 @@ impl Services {
             labels,
             credential_expires_at,
             revocations,
+            stats: Arc::new(Stats::default()),
         }
     }
 
