@@ -7,8 +7,10 @@
 mod audit;
 mod broker;
 mod call;
+mod dead;
 mod enroll;
 mod init;
+mod observe;
 mod pki;
 mod render;
 mod revoke;
@@ -89,6 +91,13 @@ enum Command {
     Logs(units::LogsCmd),
     /// Hostname, OS, kernel, CPUs, memory, uptime, labels and unit counts of hosts.
     Facts(units::ListCmd),
+    /// Agents' counters: verified, executed, refused by reason, dead-lettered,
+    /// reconnects, uptime.
+    Stats(observe::StatsCmd),
+    /// Inspect or empty gearmq.dead, where agents dead-letter what they could not
+    /// verify (needs a broker user with read rights on it).
+    #[command(subcommand)]
+    Dead(dead::DeadCommand),
 }
 
 fn main() -> ExitCode {
@@ -128,6 +137,8 @@ fn main() -> ExitCode {
         Command::List(a) => units::list(&cli.config, a),
         Command::Logs(a) => units::logs(&cli.config, a),
         Command::Facts(a) => units::facts(&cli.config, a),
+        Command::Stats(a) => observe::stats(&cli.config, a),
+        Command::Dead(c) => dead::run(&cli.config, c),
     };
     match outcome {
         Ok(code) => code,
