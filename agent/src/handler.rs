@@ -518,11 +518,6 @@ impl Handler {
     /// is durable. `false` when it could not be written: the reply must not go out
     /// unrecorded, so the caller requeues the request to answer it again.
     async fn audit(&self, delivery: &Delivery, addr: &ReplyAddress, reply: &[u8]) -> bool {
-        if !addr.auditable {
-            warn!(request_id = %addr.request_id, caller = %addr.caller, "request answered but not audit-logged: it is not an operator's request as its caller, which an audit record cannot hold");
-            self.stats.not_audited();
-            return true;
-        }
         let entry = Entry::request_handled(&delivery.data, Some(reply));
         let sink = self.audit.clone();
         match tokio::task::spawn_blocking(move || sink.record_durable(entry)).await {

@@ -70,10 +70,6 @@ pub struct ReplyAddress {
     pub action: ActionName,
     /// When the request stops being valid.
     pub expires_at: Millis,
-    /// Whether an audit log can hold this request as handled: signed by an operator
-    /// (or a host carrying a token) that is its caller. `verify_log` refuses any other
-    /// request in a record, so such a request is answered (refused) but not logged.
-    pub auditable: bool,
 }
 
 /// Steps 1–2 passed: signature proven, body decoded. Nothing else is checked yet.
@@ -91,7 +87,6 @@ impl OpenedRequest {
             caller: r.caller.clone(),
             action: r.action.clone(),
             expires_at: r.expires_at,
-            auditable: auditable(r, self.0.signer()),
         }
     }
 
@@ -99,14 +94,6 @@ impl OpenedRequest {
     pub fn signer_name(&self) -> &Name {
         &self.0.signer().name
     }
-}
-
-/// The rule `verify_log` holds a logged request to: an operator's (or a host's with a
-/// delegation token), its caller being the signer.
-fn auditable(req: &Request, signer: &Credential) -> bool {
-    let may_sign =
-        signer.role == Role::Operator || (signer.role == Role::Host && req.token.is_some());
-    may_sign && req.caller == signer.name
 }
 
 /// Steps 1–5 passed: proven, addressed to this host, not revoked, inside its windows.

@@ -283,6 +283,11 @@ async fn audit_log_holds_every_answered_request_and_verifies() {
     let mut orch_intern = Orch::connect(&w.vhost, &intern.name).await;
     let r = ping(&w.pki, &mut orch_intern, &intern, &w.host).await;
     assert_eq!(r.status, Status::Unauthorized);
+    // Refused: signed by a host (no delegation token); the refusal is logged too.
+    let evil = w.pki.party("evil", Role::Host, &["ping"]);
+    let mut orch_evil = Orch::connect(&w.vhost, &evil.name).await;
+    let r = ping(&w.pki, &mut orch_evil, &evil, &w.host).await;
+    assert_eq!(r.status, Status::Unauthorized);
     // Refused: expired.
     let mut expired = w.ping();
     let now = now_ms();
@@ -321,9 +326,9 @@ async fn audit_log_holds_every_answered_request_and_verifies() {
     .unwrap_or_else(|e| panic!("audit log verifies: {e}"));
     assert_eq!(summary.writer, w.host.name);
     assert_eq!(summary.writer_role, Role::Host);
-    assert_eq!(summary.requests_handled, 3 + 1 + 1 + 2);
-    assert_eq!(summary.handled_not_ok, 2);
-    assert_eq!(summary.records, 1 + 7, "genesis and seven handled");
+    assert_eq!(summary.requests_handled, 3 + 1 + 1 + 1 + 2);
+    assert_eq!(summary.handled_not_ok, 3);
+    assert_eq!(summary.records, 1 + 8, "genesis and eight handled");
 
     // And it still verifies after a restart continues the chain.
     w.agent.signal("TERM");
@@ -336,6 +341,6 @@ async fn audit_log_holds_every_answered_request_and_verifies() {
         &VerifyOptions::default(),
     )
     .unwrap_or_else(|e| panic!("audit log verifies: {e}"));
-    assert_eq!(summary.requests_handled, 8);
+    assert_eq!(summary.requests_handled, 9);
     assert!(w.agent.log_contains("audit log open"));
 }
