@@ -390,46 +390,8 @@ pub async fn connect_tls(
     }
 }
 
-/// Runs the `gearmq` CLI with `args` and extra `env`, with a 60 s limit.
-pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> crate::CliOutput {
-    use std::io::Read;
-    let mut child = Command::new(crate::bin("gearmq"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gearmq");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("gearmq {} did not finish in 60 s", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    crate::CliOutput {
-        code,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-    }
-}
+/// Runs the `gearmq` CLI with `args` and extra `env` (see [`crate::run_cli_env`]).
+pub use crate::run_cli_env;
 
 impl Drop for BrokerNode {
     fn drop(&mut self) {

@@ -208,8 +208,14 @@ impl Fleet {
 
 /// Runs the `gearmq` CLI with `args`, with a 60 s limit.
 pub fn run_cli(args: &[&str]) -> CliOutput {
+    run_cli_env(args, &[])
+}
+
+/// Runs the `gearmq` CLI with `args` and extra `env`, with a 60 s limit.
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
     let mut child = Command::new(bin("gearmq"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
