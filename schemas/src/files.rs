@@ -165,6 +165,35 @@ pub fn write_public_key(path: &Path, key: &PublicKey, force: bool) -> Result<(),
     write_file(path, format!("{}\n", key.to_hex()).as_bytes(), 0o644, force)
 }
 
+/// Makes a new X25519 sealing key pair: the private key as PEM (mode 0600) at `key`,
+/// the public key as one line of hex at `public`. Returns the public key.
+pub fn make_sealing_key_pair(key: &Path, public: &Path, force: bool) -> Result<[u8; 32], FileError> {
+    let k = crate::token::SealingKey::generate().map_err(|e| FileError::Invalid {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_file(key, k.to_pem().as_bytes(), 0o600, force)?;
+    write_file(
+        public,
+        format!("{}\n", hex::encode(k.public())).as_bytes(),
+        0o644,
+        force,
+    )?;
+    Ok(k.public())
+}
+
+/// Reads a sealing public key file (64 hex characters).
+pub fn load_sealing_public_key(path: &Path) -> Result<[u8; 32], FileError> {
+    let bytes = read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let invalid = || FileError::Invalid {
+        path: path.to_path_buf(),
+        reason: "not a sealing public key (expected 64 hex characters)".into(),
+    };
+    let raw = hex::decode(text.trim()).map_err(|_| invalid())?;
+    <[u8; 32]>::try_from(raw.as_slice()).map_err(|_| invalid())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod request;
 pub mod revocation;
 pub mod status;
 pub mod time;
+pub mod token;
 pub mod trust;
 pub mod units;
 
