@@ -26,6 +26,11 @@ pub struct AgentConfig {
     pub key_file: PathBuf,
     /// The issuer-signed host credential (raw bytes).
     pub credential_file: PathBuf,
+    /// PEM PKCS#8 X25519 private key that delegation tokens for this host are sealed
+    /// to (made by `gearmq enroll`; its public half is in the credential). Without it
+    /// the agent refuses every delegation token.
+    #[serde(default)]
+    pub sealing_key_file: Option<PathBuf>,
     /// Files holding trusted issuer public keys, one line of hex each.
     pub trusted_issuers: Vec<PathBuf>,
     /// Where the replay and result store lives; created 0700 if missing.
@@ -250,6 +255,10 @@ pub struct Limits {
     /// Most `logs --follow` streams at once.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// Longest delegation token validity (`not_after - not_before`) accepted; longer
+    /// tokens are refused whatever their minter allowed.
+    #[serde(default = "default_max_token_ttl", with = "humantime_serde")]
+    pub max_token_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -265,6 +274,7 @@ impl Default for Limits {
             unit_log_max_bytes: default_unit_log_max_bytes(),
             max_follow: default_max_follow(),
             max_streams: default_max_streams(),
+            max_token_ttl: default_max_token_ttl(),
         }
     }
 }
@@ -277,6 +287,9 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_max_request_lifetime() -> Duration {
     Duration::from_secs(3600)
+}
+fn default_max_token_ttl() -> Duration {
+    gearmq_schemas::token::DEFAULT_MAX_TOKEN_TTL
 }
 fn default_clock_skew() -> Duration {
     Duration::from_secs(30)
@@ -426,6 +439,9 @@ impl AgentConfig {
                 "limits.max_request_lifetime",
                 "must be more than 0".into(),
             ));
+        }
+        if l.max_token_ttl.is_zero() {
+            return Err(invalid("limits.max_token_ttl", "must be more than 0".into()));
         }
         if l.action_timeout.is_zero() {
             return Err(invalid(

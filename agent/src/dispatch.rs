@@ -79,6 +79,24 @@ pub enum Call {
     Revocation(RevocationArgs),
 }
 
+impl Call {
+    /// The unit the call names, if any: what a delegation token's unit scope judges.
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            Call::Install(a) => Some(&a.spec.unit),
+            Call::Start(a) | Call::Stop(a) | Call::Restart(a) | Call::Delete(a) => Some(&a.unit),
+            Call::Status(a) => a.unit.as_deref(),
+            Call::Logs(a) => Some(&a.unit),
+            Call::Ping(_)
+            | Call::List(_)
+            | Call::Facts(_)
+            | Call::Cancel(_)
+            | Call::Stats(_)
+            | Call::Revocation(_) => None,
+        }
+    }
+}
+
 /// What an action came to: the reply's status and its data or error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {

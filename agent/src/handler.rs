@@ -27,16 +27,17 @@ use crate::dispatch::{self, Execution, Outcome};
 use crate::fault::Fault;
 use crate::identity::HostIdentity;
 use crate::records::{Before, Desired, Previous};
-use crate::replay::{Begin, ReplayStore, Reservation};
+use crate::replay::{Begin, ReplayStore, Reservation, SpendError};
 use crate::session::{Published, ReplyPublisher};
 use crate::stats::{Reason, Stats};
 use crate::streams::{StreamEnd, StreamTicket};
 use crate::verifier::{
-    Refusal, ReplyAddress, RequestVerifier, Screened, duration_ms, now_ms, rfc3339,
+    Refusal, ReplyAddress, RequestVerifier, Screened, duration_ms, now_ms, rfc3339, token_refusal,
 };
 use gearmq_schemas::actions::LogsResult;
 use gearmq_schemas::audit::{AuditSink, Entry};
 use gearmq_schemas::time::Millis;
+use gearmq_schemas::token::{TokenError, Unsealed};
 use gearmq_schemas::{Reply, Signed, Status, codec};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -225,11 +226,24 @@ impl Handler {
                 return;
             }
         };
-        // Steps 8–9: role and policy, then action and arguments.
+        // Steps 8–9: role and policy, then action and arguments; for a delegated
+        // request the token's own checks, then one of its uses (journaled first).
         let call = self
             .verifier
             .authorize(checked)
-            .and_then(|verified| dispatch::parse(&verified));
+            .and_then(|verified| {
+                let call = dispatch::parse(&verified)?;
+                self.verifier
+                    .check_token(&verified, call.unit(), now_ms())?;
+                Ok((verified, call))
+            });
+        let call = match call {
+            Ok((verified, call)) => match verified.token() {
+                None => Ok(call),
+                Some(t) => self.spend_token_use(&addr, t).await.map(|()| call),
+            },
+            Err(r) => Err(r),
+        };
         let call = match call {
             Ok(call) => call,
             Err(r) => {
@@ -301,6 +315,50 @@ impl Handler {
             Some(reservation),
         )
         .await;
+    }
+
+    /// Spends one use of a delegated request's token; a refusal if none is left or
+    /// the use cannot be made durable.
+    async fn spend_token_use(&self, addr: &ReplyAddress, t: &Unsealed) -> Result<(), Refusal> {
+        let store = self.store.clone();
+        let id = t.claims.id;
+        let uses = t.claims.uses;
+        let keep_until = t
+            .claims
+            .not_after
+            .saturating_add(duration_ms(self.clock_skew));
+        let spent = tokio::task::spawn_blocking(move || store.spend_token(id, uses, keep_until))
+            .await;
+        match spent {
+            Ok(Ok(left)) => {
+                info!(
+                    request_id = %addr.request_id,
+                    caller = %addr.caller,
+                    token = %id,
+                    minter = %t.minted_by.describe(),
+                    uses_left = left,
+                    "delegated request accepted"
+                );
+                Ok(())
+            }
+            Ok(Err(SpendError::UsedUp { uses })) => Err(token_refusal(&TokenError::UsedUp {
+                id,
+                uses,
+            })),
+            Ok(Err(SpendError::Journal(e))) => {
+                error!(error = %e, token = %id, "cannot record a token use; refusing the delegated request");
+                Err(Refusal::new(
+                    Status::UnknownError,
+                    Reason::Token,
+                    format!("cannot record the delegation token's use ({e}); nothing was done"),
+                ))
+            }
+            Err(e) => Err(Refusal::new(
+                Status::UnknownError,
+                Reason::Token,
+                format!("token use check failed: {e}"),
+            )),
+        }
     }
 
     async fn record_outcome(&self, addr: &ReplyAddress, outcome: &Outcome) {

@@ -5,8 +5,10 @@
 
 use crate::config::AgentConfig;
 use gearmq_schemas::credential::{CredentialError, verify_credential};
+use gearmq_schemas::token::SealingKey;
 use gearmq_schemas::{Credential, Name, PublicKey, Role, SigningKey, TrustAnchors};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why the identity could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,9 @@ pub struct HostIdentity {
     pub credential_bytes: Vec<u8>,
     /// The issuer keys trusted for requests.
     pub anchors: TrustAnchors,
+    /// The X25519 key delegation tokens for this host are sealed to, when configured
+    /// (its public half matches the credential's `sealing_key`).
+    pub sealing: Option<Arc<SealingKey>>,
 }
 
 impl HostIdentity {
@@ -91,13 +96,39 @@ impl HostIdentity {
                 reason,
             }
         })?;
+        let sealing = match &cfg.sealing_key_file {
+            None => None,
+            Some(path) => Some(Arc::new(load_sealing_key(path, &credential)?)),
+        };
         Ok(HostIdentity {
             name: cfg.name.clone(),
             key,
             credential,
             credential_bytes,
             anchors: TrustAnchors::new(issuers),
+            sealing,
         })
+    }
+}
+
+/// Reads the sealing key and checks it is the one the credential publishes.
+fn load_sealing_key(path: &Path, credential: &Credential) -> Result<SealingKey, IdentityError> {
+    let text = read_text("sealing key", path)?;
+    let key = SealingKey::from_pem(&text).map_err(|e| IdentityError::Invalid {
+        what: "sealing key",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    match credential.sealing_key {
+        None => Err(IdentityError::Mismatch {
+            path: path.to_path_buf(),
+            reason: "is configured, but the host credential publishes no sealing key (re-enroll the host, or remove sealing_key_file)".into(),
+        }),
+        Some(pk) if pk.into_array() != key.public() => Err(IdentityError::Mismatch {
+            path: path.to_path_buf(),
+            reason: "does not match the sealing key published in the host credential".into(),
+        }),
+        Some(_) => Ok(key),
     }
 }
 

@@ -214,9 +214,20 @@ async fn run(args: Args) -> Result<(), Failure> {
             max_message_bytes: cfg.limits.max_message_bytes,
             clock_skew: cfg.limits.clock_skew,
             max_request_lifetime: cfg.limits.max_request_lifetime,
+            max_token_ttl: cfg.limits.max_token_ttl,
         },
         revocations.clone(),
     );
+    let verifier = match &identity.sealing {
+        Some(k) => {
+            info!(max_token_ttl = %humantime::format_duration(cfg.limits.max_token_ttl), "delegation tokens sealed to this host are accepted");
+            verifier.with_sealing_key(k.clone())
+        }
+        None => {
+            info!("no sealing_key_file: delegation tokens are refused");
+            verifier
+        }
+    };
     let stats = services.stats.clone();
     let handler = Arc::new(Handler::new(
         identity,

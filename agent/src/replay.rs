@@ -7,6 +7,10 @@
 //! refused). Records are written before the reply is published, so a crash between
 //! publish and ack still finds the reply on redelivery.
 //!
+//! Delegation tokens spend their uses here too: each use is a journal record (token id,
+//! uses spent, kept until the token's `not_after + skew`), written and fsync'd before
+//! the delegated action runs, so a restart cannot give a token its uses back.
+//!
 //! On disk: `replay.journal`, a sequence of records, each a 4-byte big-endian length
 //! then a MessagePack [`Record`]. The first record is a header holding the store's
 //! creation time: requests issued before it are refused, since a lost store cannot tell
@@ -75,6 +79,26 @@ enum Record {
         #[serde(with = "serde_bytes")]
         reply: Vec<u8>,
     },
+    /// A delegation token's uses spent so far.
+    TokenUse {
+        id: Uuid,
+        spent: u32,
+        keep_until: Millis,
+    },
+}
+
+/// Why a token use was not granted.
+#[derive(Debug, thiserror::Error)]
+pub enum SpendError {
+    /// Every use is spent.
+    #[error("all {uses} uses are spent")]
+    UsedUp {
+        /// How many the token had.
+        uses: u32,
+    },
+    /// The use could not be made durable, so it was not granted.
+    #[error("{0}")]
+    Journal(ReplayError),
 }
 
 /// A signed reply kept for redelivery.
@@ -142,6 +166,8 @@ pub struct LoadReport {
 #[derive(Debug)]
 struct Index {
     entries: HashMap<Uuid, Entry>,
+    /// Token id → (uses spent, keep until).
+    token_uses: HashMap<Uuid, (u32, Millis)>,
     pending: HashMap<Uuid, [u8; 32]>,
     stored_bytes: usize,
     next_purge: Millis,
@@ -219,34 +245,48 @@ impl ReplayStore {
         };
         let created_at = header.unwrap_or(now);
         let mut entries = HashMap::new();
+        let mut token_uses = HashMap::new();
         let mut expired = 0;
         // Without a header the journal cannot say since when it is complete: start
         // over (everything issued before now is refused anyway).
         if header.is_some() {
             for r in records {
-                if let Record::Answer {
-                    id,
-                    digest,
-                    keep_until,
-                    reply_to,
-                    reply,
-                } = r
-                {
-                    if keep_until < now {
-                        expired += 1;
-                        continue;
-                    }
-                    entries.insert(
+                match r {
+                    Record::Answer {
                         id,
-                        Entry {
-                            digest: digest.into_array(),
-                            keep_until,
-                            reply: StoredReply {
-                                reply_to,
-                                bytes: reply.into(),
+                        digest,
+                        keep_until,
+                        reply_to,
+                        reply,
+                    } => {
+                        if keep_until < now {
+                            expired += 1;
+                            continue;
+                        }
+                        entries.insert(
+                            id,
+                            Entry {
+                                digest: digest.into_array(),
+                                keep_until,
+                                reply: StoredReply {
+                                    reply_to,
+                                    bytes: reply.into(),
+                                },
                             },
-                        },
-                    );
+                        );
+                    }
+                    Record::TokenUse {
+                        id,
+                        spent,
+                        keep_until,
+                    } => {
+                        if keep_until >= now {
+                            let e = token_uses.entry(id).or_insert((0, keep_until));
+                            e.0 = e.0.max(spent);
+                            e.1 = e.1.max(keep_until);
+                        }
+                    }
+                    Record::Header { .. } => {}
                 }
             }
         }
@@ -258,7 +298,7 @@ impl ReplayStore {
             expired,
             damaged,
         };
-        let journal = write_compacted(dir, created_at, &entries)?;
+        let journal = write_compacted(dir, created_at, &entries, &token_uses)?;
         let store = ReplayStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -266,6 +306,7 @@ impl ReplayStore {
                 max_bytes,
                 index: Mutex::new(Index {
                     entries,
+                    token_uses,
                     pending: HashMap::new(),
                     stored_bytes,
                     next_purge: now.saturating_add(PURGE_EVERY_MS),
@@ -363,6 +404,53 @@ impl ReplayStore {
     }
 }
 
+impl ReplayStore {
+    /// Spends one use of delegation token `id` (which grants `uses`), remembered until
+    /// `keep_until`. The use is journaled and fsync'd before this returns `Ok`; if that
+    /// fails the use is given back and an error returned, so the caller must refuse.
+    /// Returns the uses left. Blocking: call from a blocking context.
+    pub fn spend_token(&self, id: Uuid, uses: u32, keep_until: Millis) -> Result<u32, SpendError> {
+        let spent = {
+            let mut index = lock(&self.shared.index);
+            let e = index.token_uses.entry(id).or_insert((0, keep_until));
+            if e.0 >= uses {
+                return Err(SpendError::UsedUp { uses });
+            }
+            e.0 += 1;
+            e.1 = e.1.max(keep_until);
+            e.0
+        };
+        let record = rmp_serde::to_vec_named(&Record::TokenUse {
+            id,
+            spent,
+            keep_until,
+        })
+        .map_err(|e| ReplayError::Io {
+            path: self.shared.dir.join(JOURNAL_FILE),
+            op: "encode a record",
+            reason: e.to_string(),
+        });
+        match record.and_then(|r| self.shared.append(&r)) {
+            Ok(()) => Ok(uses - spent),
+            Err(e) => {
+                let mut index = lock(&self.shared.index);
+                if let Some(t) = index.token_uses.get_mut(&id) {
+                    t.0 = t.0.saturating_sub(1);
+                }
+                Err(SpendError::Journal(e))
+            }
+        }
+    }
+
+    /// Uses of token `id` spent so far (0 if never seen or forgotten after expiry).
+    pub fn token_uses_spent(&self, id: Uuid) -> u32 {
+        lock(&self.shared.index)
+            .token_uses
+            .get(&id)
+            .map_or(0, |t| t.0)
+    }
+}
+
 impl Reservation {
     /// The reserved request id.
     pub fn id(&self) -> Uuid {
@@ -444,8 +532,11 @@ impl Shared {
         journal.bytes += framed.len() as u64;
         let live = lock(&self.index).stored_bytes as u64;
         if journal.bytes > COMPACT_MIN_BYTES && journal.bytes > 2 * live {
-            let entries = lock(&self.index).entries.clone();
-            *journal = write_compacted(&self.dir, self.created_at, &entries)?;
+            let (entries, tokens) = {
+                let index = lock(&self.index);
+                (index.entries.clone(), index.token_uses.clone())
+            };
+            *journal = write_compacted(&self.dir, self.created_at, &entries, &tokens)?;
         }
         Ok(())
     }
@@ -461,6 +552,7 @@ fn purge(index: &mut Index, now: Millis) {
         keep
     });
     index.stored_bytes = index.stored_bytes.saturating_sub(freed);
+    index.token_uses.retain(|_, t| t.1 >= now);
     index.next_purge = now.saturating_add(PURGE_EVERY_MS);
 }
 
@@ -497,7 +589,7 @@ fn parse_journal(bytes: &[u8]) -> (Option<Millis>, Vec<Record>, bool) {
         let (body, tail) = tail.split_at(len);
         match rmp_serde::from_slice::<Record>(body) {
             Ok(Record::Header { created_at }) if first => header = Some(created_at),
-            Ok(r @ Record::Answer { .. }) if !first => records.push(r),
+            Ok(r @ (Record::Answer { .. } | Record::TokenUse { .. })) if !first => records.push(r),
             _ => return (header, records, true),
         }
         first = false;
@@ -512,6 +604,7 @@ fn write_compacted(
     dir: &Path,
     created_at: Millis,
     entries: &HashMap<Uuid, Entry>,
+    token_uses: &HashMap<Uuid, (u32, Millis)>,
 ) -> Result<Journal, ReplayError> {
     let path = dir.join(JOURNAL_FILE);
     let tmp = dir.join(format!("{JOURNAL_FILE}.tmp"));
@@ -531,6 +624,13 @@ fn write_compacted(
             keep_until: e.keep_until,
             reply_to: e.reply.reply_to.clone(),
             reply: e.reply.bytes.to_vec(),
+        })?));
+    }
+    for (id, (spent, keep_until)) in token_uses {
+        out.extend(frame(&enc(&Record::TokenUse {
+            id: *id,
+            spent: *spent,
+            keep_until: *keep_until,
         })?));
     }
     {
@@ -658,6 +758,34 @@ mod tests {
         ));
         let after = fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().len();
         assert!(after < before, "compacted on load: {after} < {before}");
+    }
+
+    #[test]
+    fn token_uses_are_spent_once_each_and_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (s, _) = ReplayStore::open(dir.path(), 1 << 20, NOW).unwrap();
+            assert_eq!(s.spend_token(id(7), 2, NOW + 60_000).unwrap(), 1);
+            assert_eq!(s.spend_token(id(8), 1, NOW + 100).unwrap(), 0);
+            assert!(matches!(
+                s.spend_token(id(8), 1, NOW + 100),
+                Err(SpendError::UsedUp { uses: 1 })
+            ));
+        }
+        // Reopened (compacted on load): token 7 has one use left, token 8 none; after
+        // token 8's keep_until it is forgotten.
+        let (s, _) = ReplayStore::open(dir.path(), 1 << 20, NOW + 50).unwrap();
+        assert_eq!(s.token_uses_spent(id(7)), 1);
+        assert_eq!(s.token_uses_spent(id(8)), 1);
+        assert_eq!(s.spend_token(id(7), 2, NOW + 60_000).unwrap(), 0);
+        assert!(matches!(
+            s.spend_token(id(7), 2, NOW + 60_000),
+            Err(SpendError::UsedUp { .. })
+        ));
+        drop(s);
+        let (s, _) = ReplayStore::open(dir.path(), 1 << 20, NOW + 1_000).unwrap();
+        assert_eq!(s.token_uses_spent(id(7)), 2);
+        assert_eq!(s.token_uses_spent(id(8)), 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::stats::Reason;
 use gearmq_schemas::credential::CredentialError;
 use gearmq_schemas::envelope::{self, Opened};
 use gearmq_schemas::time::Millis;
+use gearmq_schemas::token::{self, MintedBy, Presented, SealingKey, TokenError, Unsealed};
 use gearmq_schemas::{
     ActionName, Credential, CredentialVerifier, Name, Request, Role, Status, TrustAnchors,
 };
@@ -121,6 +122,7 @@ impl CheckedRequest {
 pub struct VerifiedRequest {
     request: Request,
     signer: Arc<Credential>,
+    token: Option<Unsealed>,
 }
 
 impl VerifiedRequest {
@@ -128,9 +130,15 @@ impl VerifiedRequest {
     pub fn request(&self) -> &Request {
         &self.request
     }
-    /// The signer's credential (an operator allowed this action).
+    /// The signer's credential (an operator allowed this action, or a host carrying a
+    /// delegation token).
     pub fn signer(&self) -> &Credential {
         &self.signer
+    }
+    /// The opened delegation token, for a delegated request. Its per-request checks
+    /// ([`RequestVerifier::check_token`]) and its uses are still to come.
+    pub fn token(&self) -> Option<&Unsealed> {
+        self.token.as_ref()
     }
 }
 
@@ -154,6 +162,8 @@ pub struct VerifierSettings {
     pub clock_skew: Duration,
     /// Longest request lifetime accepted.
     pub max_request_lifetime: Duration,
+    /// Longest delegation token validity accepted (`not_after - not_before`).
+    pub max_token_ttl: Duration,
 }
 
 /// Runs the checks of DESIGN.md's request lifecycle, step 2.
@@ -164,6 +174,7 @@ pub struct RequestVerifier {
     labels: BTreeMap<String, String>,
     settings: VerifierSettings,
     revocations: Arc<Revocations>,
+    sealing: Option<Arc<SealingKey>>,
 }
 
 impl RequestVerifier {
@@ -181,7 +192,14 @@ impl RequestVerifier {
             labels,
             settings,
             revocations,
+            sealing: None,
         }
+    }
+
+    /// Accept delegation tokens sealed to `key` (without one, every token is refused).
+    pub fn with_sealing_key(mut self, key: Arc<SealingKey>) -> Self {
+        self.sealing = Some(key);
+        self
     }
 
     /// Steps 1–2: size, envelope, credential chain, signature, body.
@@ -231,28 +249,103 @@ impl RequestVerifier {
         Screened::Checked(Box::new(CheckedRequest(opened)))
     }
 
-    /// Step 8: role and policy. Only operators may request (delegation tokens come in
-    /// a later issue), as themselves, actions their credential lists.
+    /// Step 8: role and policy. Without a token only operators may request, as
+    /// themselves, actions their credential lists. With a token the signer must be a
+    /// host, and the token must open with this host's sealing key, carry a valid
+    /// signature of a trusted issuer or a `may_delegate` operator, and its minter must
+    /// not be revoked; the per-request token checks follow argument decoding.
     pub fn authorize(&self, checked: Box<CheckedRequest>) -> Result<VerifiedRequest, Refusal> {
         let CheckedRequest(opened) = *checked;
         let signer = opened.signer().clone();
         let req = opened.body();
-        authorize_request(req, &signer)?;
+        let token = match &req.token {
+            None => {
+                authorize_request(req, &signer)?;
+                None
+            }
+            Some(bytes) => Some(self.open_token(req, &signer, bytes)?),
+        };
         Ok(VerifiedRequest {
             request: req.clone(),
             signer,
+            token,
         })
     }
+
+    fn open_token(
+        &self,
+        req: &Request,
+        signer: &Credential,
+        bytes: &[u8],
+    ) -> Result<Unsealed, Refusal> {
+        if signer.role != Role::Host {
+            return Err(Refusal::new(
+                Status::Unauthorized,
+                Reason::Token,
+                format!(
+                    "delegation tokens are presented by hosts; {} holds a {} credential",
+                    signer.name, signer.role
+                ),
+            ));
+        }
+        if req.caller != signer.name {
+            return Err(Refusal::new(
+                Status::Unauthorized,
+                Reason::Unauthorized,
+                format!("caller {} is not the signer {}", req.caller, signer.name),
+            ));
+        }
+        let key = self
+            .sealing
+            .as_ref()
+            .ok_or_else(|| token_refusal(&TokenError::NoSealingKey))?;
+        let unsealed = token::open(bytes, &self.host, key, &self.credentials)
+            .map_err(|e| token_refusal(&e))?;
+        if let MintedBy::Operator(minter) = &unsealed.minted_by {
+            self.revocations
+                .check(minter)
+                .map_err(|e| token_refusal(&TokenError::MinterRevoked(e.to_string())))?;
+        }
+        Ok(unsealed)
+    }
+
+    /// The per-request token checks (subject, action, unit scope, window with skew,
+    /// this host's TTL cap, minter rights and window) for a delegated request whose
+    /// arguments name `unit`. Requests without a token pass.
+    pub fn check_token(
+        &self,
+        verified: &VerifiedRequest,
+        unit: Option<&str>,
+        now: Millis,
+    ) -> Result<(), Refusal> {
+        let Some(t) = verified.token() else {
+            return Ok(());
+        };
+        t.check(&Presented {
+            signer: &verified.signer.name,
+            action: &verified.request.action,
+            unit,
+            now,
+            skew_ms: duration_ms(self.settings.clock_skew),
+            max_ttl_ms: duration_ms(self.settings.max_token_ttl),
+        })
+        .map_err(|e| token_refusal(&e))
+    }
+}
+
+/// A token refusal: status 6, counted as `token`, the message led by the token's own
+/// reason label.
+pub fn token_refusal(e: &TokenError) -> Refusal {
+    Refusal::new(
+        Status::Unauthorized,
+        Reason::Token,
+        format!("delegation token refused ({}): {e}", e.reason()),
+    )
 }
 
 /// The role and policy rules of step 8, apart from the types for unit tests.
 fn authorize_request(req: &Request, signer: &Credential) -> Result<(), Refusal> {
     let unauthorized = |m: String| Refusal::new(Status::Unauthorized, Reason::Unauthorized, m);
-    if req.token.is_some() {
-        return Err(unauthorized(
-            "delegation tokens are not supported by this agent yet".into(),
-        ));
-    }
     if signer.role != Role::Operator {
         return Err(unauthorized(format!(
             "requests must be signed by an operator credential; {} holds a {} credential",
@@ -462,9 +555,6 @@ mod tests {
         );
         let r = authorize_request(&ping("eve"), &operator(&["ping"], Role::Operator)).unwrap_err();
         assert!(r.message.contains("caller eve"), "{}", r.message);
-        let mut with_token = ping("ops");
-        with_token.token = Some(serde_bytes::ByteBuf::from(vec![1]));
-        assert!(authorize_request(&with_token, &operator(&["ping"], Role::Operator)).is_err());
     }
 
     #[test]
