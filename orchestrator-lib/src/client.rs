@@ -182,6 +182,8 @@ pub struct Orchestrator {
     reply_queue: String,
     broker_user: String,
     consumer: tokio::task::JoinHandle<()>,
+    token: Option<Vec<u8>>,
+    role: Role,
 }
 
 /// The username in an AMQP URL (percent-decoded), which the broker checks `user_id`
@@ -220,9 +222,11 @@ impl Orchestrator {
         let issuers = load_trusted_issuers(&config.trusted_issuers)?;
         let key = load_signing_key(&config.key_file)?;
         let (cred, credential) = load_credential(&config.credential_file, &issuers)?;
-        if cred.name != name || cred.role != Role::Operator {
+        // An operator signs requests on its own rights; a host (a delegator's
+        // client.toml) signs them too, and each must carry a delegation token.
+        if cred.name != name {
             return Err(OrchestratorError::Identity(format!(
-                "{} is a {} credential for {}, but this orchestrator is operator {name}",
+                "{} is a {} credential for {}, but this config's name is {name}",
                 config.credential_file.display(),
                 cred.role,
                 cred.name
@@ -371,7 +375,20 @@ impl Orchestrator {
             reply_queue,
             broker_user,
             consumer,
+            token: None,
+            role: cred.role,
         })
+    }
+
+    /// Attaches a sealed delegation token to every request from now on (a host calling
+    /// another host as itself; the token says what it may ask).
+    pub fn set_token(&mut self, token: Vec<u8>) {
+        self.token = Some(token);
+    }
+
+    /// The role of this process's credential (operator, or host for a delegator).
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The enrolled hosts.
@@ -529,6 +546,7 @@ impl Orchestrator {
             spec.args,
         );
         request.id = Uuid::now_v7();
+        request.token = self.token.clone().map(serde_bytes::ByteBuf::from);
         let body = gearmq_schemas::codec::encode(&request);
         let digest = gearmq_schemas::sha256(&body);
         let bytes = Signed::seal_bytes(

@@ -212,9 +212,42 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Connects to the broker as the configured operator.
+/// The delegation token given with `--token`, read once at start.
+static TOKEN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Reads the `--token` file (checking its outer form) for every call of this process.
+pub fn set_token(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?;
+    gearmq_schemas::token::peek(&bytes)
+        .with_context(|| format!("{} is not a delegation token", path.display()))?;
+    let _ = TOKEN.set(bytes);
+    Ok(())
+}
+
+/// Connects to the broker as the configured identity; with `--token`, every request
+/// carries the token and may go only to the token's audience.
 pub async fn connect(config: &OrchestratorConfig, selection: &Selection) -> Result<Orchestrator> {
-    let orch = Orchestrator::connect(config).await?;
+    let mut orch = Orchestrator::connect(config).await?;
+    match TOKEN.get() {
+        Some(token) => {
+            let (_, header) = gearmq_schemas::token::peek(token)?;
+            if *selection != Selection::Hosts(vec![header.audience.clone()]) {
+                bail!(
+                    "the token is for host {} only: name exactly that host",
+                    header.audience
+                );
+            }
+            orch.set_token(token.clone());
+        }
+        None if orch.role() == gearmq_schemas::Role::Host => bail!(
+            "{} signs as host {}: a host may only make delegated requests, with --token FILE \
+             (an operator mints one with `gearmq token mint`)",
+            config.credential_file.display(),
+            orch.name()
+        ),
+        None => {}
+    }
     if *selection == Selection::All && orch.inventory().is_empty() {
         bail!(
             "the inventory {} holds no host credentials",

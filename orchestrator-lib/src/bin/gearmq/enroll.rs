@@ -29,6 +29,11 @@ pub struct KeygenArgs {
     /// Private key file to write (mode 0600); the public key goes beside it as .pub.
     #[arg(long)]
     pub out: PathBuf,
+    /// Make an X25519 sealing key pair instead of an Ed25519 signing key: the key
+    /// delegation tokens for a host are sealed to (`gearmq enroll host
+    /// --sealing-pubkey FILE.pub`; the agent's `sealing_key_file`).
+    #[arg(long)]
+    pub sealing: bool,
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
@@ -45,6 +50,10 @@ pub enum EnrollCommand {
         /// A label, matched by --where selectors (repeatable): --label role=web.
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// The host's sealing public key (from `gearmq keygen --sealing`): lets the
+        /// host accept delegation tokens. Without it, tokens cannot be minted for it.
+        #[arg(long, value_name = "FILE")]
+        sealing_pubkey: Option<PathBuf>,
         /// How long it is valid.
         #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
         valid_for: Duration,
@@ -121,6 +130,12 @@ pub fn make_key_pair(key: &Path, public: &Path, force: bool) -> Result<PublicKey
 
 pub fn keygen(a: KeygenArgs) -> Result<()> {
     let public = pub_path(&a.out);
+    if a.sealing {
+        let k = gearmq_schemas::files::make_sealing_key_pair(&a.out, &public, a.force)?;
+        println!("sealing key {}", a.out.display());
+        println!("sealing pub {}  {}", public.display(), hex::encode(k));
+        return Ok(());
+    }
     let k = make_key_pair(&a.out, &public, a.force)?;
     println!("private key {}", a.out.display());
     println!("public key  {}  {}", public.display(), k);
@@ -176,6 +191,8 @@ pub struct Enrollment {
     pub labels: std::collections::BTreeMap<String, String>,
     pub actions: Vec<ActionName>,
     pub may_delegate: bool,
+    /// X25519 public key delegation tokens for the host are sealed to.
+    pub sealing_key: Option<[u8; 32]>,
 }
 
 impl Enrollment {
@@ -192,6 +209,7 @@ impl Enrollment {
         c.labels = self.labels;
         c.actions = self.actions;
         c.may_delegate = self.may_delegate;
+        c.sealing_key = self.sealing_key.map(serde_bytes::ByteArray::new);
         let bytes = c.issue(issuer);
         Ok((c, bytes))
     }
@@ -204,6 +222,7 @@ pub fn enroll(cmd: EnrollCommand) -> Result<()> {
             common,
             labels,
             valid_for,
+            sealing_pubkey,
         } => (
             Enrollment {
                 name: Name::new(name)?,
@@ -213,6 +232,10 @@ pub fn enroll(cmd: EnrollCommand) -> Result<()> {
                 labels: parse_labels(&labels)?,
                 actions: Vec::new(),
                 may_delegate: false,
+                sealing_key: sealing_pubkey
+                    .as_deref()
+                    .map(gearmq_schemas::files::load_sealing_public_key)
+                    .transpose()?,
             },
             common,
         ),
@@ -240,6 +263,7 @@ pub fn enroll(cmd: EnrollCommand) -> Result<()> {
                     labels: Default::default(),
                     actions: parse_actions(&actions)?,
                     may_delegate,
+                    sealing_key: None,
                 },
                 common,
             )

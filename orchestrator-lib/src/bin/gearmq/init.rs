@@ -2,7 +2,9 @@
 //!
 //! Layout (relied on by scripts and documented in the README):
 //! `DIR/issuer.{key,pub}`, `DIR/operator.{key,pub,cred}`, `DIR/orchestrator.toml`, and per
-//! host `DIR/hosts/<name>/{host.key,host.pub,host.cred,agent.toml}`.
+//! host `DIR/hosts/<name>/{host.key,host.pub,host.cred,sealing.key,sealing.pub,agent.toml}`,
+//! plus `client.toml` for hosts named with `--delegators` (the config a host uses to
+//! call another host with a delegation token, as itself).
 
 use crate::enroll::{Enrollment, make_key_pair};
 use anyhow::{Context, Result, bail};
@@ -39,8 +41,10 @@ pub struct InitArgs {
     /// orchestrator's user_id check on. Needs rabbitmqctl rights (root).
     #[arg(long)]
     provision: bool,
-    /// Hosts that may send delegated requests (with --provision).
-    #[arg(long, value_delimiter = ',', requires = "provision")]
+    /// Hosts that may send delegated requests: each gets DIR/hosts/<name>/client.toml
+    /// (its own identity and broker user), and with --provision the right to publish
+    /// requests to single hosts.
+    #[arg(long, value_delimiter = ',')]
     delegators: Vec<String>,
     /// The RabbitMQ node to provision (default: the local node).
     #[arg(long, requires = "provision")]
@@ -160,6 +164,7 @@ pub fn run(a: InitArgs) -> Result<()> {
                 .collect::<Vec<_>>(),
         )?,
         may_delegate: true,
+        sealing_key: None,
     }
     .issue(&issuer)?;
     write_file(&dir.join("operator.cred"), &op_cred, 0o644, force)?;
@@ -185,6 +190,11 @@ pub fn run(a: InitArgs) -> Result<()> {
         let hd = hosts_dir.join(h.as_str());
         std::fs::create_dir_all(&hd).with_context(|| format!("cannot create {}", hd.display()))?;
         let public = make_key_pair(&hd.join("host.key"), &hd.join("host.pub"), force)?;
+        let sealing = gearmq_schemas::files::make_sealing_key_pair(
+            &hd.join("sealing.key"),
+            &hd.join("sealing.pub"),
+            force,
+        )?;
         let (_, cred) = Enrollment {
             name: h.clone(),
             role: Role::Host,
@@ -193,6 +203,7 @@ pub fn run(a: InitArgs) -> Result<()> {
             labels: Default::default(),
             actions: Vec::new(),
             may_delegate: false,
+            sealing_key: Some(sealing),
         }
         .issue(&issuer)?;
         write_file(&hd.join("host.cred"), &cred, 0o644, force)?;
@@ -209,6 +220,14 @@ pub fn run(a: InitArgs) -> Result<()> {
             0o600,
             force,
         )?;
+        if a.delegators.iter().any(|d| d == h.as_str()) {
+            write_file(
+                &hd.join("client.toml"),
+                client_toml(h, &dir, &hd, &url, provisioned).as_bytes(),
+                0o600,
+                force,
+            )?;
+        }
     }
     let op_url = if provisioned {
         url_as(&a.broker, operator.as_str(), &new_password()?)?
@@ -247,6 +266,12 @@ pub fn run(a: InitArgs) -> Result<()> {
         println!(
             "  host          {h} ({})",
             hosts_dir.join(h.as_str()).join("agent.toml").display()
+        );
+    }
+    for d in &a.delegators {
+        println!(
+            "  delegator     {d} ({})",
+            hosts_dir.join(d).join("client.toml").display()
         );
     }
     println!();
@@ -307,6 +332,9 @@ fn agent_toml(
          name = {name}\n\
          key_file = {key}\n\
          credential_file = {cred}\n\
+         # Delegation tokens for this host are sealed to this key (public half in the\n\
+         # credential); without it every token is refused.\n\
+         sealing_key_file = {sealing}\n\
          trusted_issuers = [{issuer}]\n\
          # Also holds the audit log (audit.log) and the last pushed revocation list.\n\
          state_dir = {state}\n\
@@ -321,6 +349,7 @@ fn agent_toml(
         name = toml_str(host.as_str()),
         key = toml_path(&hd.join("host.key")),
         cred = toml_path(&hd.join("host.cred")),
+        sealing = toml_path(&hd.join("sealing.key")),
         issuer = toml_path(issuer_pub),
         state = toml_path(&hd.join("state")),
         revocations = toml_path(&fleet.join("revocations.bin")),
@@ -342,6 +371,58 @@ fn url_without_password(url: &str) -> String {
         },
         None => url.to_string(),
     }
+}
+
+/// The config a delegating host uses with `gearmq --config client.toml --token FILE`:
+/// its own key, credential and broker user, the fleet's inventory to check replies.
+fn client_toml(host: &Name, dir: &Path, hd: &Path, broker: &str, provisioned: bool) -> String {
+    let (broker, password, trust) = if provisioned {
+        (
+            url_without_password(broker),
+            format!(
+                "# This host's broker password (mode 0600), never in the URL.\n\
+                 password_file = {}\n",
+                toml_path(&hd.join("broker.password"))
+            ),
+            "provisioned = true\nrequire_user_id = true\n",
+        )
+    } else {
+        (
+            broker.to_string(),
+            String::new(),
+            "provisioned = false\nrequire_user_id = false\n",
+        )
+    };
+    format!(
+        "# Client configuration of host {name} for delegated calls, written by `gearmq init`.\n\
+         # gearmq --config THIS_FILE --token TOKEN_FILE status OTHER_HOST [UNIT]\n\
+         # Requests are signed by this host's own key; the token says what it may ask.\n\
+         name = {name}\n\
+         key_file = {key}\n\
+         credential_file = {cred}\n\
+         trusted_issuers = [{issuer}]\n\
+         inventory_dir = {hosts}\n\
+         revocation_file = {revocations}\n\
+         \n\
+         [broker]\n\
+         urls = [{broker}]\n\
+         {password}\
+         {trust}\
+         \n\
+         [defaults]\n\
+         timeout = \"5s\"\n\
+         \n\
+         [audit]\n\
+         file = {audit}\n",
+        name = toml_str(host.as_str()),
+        key = toml_path(&hd.join("host.key")),
+        cred = toml_path(&hd.join("host.cred")),
+        issuer = toml_path(&dir.join("issuer.pub")),
+        hosts = toml_path(&dir.join("hosts")),
+        revocations = toml_path(&dir.join("revocations.bin")),
+        broker = toml_str(&broker),
+        audit = toml_path(&hd.join("client-audit.log")),
+    )
 }
 
 fn orchestrator_toml(

@@ -14,6 +14,7 @@ mod observe;
 mod pki;
 mod render;
 mod revoke;
+mod token;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,11 @@ struct Cli {
         default_value = "/etc/gearmq/orchestrator.toml"
     )]
     config: PathBuf,
+    /// A delegation token to carry (a host calling another host as itself, with the
+    /// host's client.toml as --config): every request of the command carries it, and
+    /// it may name only the token's audience host.
+    #[arg(long, global = true, value_name = "FILE")]
+    token: Option<PathBuf>,
     /// Log level for diagnostics on stderr (error, warn, info, debug).
     #[arg(long, global = true, default_value = "warn", env = "GEARMQ_LOG")]
     log: String,
@@ -94,6 +100,9 @@ enum Command {
     /// Agents' counters: verified, executed, refused by reason, dead-lettered,
     /// reconnects, uptime.
     Stats(observe::StatsCmd),
+    /// Delegation tokens: let host A call named actions on host B, briefly.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Inspect or empty gearmq.dead, where agents dead-letter what they could not
     /// verify (needs a broker user with read rights on it).
     #[command(subcommand)]
@@ -116,6 +125,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    if let Some(path) = &cli.token {
+        if let Err(e) = call::set_token(path) {
+            eprintln!("gearmq: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let outcome = match cli.command {
         Command::Init(a) => init::run(a).map(|()| ExitCode::SUCCESS),
         Command::Issuer(c) => enroll::issuer(c).map(|()| ExitCode::SUCCESS),
@@ -139,6 +154,7 @@ fn main() -> ExitCode {
         Command::Facts(a) => units::facts(&cli.config, a),
         Command::Stats(a) => observe::stats(&cli.config, a),
         Command::Dead(c) => dead::run(&cli.config, c),
+        Command::Token(c) => token::run(&cli.config, c),
     };
     match outcome {
         Ok(code) => code,
