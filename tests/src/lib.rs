@@ -118,20 +118,30 @@ impl CliOutput {
 impl Fleet {
     /// `gearmq init --dir <tmp> --hosts <hosts> --broker <vhost url>`.
     pub fn init(tag: &str, hosts: &[&str]) -> Fleet {
+        Fleet::init_with(tag, hosts, &[])
+    }
+
+    /// [`Fleet::init`] with `extra` arguments for `gearmq init` (`--delegators a`, …).
+    pub fn init_with(tag: &str, hosts: &[&str], extra: &[&str]) -> Fleet {
         let vhost = Vhost::new(tag);
         let dir = tempfile::Builder::new()
             .prefix(&format!("gearmq-{tag}-"))
             .tempdir()
             .expect("tempdir");
-        let out = run_cli(&[
+        let dir_arg = dir.path().to_string_lossy().into_owned();
+        let hosts_arg = hosts.join(",");
+        let url = vhost.url();
+        let mut args = vec![
             "init",
             "--dir",
-            &dir.path().to_string_lossy(),
+            &dir_arg,
             "--hosts",
-            &hosts.join(","),
+            &hosts_arg,
             "--broker",
-            &vhost.url(),
-        ]);
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        let out = run_cli(&args);
         assert_eq!(out.code, 0, "gearmq init failed: {}", out.stderr);
         Fleet {
             dir,
