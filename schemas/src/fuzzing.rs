@@ -47,6 +47,35 @@ pub fn credential(data: &[u8]) {
     let _ = verifier().verify(data);
 }
 
+/// The X25519 private key the token target opens with: RFC 7748 §6.1 Alice, whose
+/// public key is `web1`'s sealing key in the vectors.
+pub const SEALING_PRIVATE: [u8; 32] = [
+    0x77, 0x07, 0x6d, 0x0a, 0x73, 0x18, 0xa5, 0x7d, 0x3c, 0x16, 0xc1, 0x72, 0x51, 0xb2, 0x66, 0x45,
+    0xdf, 0x4c, 0x2f, 0x87, 0xeb, 0xc0, 0x99, 0x2a, 0xb1, 0x77, 0xfb, 0xa5, 0x1d, 0xb9, 0x2c, 0x2a,
+];
+
+/// Opens `data` as a delegation token presented to host `web1` (with its sealing key),
+/// then judges it for a `status` request, as an agent does with `Request.token`.
+pub fn token(data: &[u8]) {
+    let Ok(key) = crate::token::SealingKey::from_bytes(&SEALING_PRIVATE) else {
+        return;
+    };
+    let Ok(host) = crate::Name::new("web1") else {
+        return;
+    };
+    if let Ok(u) = crate::token::open(data, &host, &key, &verifier()) {
+        let signer = u.claims.subject.clone();
+        let _ = u.check(&crate::token::Presented {
+            signer: &signer,
+            action: &u.claims.actions[0],
+            unit: u.claims.units.first().map(String::as_str),
+            now: u.claims.not_before,
+            skew_ms: 30_000,
+            max_ttl_ms: 3_600_000,
+        });
+    }
+}
+
 /// Verifies `data` as an issuer-signed revocation list.
 pub fn revocation(data: &[u8]) {
     let _ = verify_revocation(data, &[issuer()]);

@@ -33,6 +33,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("audit_log", fuzzing::audit_log),
     ("unit_spec", fuzzing::unit_spec),
     ("envelope", fuzzing::envelope),
+    ("token", fuzzing::token),
 ];
 
 /// 2026-01-01T00:00:00Z, the start of the vector credentials' validity.
