@@ -441,7 +441,10 @@ impl AgentConfig {
             ));
         }
         if l.max_token_ttl.is_zero() {
-            return Err(invalid("limits.max_token_ttl", "must be more than 0".into()));
+            return Err(invalid(
+                "limits.max_token_ttl",
+                "must be more than 0".into(),
+            ));
         }
         if l.action_timeout.is_zero() {
             return Err(invalid(

@@ -228,15 +228,12 @@ impl Handler {
         };
         // Steps 8–9: role and policy, then action and arguments; for a delegated
         // request the token's own checks, then one of its uses (journaled first).
-        let call = self
-            .verifier
-            .authorize(checked)
-            .and_then(|verified| {
-                let call = dispatch::parse(&verified)?;
-                self.verifier
-                    .check_token(&verified, call.unit(), now_ms())?;
-                Ok((verified, call))
-            });
+        let call = self.verifier.authorize(checked).and_then(|verified| {
+            let call = dispatch::parse(&verified)?;
+            self.verifier
+                .check_token(&verified, call.unit(), now_ms())?;
+            Ok((verified, call))
+        });
         let call = match call {
             Ok((verified, call)) => match verified.token() {
                 None => Ok(call),
@@ -327,8 +324,8 @@ impl Handler {
             .claims
             .not_after
             .saturating_add(duration_ms(self.clock_skew));
-        let spent = tokio::task::spawn_blocking(move || store.spend_token(id, uses, keep_until))
-            .await;
+        let spent =
+            tokio::task::spawn_blocking(move || store.spend_token(id, uses, keep_until)).await;
         match spent {
             Ok(Ok(left)) => {
                 info!(
@@ -341,10 +338,9 @@ impl Handler {
                 );
                 Ok(())
             }
-            Ok(Err(SpendError::UsedUp { uses })) => Err(token_refusal(&TokenError::UsedUp {
-                id,
-                uses,
-            })),
+            Ok(Err(SpendError::UsedUp { uses })) => {
+                Err(token_refusal(&TokenError::UsedUp { id, uses }))
+            }
             Ok(Err(SpendError::Journal(e))) => {
                 error!(error = %e, token = %id, "cannot record a token use; refusing the delegated request");
                 Err(Refusal::new(

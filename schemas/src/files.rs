@@ -167,7 +167,11 @@ pub fn write_public_key(path: &Path, key: &PublicKey, force: bool) -> Result<(),
 
 /// Makes a new X25519 sealing key pair: the private key as PEM (mode 0600) at `key`,
 /// the public key as one line of hex at `public`. Returns the public key.
-pub fn make_sealing_key_pair(key: &Path, public: &Path, force: bool) -> Result<[u8; 32], FileError> {
+pub fn make_sealing_key_pair(
+    key: &Path,
+    public: &Path,
+    force: bool,
+) -> Result<[u8; 32], FileError> {
     let k = crate::token::SealingKey::generate().map_err(|e| FileError::Invalid {
         path: key.to_path_buf(),
         reason: e.to_string(),

@@ -56,8 +56,7 @@ type SealAead = hpke::aead::ChaCha20Poly1305;
 
 /// PKCS#8 v1 prefix of an X25519 private key (RFC 8410): the 32 key bytes follow.
 const X25519_PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04,
-    0x20,
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20,
 ];
 
 /// The claims of a delegation token.
@@ -422,7 +421,9 @@ pub enum TokenError {
         allowed: String,
     },
     /// Before `not_before` (beyond the skew).
-    #[error("token is not valid before {not_before} ms, now {now} ms (allowed clock skew {skew_ms} ms)")]
+    #[error(
+        "token is not valid before {not_before} ms, now {now} ms (allowed clock skew {skew_ms} ms)"
+    )]
     NotYetValid {
         /// Start of validity.
         not_before: Millis,
@@ -480,9 +481,7 @@ impl TokenError {
             TokenError::UntrustedIssuer(_) | TokenError::MinterCredential(_) => {
                 "token_untrusted_minter"
             }
-            TokenError::BadSignature | TokenError::IssuerMismatch { .. } => {
-                "token_bad_signature"
-            }
+            TokenError::BadSignature | TokenError::IssuerMismatch { .. } => "token_bad_signature",
             TokenError::NotDelegator { .. } => "token_not_delegator",
             TokenError::MinterNotValid { .. } => "token_minter_not_valid",
             TokenError::WiderThanMinter { .. } => "token_wider_than_minter",
@@ -504,7 +503,11 @@ impl TokenError {
 /// public key). Checks that the claims decode back (so a minter cannot make a token
 /// its receiver would refuse as malformed) but not the minter's rights: see
 /// [`check_minter_rights`].
-pub fn seal(claims: &Token, minter: Minter<'_>, recipient: &[u8; 32]) -> Result<Vec<u8>, TokenError> {
+pub fn seal(
+    claims: &Token,
+    minter: Minter<'_>,
+    recipient: &[u8; 32],
+) -> Result<Vec<u8>, TokenError> {
     seal_inner(claims, minter, recipient, None)
 }
 
@@ -704,7 +707,9 @@ impl Unsealed {
         }
         if !c.units.is_empty() && !p.unit.is_some_and(|u| c.units.iter().any(|x| x == u)) {
             return Err(TokenError::UnitNotAllowed {
-                asked: p.unit.map_or_else(|| "no unit".to_string(), |u| format!("unit {u}")),
+                asked: p
+                    .unit
+                    .map_or_else(|| "no unit".to_string(), |u| format!("unit {u}")),
                 allowed: join(c.units.iter().map(String::as_str)),
             });
         }
@@ -894,7 +899,10 @@ mod tests {
             T + 86_400_000,
         );
         c.may_delegate = may_delegate;
-        c.actions = op_actions.iter().map(|a| ActionName::new(*a).unwrap()).collect();
+        c.actions = op_actions
+            .iter()
+            .map(|a| ActionName::new(*a).unwrap())
+            .collect();
         let op_cred = c.issue(&issuer);
         World {
             verifier: CredentialVerifier::new(TrustAnchors::new(vec![issuer.public_key()]), 8),
@@ -910,7 +918,10 @@ mod tests {
             issuer,
             Name::new("a").unwrap(),
             Name::new("b").unwrap(),
-            actions.iter().map(|a| ActionName::new(*a).unwrap()).collect(),
+            actions
+                .iter()
+                .map(|a| ActionName::new(*a).unwrap())
+                .collect(),
             vec![],
             T,
             T + 300_000,
@@ -987,14 +998,20 @@ mod tests {
         // Minter without may_delegate.
         let w = world(false, &["status"]);
         let c = claims(w.op.public_key(), &["status"]);
-        let m = Minter::Operator { key: &w.op, credential: &w.op_cred };
+        let m = Minter::Operator {
+            key: &w.op,
+            credential: &w.op_cred,
+        };
         let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
         let e = open(&bytes, &b, &w.b_seal, &w.verifier).unwrap_err();
         assert_eq!(e.reason(), "token_not_delegator");
         // Wider than the minter.
         let w = world(true, &["status"]);
         let c = claims(w.op.public_key(), &["status", "stop"]);
-        let m = Minter::Operator { key: &w.op, credential: &w.op_cred };
+        let m = Minter::Operator {
+            key: &w.op,
+            credential: &w.op_cred,
+        };
         let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
         let u = open(&bytes, &b, &w.b_seal, &w.verifier).unwrap();
         let a = Name::new("a").unwrap();
@@ -1006,7 +1023,9 @@ mod tests {
         // Another audience, another key, random bytes.
         let d = Name::new("d").unwrap();
         assert_eq!(
-            open(&bytes, &d, &w.b_seal, &w.verifier).unwrap_err().reason(),
+            open(&bytes, &d, &w.b_seal, &w.verifier)
+                .unwrap_err()
+                .reason(),
             "token_wrong_audience"
         );
         let other = SealingKey::derive(&[9; 32]);
@@ -1015,7 +1034,9 @@ mod tests {
             "token_wrong_recipient"
         );
         assert_eq!(
-            open(&[0xde, 0xad], &b, &w.b_seal, &w.verifier).unwrap_err().reason(),
+            open(&[0xde, 0xad], &b, &w.b_seal, &w.verifier)
+                .unwrap_err()
+                .reason(),
             "token_malformed"
         );
         assert_eq!(
@@ -1030,17 +1051,32 @@ mod tests {
     fn window_and_ttl_edges() {
         let w = world(true, &["status"]);
         let c = claims(w.op.public_key(), &["status"]);
-        let m = Minter::Operator { key: &w.op, credential: &w.op_cred };
+        let m = Minter::Operator {
+            key: &w.op,
+            credential: &w.op_cred,
+        };
         let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
         let u = open(&bytes, &Name::new("b").unwrap(), &w.b_seal, &w.verifier).unwrap();
         let a = Name::new("a").unwrap();
         let status = ActionName::new("status").unwrap();
-        let at = |now| Presented { now, ..presented(&a, &status) };
+        let at = |now| Presented {
+            now,
+            ..presented(&a, &status)
+        };
         assert!(u.check(&at(T - 30_000)).is_ok());
-        assert_eq!(u.check(&at(T - 30_001)).unwrap_err().reason(), "token_not_yet_valid");
+        assert_eq!(
+            u.check(&at(T - 30_001)).unwrap_err().reason(),
+            "token_not_yet_valid"
+        );
         assert!(u.check(&at(T + 330_000)).is_ok());
-        assert_eq!(u.check(&at(T + 330_001)).unwrap_err().reason(), "token_expired");
-        let capped = Presented { max_ttl_ms: 299_999, ..presented(&a, &status) };
+        assert_eq!(
+            u.check(&at(T + 330_001)).unwrap_err().reason(),
+            "token_expired"
+        );
+        let capped = Presented {
+            max_ttl_ms: 299_999,
+            ..presented(&a, &status)
+        };
         assert_eq!(u.check(&capped).unwrap_err().reason(), "token_ttl_too_long");
     }
 
@@ -1049,15 +1085,27 @@ mod tests {
         let w = world(true, &["status"]);
         let mut c = claims(w.op.public_key(), &["status"]);
         c.units = vec!["web".into()];
-        let m = Minter::Operator { key: &w.op, credential: &w.op_cred };
+        let m = Minter::Operator {
+            key: &w.op,
+            credential: &w.op_cred,
+        };
         let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
         let u = open(&bytes, &Name::new("b").unwrap(), &w.b_seal, &w.verifier).unwrap();
         let a = Name::new("a").unwrap();
         let status = ActionName::new("status").unwrap();
         assert!(u.check(&presented(&a, &status)).is_ok());
-        let none = Presented { unit: None, ..presented(&a, &status) };
-        assert_eq!(u.check(&none).unwrap_err().reason(), "token_unit_not_allowed");
-        let db = Presented { unit: Some("db"), ..presented(&a, &status) };
+        let none = Presented {
+            unit: None,
+            ..presented(&a, &status)
+        };
+        assert_eq!(
+            u.check(&none).unwrap_err().reason(),
+            "token_unit_not_allowed"
+        );
+        let db = Presented {
+            unit: Some("db"),
+            ..presented(&a, &status)
+        };
         assert_eq!(u.check(&db).unwrap_err().reason(), "token_unit_not_allowed");
     }
 

@@ -11,7 +11,7 @@
 //! --test token_vector`, review the diff, run again without the variable.
 
 use gearmq_schemas::credential::verify_credential;
-use gearmq_schemas::token::{self, Minter, MintedBy, Presented, SealingKey, Token};
+use gearmq_schemas::token::{self, MintedBy, Minter, Presented, SealingKey, Token};
 use gearmq_schemas::{
     ActionName, CredentialVerifier, Name, SigningKey, TrustAnchors, VERSION, codec, sha256,
 };
@@ -125,7 +125,10 @@ fn token_vector_rebuilds_and_opens() {
         std::fs::write(&json_file, format!("{doc:#}\n")).unwrap();
     }
     let file = std::fs::read(&bin).unwrap();
-    assert_eq!(file, built, "token-status.bin no longer rebuilds byte for byte");
+    assert_eq!(
+        file, built,
+        "token-status.bin no longer rebuilds byte for byte"
+    );
     let on_disk: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_file).unwrap()).unwrap();
     assert_eq!(on_disk, doc, "token.json is stale");

@@ -12,9 +12,7 @@ use gearmq_orchestrator::OrchestratorConfig;
 use gearmq_orchestrator::inventory::Inventory;
 use gearmq_schemas::files::{load_credential, load_signing_key, load_trusted_issuers, write_file};
 use gearmq_schemas::time::{Millis, duration_ms, now_ms};
-use gearmq_schemas::token::{
-    self, DEFAULT_MAX_TOKEN_TTL, MAX_TOKEN_USES, Minter, Token,
-};
+use gearmq_schemas::token::{self, DEFAULT_MAX_TOKEN_TTL, MAX_TOKEN_USES, Minter, Token};
 use gearmq_schemas::{Name, Role};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -126,7 +124,10 @@ fn mint(config_path: &Path, a: MintArgs) -> Result<()> {
     }
 
     let inventory = Inventory::load(&config.inventory_dir, &issuers).with_context(|| {
-        format!("cannot read the inventory {}", config.inventory_dir.display())
+        format!(
+            "cannot read the inventory {}",
+            config.inventory_dir.display()
+        )
     })?;
     if inventory.get(&subject).is_none() {
         bail!(
@@ -185,8 +186,9 @@ fn mint(config_path: &Path, a: MintArgs) -> Result<()> {
                     cred.name
                 );
             }
-            cred.check_window(now, 0)
-                .with_context(|| format!("operator credential {}", config.credential_file.display()))?;
+            cred.check_window(now, 0).with_context(|| {
+                format!("operator credential {}", config.credential_file.display())
+            })?;
             if cred.not_after < not_after {
                 bail!(
                     "the token would outlive the operator's own credential (valid until {})",
