@@ -521,6 +521,12 @@ impl Orchestrator {
         args: Vec<u8>,
         timeout: Duration,
     ) -> Result<Call, OrchestratorError> {
+        if self.role == Role::Host && self.token.is_none() {
+            return Err(OrchestratorError::Identity(format!(
+                "{} signs as a host: a host may only make delegated requests (set a token first)",
+                self.shared.name
+            )));
+        }
         let spec = CallSpec {
             selection: Selection::Discover,
             action,
