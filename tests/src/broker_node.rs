@@ -470,6 +470,17 @@ impl TlsFleet {
     /// vhost `gq-<tag>-<random>`, then TLS configs. Names are broker users shared by
     /// every vhost of the node: give each test names of its own.
     pub fn init(node: Arc<BrokerNode>, tag: &str, operator: &str, hosts: &[&str]) -> TlsFleet {
+        TlsFleet::init_with_delegators(node, tag, operator, hosts, &[])
+    }
+
+    /// [`TlsFleet::init`] with `--delegators`: those hosts also get a TLS client.toml.
+    pub fn init_with_delegators(
+        node: Arc<BrokerNode>,
+        tag: &str,
+        operator: &str,
+        hosts: &[&str],
+        delegators: &[&str],
+    ) -> TlsFleet {
         let vhost = format!("gq-{tag}-{:08x}", crate::rand_u32());
         let dir = tempfile::Builder::new()
             .prefix(&format!("gearmq-tls-{tag}-"))
@@ -489,12 +500,14 @@ impl TlsFleet {
             "amqps://127.0.0.1:{}/{}",
             fleet.node.amqps_port, fleet.vhost
         );
-        let out = fleet.run(&[
+        let hosts_arg = hosts.join(",");
+        let delegators_arg = delegators.join(",");
+        let mut args = vec![
             "init",
             "--dir",
             &d,
             "--hosts",
-            &hosts.join(","),
+            &hosts_arg,
             "--operator",
             operator,
             "--broker",
@@ -502,10 +515,17 @@ impl TlsFleet {
             "--provision",
             "--node",
             &fleet.node.node,
-        ]);
+        ];
+        if !delegators.is_empty() {
+            args.extend_from_slice(&["--delegators", &delegators_arg]);
+        }
+        let out = fleet.run(&args);
         assert_eq!(out.code, 0, "gearmq init --provision: {}", out.stderr);
         for h in hosts {
             fleet.use_tls(&fleet.host_dir(h).join("agent.toml"), h, "user_id");
+        }
+        for h in delegators {
+            fleet.use_tls(&fleet.host_dir(h).join("client.toml"), h, "user");
         }
         fleet.use_tls(&fleet.orchestrator_toml(), operator, "user");
         fleet

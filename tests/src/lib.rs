@@ -132,13 +132,7 @@ impl Fleet {
         let hosts_arg = hosts.join(",");
         let url = vhost.url();
         let mut args = vec![
-            "init",
-            "--dir",
-            &dir_arg,
-            "--hosts",
-            &hosts_arg,
-            "--broker",
-            &url,
+            "init", "--dir", &dir_arg, "--hosts", &hosts_arg, "--broker", &url,
         ];
         args.extend_from_slice(extra);
         let out = run_cli(&args);

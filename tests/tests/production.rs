@@ -183,6 +183,63 @@ async fn host_user_cannot_publish_a_request() {
     assert_eq!(queue_depth(&fleet, "gearmq.host.req-b"), 0);
 }
 
+/// Delegation on a provisioned broker: the delegator may publish requests to single
+/// hosts only, never `all`; a non-delegator not at all; and the delegator's own
+/// client.toml (its own broker user, TLS) carries a token that the audience accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_delegators_publish_requests_and_only_to_single_hosts() {
+    let fleet = TlsFleet::init_with_delegators(
+        BrokerNode::shared(),
+        "dlg",
+        "dlg-ops",
+        &["dlg-a", "dlg-b", "dlg-c"],
+        &["dlg-a"],
+    );
+    let a = fleet.connect_as("dlg-a").await;
+    let ok = publish_confirmed(&a, "gearmq.requests", "host.dlg-b", b"x", Some("dlg-a")).await;
+    assert_eq!(ok, Ok(true), "a delegator publishes to one host");
+    let err = publish_confirmed(&a, "gearmq.requests", "all", b"x", Some("dlg-a"))
+        .await
+        .expect_err("a delegator's broadcast must be refused");
+    assert!(err.contains("ACCESS_REFUSED"), "{err}");
+    let c = fleet.connect_as("dlg-c").await;
+    let err = publish_confirmed(&c, "gearmq.requests", "host.dlg-b", b"x", Some("dlg-c"))
+        .await
+        .expect_err("a non-delegator's publish must be refused");
+    assert!(err.contains("ACCESS_REFUSED"), "{err}");
+    // Drain the one junk message a put on b's queue before b's agent starts: it is
+    // dead-lettered as unproven, which is what the agent does with it.
+    let _b = fleet.start_agent("dlg-b");
+    let token = fleet.path().join("ping.token");
+    let o = fleet.cli(&[
+        "token",
+        "mint",
+        "--subject",
+        "dlg-a",
+        "--audience",
+        "dlg-b",
+        "--action",
+        "ping",
+        "--out",
+        token.to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let client = fleet.host_dir("dlg-a").join("client.toml");
+    let o = fleet.run(&[
+        "--config",
+        client.to_str().unwrap(),
+        "--token",
+        token.to_str().unwrap(),
+        "ping",
+        "--host",
+        "dlg-b",
+        "--json",
+    ]);
+    assert_eq!(o.code, 0, "stdout {}\nstderr {}", o.stdout, o.stderr);
+    let doc: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_user_cannot_publish_a_reply_as_another_host() {
     let fleet = TlsFleet::init(BrokerNode::shared(), "uid", "uid-ops", &["uid-a", "uid-b"]);
