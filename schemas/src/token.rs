@@ -913,6 +913,17 @@ mod tests {
         }
     }
 
+    impl World {
+        /// `c` signed by the world's operator and sealed to b.
+        fn seal_by_op(&self, c: &Token) -> Vec<u8> {
+            let m = Minter::Operator {
+                key: &self.op,
+                credential: &self.op_cred,
+            };
+            seal(c, m, &self.b_seal.public()).unwrap()
+        }
+    }
+
     fn claims(issuer: PublicKey, actions: &[&str]) -> Token {
         Token::new(
             issuer,
@@ -944,11 +955,7 @@ mod tests {
     fn operator_token_round_trips_and_checks() {
         let w = world(true, &["status", "logs"]);
         let c = claims(w.op.public_key(), &["status"]);
-        let minter = Minter::Operator {
-            key: &w.op,
-            credential: &w.op_cred,
-        };
-        let bytes = seal(&c, minter, &w.b_seal.public()).unwrap();
+        let bytes = w.seal_by_op(&c);
         let u = open(&bytes, &Name::new("b").unwrap(), &w.b_seal, &w.verifier).unwrap();
         assert_eq!(u.claims, c);
         let a = Name::new("a").unwrap();
@@ -979,11 +986,7 @@ mod tests {
     fn every_flipped_byte_is_refused_without_panic() {
         let w = world(true, &["status"]);
         let c = claims(w.op.public_key(), &["status"]);
-        let minter = Minter::Operator {
-            key: &w.op,
-            credential: &w.op_cred,
-        };
-        let bytes = seal(&c, minter, &w.b_seal.public()).unwrap();
+        let bytes = w.seal_by_op(&c);
         let b = Name::new("b").unwrap();
         for i in 0..bytes.len() {
             let mut x = bytes.clone();
@@ -998,21 +1001,13 @@ mod tests {
         // Minter without may_delegate.
         let w = world(false, &["status"]);
         let c = claims(w.op.public_key(), &["status"]);
-        let m = Minter::Operator {
-            key: &w.op,
-            credential: &w.op_cred,
-        };
-        let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
+        let bytes = w.seal_by_op(&c);
         let e = open(&bytes, &b, &w.b_seal, &w.verifier).unwrap_err();
         assert_eq!(e.reason(), "token_not_delegator");
         // Wider than the minter.
         let w = world(true, &["status"]);
         let c = claims(w.op.public_key(), &["status", "stop"]);
-        let m = Minter::Operator {
-            key: &w.op,
-            credential: &w.op_cred,
-        };
-        let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
+        let bytes = w.seal_by_op(&c);
         let u = open(&bytes, &b, &w.b_seal, &w.verifier).unwrap();
         let a = Name::new("a").unwrap();
         let status = ActionName::new("status").unwrap();
@@ -1051,11 +1046,7 @@ mod tests {
     fn window_and_ttl_edges() {
         let w = world(true, &["status"]);
         let c = claims(w.op.public_key(), &["status"]);
-        let m = Minter::Operator {
-            key: &w.op,
-            credential: &w.op_cred,
-        };
-        let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
+        let bytes = w.seal_by_op(&c);
         let u = open(&bytes, &Name::new("b").unwrap(), &w.b_seal, &w.verifier).unwrap();
         let a = Name::new("a").unwrap();
         let status = ActionName::new("status").unwrap();
@@ -1085,11 +1076,7 @@ mod tests {
         let w = world(true, &["status"]);
         let mut c = claims(w.op.public_key(), &["status"]);
         c.units = vec!["web".into()];
-        let m = Minter::Operator {
-            key: &w.op,
-            credential: &w.op_cred,
-        };
-        let bytes = seal(&c, m, &w.b_seal.public()).unwrap();
+        let bytes = w.seal_by_op(&c);
         let u = open(&bytes, &Name::new("b").unwrap(), &w.b_seal, &w.verifier).unwrap();
         let a = Name::new("a").unwrap();
         let status = ActionName::new("status").unwrap();
