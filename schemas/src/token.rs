@@ -622,13 +622,13 @@ fn seal_inner(
 /// Checks that `claims` grant nothing beyond `minter`'s own rights (an operator
 /// credential's actions; an issuer may grant any action).
 pub fn check_minter_rights(claims: &Token, minter: &MintedBy) -> Result<(), TokenError> {
-    if let MintedBy::Operator(cred) = minter {
-        if let Some(a) = claims.actions.iter().find(|a| !cred.allows(a)) {
-            return Err(TokenError::WiderThanMinter {
-                minter: cred.name.clone(),
-                action: a.clone(),
-            });
-        }
+    if let MintedBy::Operator(cred) = minter
+        && let Some(a) = claims.actions.iter().find(|a| !cred.allows(a))
+    {
+        return Err(TokenError::WiderThanMinter {
+            minter: cred.name.clone(),
+            action: a.clone(),
+        });
     }
     Ok(())
 }

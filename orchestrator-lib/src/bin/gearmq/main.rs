@@ -125,11 +125,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    if let Some(path) = &cli.token {
-        if let Err(e) = call::set_token(path) {
-            eprintln!("gearmq: error: {e:#}");
-            return ExitCode::from(2);
-        }
+    if let Some(path) = &cli.token
+        && let Err(e) = call::set_token(path)
+    {
+        eprintln!("gearmq: error: {e:#}");
+        return ExitCode::from(2);
     }
     let outcome = match cli.command {
         Command::Init(a) => init::run(a).map(|()| ExitCode::SUCCESS),

@@ -111,7 +111,7 @@ fn mint(config_path: &Path, a: MintArgs) -> Result<()> {
     let not_before = match a.not_before {
         Some(t) => t
             .duration_since(UNIX_EPOCH)
-            .map(|d| duration_ms(d))
+            .map(duration_ms)
             .context("--not-before is before 1970")?,
         None => now,
     };
