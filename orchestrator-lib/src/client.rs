@@ -5,6 +5,7 @@ use crate::audit::AuditSink;
 use crate::config::OrchestratorConfig;
 use crate::correlate::{Correlator, Rejected, Rejection, Verdict, open_reply};
 use crate::inventory::Inventory;
+use crate::link::{InFlight, InFlightMap, Link, LinkSettings};
 use crate::outcome::{CallResult, HostResult, HostStatus};
 use futures_util::StreamExt;
 use gearmq_schemas::audit::Entry;
@@ -16,12 +17,8 @@ use gearmq_schemas::{
     ActionName, CredentialVerifier, LabelMatch, Name, Reply, Request, Role, SigningKey, Status,
     Targets, TrustAnchors,
 };
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Confirmation};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,6 +160,7 @@ struct Shared {
     rejections: Mutex<BTreeMap<Rejection, u64>>,
     max_message_bytes: usize,
     audit: Option<AuditSink>,
+    in_flight: InFlightMap,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -177,11 +175,9 @@ pub struct Orchestrator {
     shared: Arc<Shared>,
     revocation_file: Option<std::path::PathBuf>,
     inventory: Inventory,
-    connection: Connection,
-    channel: lapin::Channel,
+    link: Link,
     reply_queue: String,
     broker_user: String,
-    consumer: tokio::task::JoinHandle<()>,
 }
 
 /// The username in an AMQP URL (percent-decoded), which the broker checks `user_id`
@@ -273,76 +269,8 @@ impl Orchestrator {
             ),
             None => None,
         };
-        let (connection, url) = connect_any(&config.broker, &name).await?;
-        let broker_user = config
-            .broker
-            .user
-            .clone()
-            .unwrap_or_else(|| broker_user(&url));
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        if !config.broker.provisioned {
-            for ex in [REQUESTS_EXCHANGE, REPLIES_EXCHANGE] {
-                channel
-                    .exchange_declare(
-                        ex.into(),
-                        ExchangeKind::Topic,
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-        }
         let instance = format!("{:08x}", rand::random::<u32>());
         let reply_queue = reply_queue_name(&name, &instance);
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(i64::from(config.broker.reply_queue_max_length)),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-        let consume_channel = connection.create_channel().await?;
-        consume_channel
-            .queue_declare(
-                reply_queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
-        consume_channel
-            .queue_bind(
-                reply_queue.as_str().into(),
-                REPLIES_EXCHANGE.into(),
-                reply_queue.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = consume_channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                ShortString::from(format!("gearmq-{instance}")),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-
         let mut correlator = Correlator::new(
             config.limits.finished_retention,
             config.broker.require_user_id,
@@ -359,18 +287,34 @@ impl Orchestrator {
             rejections: Mutex::new(BTreeMap::new()),
             max_message_bytes: config.limits.max_message_bytes,
             audit,
+            in_flight: InFlightMap::default(),
         });
-        let consumer = tokio::spawn(take_replies(shared.clone(), consumer));
+        let taker = shared.clone();
+        let link = Link::open(
+            LinkSettings {
+                broker: config.broker.clone(),
+                name: shared.name.clone(),
+                reply_queue: reply_queue.clone(),
+                consumer_tag: format!("gearmq-{instance}"),
+            },
+            Arc::new(move |consumer| Box::pin(take_replies(taker.clone(), consumer))),
+            shared.in_flight.clone(),
+        )
+        .await?;
+        let url = link.url();
+        let broker_user = config
+            .broker
+            .user
+            .clone()
+            .unwrap_or_else(|| broker_user(&url));
         tracing::debug!(queue = %reply_queue, broker = %redact_url(&url), "orchestrator connected");
         Ok(Orchestrator {
             shared,
             revocation_file: config.revocation_file.clone(),
             inventory,
-            connection,
-            channel,
+            link,
             reply_queue,
             broker_user,
-            consumer,
         })
     }
 
@@ -560,6 +504,7 @@ impl Orchestrator {
             props = props.with_user_id(self.broker_user.as_str().into());
         }
         let mut confirms = Vec::with_capacity(targets.len());
+        let deadline = started + spec.timeout;
         let routes: Vec<(Option<Name>, String)> = if resolved.discover {
             vec![(None, "all".to_string())]
         } else {
@@ -568,9 +513,24 @@ impl Orchestrator {
                 .map(|h| (Some(h.clone()), format!("host.{h}")))
                 .collect()
         };
+        // Tracked before publishing: a reconnect republishes it to every route.
+        lock(&self.shared.in_flight).insert(
+            request.id,
+            InFlight {
+                bytes: Arc::new(bytes.clone()),
+                props: props.clone(),
+                routes: routes.iter().map(|(_, k)| k.clone()).collect(),
+            },
+        );
+        // While the broker is unreachable the call waits for the link, up to its
+        // deadline; hosts are then `no_reply`.
+        let channel = self.link.channel(deadline).await;
         for (host, key) in routes {
-            let c = self
-                .channel
+            let Some(channel) = &channel else {
+                confirms.push((host, Err(None)));
+                continue;
+            };
+            let c = channel
                 .basic_publish(
                     REQUESTS_EXCHANGE.into(),
                     key.as_str().into(),
@@ -581,12 +541,14 @@ impl Orchestrator {
                     &bytes,
                     props.clone(),
                 )
-                .await;
+                .await
+                .map_err(Some);
             confirms.push((host, c));
         }
+        let mut broken = false;
         for (host, c) in confirms {
             let outcome = match c {
-                Ok(pc) => pc.await,
+                Ok(pc) => pc.await.map_err(Some),
                 Err(e) => Err(e),
             };
             let unroutable = match outcome {
@@ -598,7 +560,14 @@ impl Orchestrator {
                     None => "not routable: no host queue is bound to the all route".into(),
                 }),
                 Ok(Confirmation::Nack(_)) => Some("the broker refused the request".to_string()),
-                Err(e) => Some(format!("publish failed: {e}")),
+                Err(None) => Some("the broker was unreachable until the deadline".to_string()),
+                // The link is re-established and the request republished; the host
+                // answers then or is `no_reply` at the deadline.
+                Err(Some(e)) => {
+                    tracing::warn!(error = %e, "publish failed; waiting for the broker link");
+                    broken = true;
+                    None
+                }
             };
             match (unroutable, host) {
                 (Some(reason), Some(h)) => {
@@ -609,6 +578,9 @@ impl Orchestrator {
                 }
                 (None, _) => {}
             }
+        }
+        if broken {
+            self.link.report_broken();
         }
         let waiting: BTreeSet<Name> = targets
             .into_iter()
@@ -622,7 +594,7 @@ impl Orchestrator {
             rx,
             shared: self.shared.clone(),
             started,
-            deadline: started + spec.timeout,
+            deadline,
             results,
             waiting,
             pending_results: Vec::new(),
@@ -645,34 +617,13 @@ impl Orchestrator {
         if let Err(e) = self.flush_audit().await {
             tracing::error!(error = %e, "audit log not flushed");
         }
-        self.consumer.abort();
-        let _ = self.connection.close(200, "bye".into()).await;
+        self.link.close().await;
     }
-}
 
-async fn connect_any(
-    cfg: &crate::config::BrokerConfig,
-    name: &Name,
-) -> Result<(Connection, String), OrchestratorError> {
-    let mut last = String::from("no URL configured");
-    for url in &cfg.urls {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("gearmq-orchestrator {name}").into());
-        match crate::broker_conn::connect(url, cfg, props, Duration::from_secs(10)).await {
-            Ok(c) => return Ok((c, url.clone())),
-            Err(e) => last = e,
-        }
-        tracing::debug!(url = %redact_url(url), error = %last, "broker connect failed");
+    /// How many times the broker link was re-established since connecting.
+    pub fn reconnects(&self) -> u64 {
+        self.link.reconnects()
     }
-    Err(OrchestratorError::Connect {
-        urls: cfg
-            .urls
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(", "),
-        reason: last,
-    })
 }
 
 async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
@@ -847,6 +798,7 @@ impl Call {
 
     fn end(&mut self) -> BTreeMap<String, u64> {
         lock(&self.shared.routes).remove(&self.id);
+        lock(&self.shared.in_flight).remove(&self.id);
         lock(&self.shared.correlator)
             .finish(self.id, Instant::now())
             .into_iter()
@@ -859,6 +811,7 @@ impl Drop for Call {
     fn drop(&mut self) {
         // Idempotent: a finished call was already removed.
         lock(&self.shared.routes).remove(&self.id);
+        lock(&self.shared.in_flight).remove(&self.id);
         lock(&self.shared.correlator).finish(self.id, Instant::now());
     }
 }
