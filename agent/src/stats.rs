@@ -41,11 +41,13 @@ pub enum Reason {
     InvalidArgs,
     /// The replay store is at its byte cap.
     StoreFull,
+    /// The state directory cannot be written (disk full, read-only).
+    StateUnwritable,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Oversize,
         Reason::Malformed,
         Reason::BadCredential,
@@ -62,6 +64,7 @@ impl Reason {
         Reason::UnknownAction,
         Reason::InvalidArgs,
         Reason::StoreFull,
+        Reason::StateUnwritable,
     ];
 
     /// The stable label.
@@ -83,6 +86,7 @@ impl Reason {
             Reason::UnknownAction => "unknown_action",
             Reason::InvalidArgs => "invalid_args",
             Reason::StoreFull => "store_full",
+            Reason::StateUnwritable => "state_unwritable",
         }
     }
 
