@@ -5,7 +5,7 @@ use crate::audit::AuditSink;
 use crate::config::OrchestratorConfig;
 use crate::correlate::{Correlator, Rejected, Rejection, Verdict, open_reply};
 use crate::inventory::Inventory;
-use crate::link::{InFlight, InFlightMap, Link, LinkSettings};
+use crate::link::{InFlight, InFlightMap, Link, LinkSettings, Published};
 use crate::outcome::{CallResult, HostResult, HostStatus};
 use futures_util::StreamExt;
 use gearmq_schemas::audit::Entry;
@@ -17,8 +17,7 @@ use gearmq_schemas::{
     ActionName, CredentialVerifier, LabelMatch, Name, Reply, Request, Role, SigningKey, Status,
     Targets, TrustAnchors,
 };
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Confirmation};
+use lapin::BasicProperties;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -503,7 +502,6 @@ impl Orchestrator {
         if !self.broker_user.is_empty() {
             props = props.with_user_id(self.broker_user.as_str().into());
         }
-        let mut confirms = Vec::with_capacity(targets.len());
         let deadline = started + spec.timeout;
         let routes: Vec<(Option<Name>, String)> = if resolved.discover {
             vec![(None, "all".to_string())]
@@ -513,60 +511,31 @@ impl Orchestrator {
                 .map(|h| (Some(h.clone()), format!("host.{h}")))
                 .collect()
         };
+        let keys: Vec<String> = routes.iter().map(|(_, k)| k.clone()).collect();
         // Tracked before publishing: a reconnect republishes it to every route.
         lock(&self.shared.in_flight).insert(
             request.id,
             InFlight {
                 bytes: Arc::new(bytes.clone()),
                 props: props.clone(),
-                routes: routes.iter().map(|(_, k)| k.clone()).collect(),
+                routes: keys.clone(),
             },
         );
-        // While the broker is unreachable the call waits for the link, up to its
-        // deadline; hosts are then `no_reply`.
-        let channel = self.link.channel(deadline).await;
-        for (host, key) in routes {
-            let Some(channel) = &channel else {
-                confirms.push((host, Err(None)));
-                continue;
-            };
-            let c = channel
-                .basic_publish(
-                    REQUESTS_EXCHANGE.into(),
-                    key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &bytes,
-                    props.clone(),
-                )
-                .await
-                .map_err(Some);
-            confirms.push((host, c));
-        }
-        let mut broken = false;
-        for (host, c) in confirms {
-            let outcome = match c {
-                Ok(pc) => pc.await.map_err(Some),
-                Err(e) => Err(e),
-            };
+        let published = self.link.publish(&keys, &bytes, &props, deadline).await;
+        for ((host, _), outcome) in routes.into_iter().zip(published) {
             let unroutable = match outcome {
-                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => None,
-                Ok(Confirmation::Ack(Some(_))) => Some(match &host {
+                Published::Delivered | Published::Pending => None,
+                Published::Unroutable => Some(match &host {
                     Some(h) => format!(
                         "not routable: no queue is bound for host.{h} (agent never started?)"
                     ),
                     None => "not routable: no host queue is bound to the all route".into(),
                 }),
-                Ok(Confirmation::Nack(_)) => Some("the broker refused the request".to_string()),
-                Err(None) => Some("the broker was unreachable until the deadline".to_string()),
-                // The link is re-established and the request republished; the host
-                // answers then or is `no_reply` at the deadline.
-                Err(Some(e)) => {
-                    tracing::warn!(error = %e, "publish failed; waiting for the broker link");
-                    broken = true;
-                    None
+                Published::Refused => {
+                    Some("the broker refused the request until the deadline".to_string())
+                }
+                Published::Unreachable => {
+                    Some("the broker was unreachable until the deadline".to_string())
                 }
             };
             match (unroutable, host) {
@@ -578,9 +547,6 @@ impl Orchestrator {
                 }
                 (None, _) => {}
             }
-        }
-        if broken {
-            self.link.report_broken();
         }
         let waiting: BTreeSet<Name> = targets
             .into_iter()

@@ -18,7 +18,10 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,6 +56,21 @@ pub(crate) struct InFlight {
     pub props: BasicProperties,
     /// The routing keys it went to.
     pub routes: Vec<String>,
+}
+
+/// What became of a request published to one route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// Confirmed and routed to a queue.
+    Delivered,
+    /// Confirmed, but no queue is bound for the route.
+    Unroutable,
+    /// Nacked by the broker until the deadline.
+    Refused,
+    /// The link broke while publishing: the reconnect republishes it.
+    Pending,
+    /// The broker was unreachable until the deadline.
+    Unreachable,
 }
 
 /// Calls in flight, by request id (republished after a reconnect).
@@ -152,6 +170,86 @@ impl Link {
             Ok(Ok(c)) => c.clone(),
             _ => None,
         }
+    }
+
+    /// Publishes `bytes` to each of `routes` (mandatory, confirmed) and returns what
+    /// became of each, in order. A route the broker nacks (say a quorum queue between
+    /// leaders while a node stops) is published again with backoff until `deadline`;
+    /// a failed publish breaks the link, and the reconnect republishes every call in
+    /// flight, so such a route is [`Published::Pending`].
+    pub async fn publish(
+        &self,
+        routes: &[String],
+        bytes: &[u8],
+        props: &BasicProperties,
+        deadline: Instant,
+    ) -> Vec<Published> {
+        let mut out = vec![Published::Unreachable; routes.len()];
+        let mut todo: Vec<usize> = (0..routes.len()).collect();
+        let mut attempt = 0u32;
+        while !todo.is_empty() {
+            let Some(channel) = self.channel(deadline).await else {
+                return out;
+            };
+            let mut confirms = Vec::with_capacity(todo.len());
+            for &i in &todo {
+                let c = channel
+                    .basic_publish(
+                        REQUESTS_EXCHANGE.into(),
+                        routes[i].as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        bytes,
+                        props.clone(),
+                    )
+                    .await;
+                confirms.push((i, c));
+            }
+            let mut again = Vec::new();
+            let mut broken = false;
+            for (i, c) in confirms {
+                let outcome = match c {
+                    Ok(pc) => pc.await,
+                    Err(e) => Err(e),
+                };
+                out[i] = match outcome {
+                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+                        Published::Delivered
+                    }
+                    Ok(Confirmation::Ack(Some(_))) => Published::Unroutable,
+                    Ok(Confirmation::Nack(_)) => {
+                        again.push(i);
+                        Published::Refused
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, route = %routes[i], "publish failed; waiting for the broker link");
+                        broken = true;
+                        Published::Pending
+                    }
+                };
+            }
+            if broken {
+                self.report_broken();
+            }
+            todo = again;
+            if todo.is_empty() {
+                break;
+            }
+            let delay = backoff_delay(attempt, Duration::from_millis(50), Duration::from_secs(1));
+            attempt = attempt.saturating_add(1);
+            if Instant::now() + delay >= deadline {
+                break;
+            }
+            tracing::debug!(
+                routes = todo.len(),
+                ?delay,
+                "request nacked by the broker; publishing again"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        out
     }
 
     /// Reports that publishing on the current channel failed: the supervisor drops the
