@@ -129,6 +129,16 @@ async fn no_more_than_prefetch_requests_are_in_flight_at_the_agent() {
     let _ = w.agent.child.kill().await;
     w.agent = AgentProcess::start(&w.files.config).await;
     w.assert_ping_ok().await;
+    let queue = format!("gearmq.host.{}", w.host.name);
+    // The ping's ack may trail its reply: wait for an empty queue before freezing.
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    while w.vhost.queue_counts(&queue) != (0, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ping was never acked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A frozen agent holds what the broker gave it: never more than prefetch.
     w.agent.signal("STOP");
@@ -136,7 +146,6 @@ async fn no_more_than_prefetch_requests_are_in_flight_at_the_agent() {
     for r in &reqs {
         w.orch.publish(&w.host_key(), &sign(r, &w.ops)).await;
     }
-    let queue = format!("gearmq.host.{}", w.host.name);
     let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
     let (ready, unacked) = loop {
         let (r, u) = w.vhost.queue_counts(&queue);

@@ -480,10 +480,10 @@ async fn flood(
         last = Some(c);
         i += 1;
         // Keep the publisher from racing far ahead of the broker.
-        if i % 50 == 0 {
-            if let Some(c) = last.take() {
-                c.await.unwrap();
-            }
+        if i.is_multiple_of(50)
+            && let Some(c) = last.take()
+        {
+            c.await.unwrap();
         }
     }
     if let Some(c) = last {

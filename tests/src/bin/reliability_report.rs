@@ -72,13 +72,13 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "Max log bytes per reply",
-        "`limits.max_log_bytes` caps a `logs` reply; older lines are left out and `truncated` set. Tested on the real file reader only, not end to end",
-        "agent/src/unit_output.rs::tail_returns_the_last_lines_within_the_byte_cap",
+        "`max_log_bytes = 1024` and a unit that wrote 5,000 bytes: a `logs` reply holds only the newest whole 50-byte lines that fit (18 seen: 900 bytes) and says `truncated`; a request for 5 lines is not cut",
+        "agent/tests/units_e2e.rs::logs_reply_holds_at_most_max_log_bytes_and_says_it_was_cut",
     ),
     (
         "Max follow duration",
-        "`limits.max_follow` ends a `logs --follow` stream (with the request's expiry). NOT tested at the edge yet: only the ordinary end of a stream is",
-        "agent/tests/units_e2e.rs::logs_follow_streams_new_lines_and_cancel_ends_it",
+        "`max_follow = 2s` and a `logs --follow` request valid for 60 s: the stream sends its final reply after 2 s",
+        "agent/tests/units_e2e.rs::follow_stream_ends_at_max_follow_not_at_the_request_expiry",
     ),
     (
         "Malformed bytes into every decoder",
