@@ -52,7 +52,7 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "Clock skew within / beyond the limit",
-        "requests issued 3 s and 8 s in the future and expired 3 s and 8 s ago, with `clock_skew = 5s`",
+        "requests issued 1.5 s and 4.5 s in the future and expired 1.5 s and 4.5 s ago, with `clock_skew = 3s`: inside accepted, beyond refused with a reason naming `allowed clock skew 3s`",
         "agent/tests/bounds_e2e.rs::clock_skew_within_the_limit_is_accepted_and_beyond_is_refused_naming_it",
     ),
     (
