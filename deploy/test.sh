@@ -22,3 +22,8 @@ fi
 # this build makes.
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked --no-fail-fast -- --test-threads "${GEARMQ_TEST_THREADS:-4}"
+# Its own step: a three-node RabbitMQ cluster on this machine (quorum queues, a node
+# stopped under traffic). GEARMQ_SKIP_CLUSTER=1 leaves it out.
+if [ -z "${GEARMQ_SKIP_CLUSTER:-}" ]; then
+  cargo test -p gearmq-tests --test cluster --locked -- --ignored --test-threads 1
+fi

@@ -218,6 +218,14 @@ pub struct BrokerConfig {
     /// The client certificate's private key, PEM PKCS#8 (mode 0600).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Longest delay between reconnect attempts (the delay starts at 100 ms and
+    /// doubles, with jitter, up to this).
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+fn default_reconnect_max() -> Duration {
+    crate::server::BACKOFF_MAX
 }
 
 /// The `[limits]` section.

@@ -213,6 +213,12 @@ impl Handler {
                     .await;
                 return;
             }
+            Begin::Unwritable { reason } => {
+                let r = Refusal::new(Status::UnknownError, Reason::StateUnwritable, reason);
+                self.answer(&delivery, publisher, &addr, Err(r), started, None)
+                    .await;
+                return;
+            }
             Begin::Full { stored, max } => {
                 let r = Refusal::new(
                     Status::UnknownError,

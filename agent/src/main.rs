@@ -248,6 +248,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             provisioned: cfg.broker.provisioned,
             prefetch: cfg.broker.prefetch,
             drain_timeout: cfg.limits.action_timeout + DRAIN_GRACE,
+            reconnect_max: cfg.broker.reconnect_max,
         },
     );
     let shutdown = CancellationToken::new();

@@ -146,7 +146,18 @@ pub enum Begin {
         /// The cap.
         max: usize,
     },
+    /// The state directory cannot be written (disk full, read-only): a reply could not
+    /// be kept, so new work is refused until a write succeeds again.
+    Unwritable {
+        /// The system's reason, naming the path.
+        reason: String,
+    },
 }
+
+/// The probe file written to see whether the state directory is writable again.
+const PROBE_FILE: &str = ".write-probe";
+/// Bytes the probe writes: enough for a typical journal record.
+const PROBE_BYTES: usize = 16 * 1024;
 
 /// What loading found, for the start-up log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +198,8 @@ struct Shared {
     index: Mutex<Index>,
     journal: Mutex<Journal>,
     changed: Notify,
+    /// Why the last journal write failed, until a probe write succeeds.
+    unwritable: Mutex<Option<String>>,
 }
 
 /// The replay and result store. Cheap to clone; clones share one store.
@@ -313,6 +326,7 @@ impl ReplayStore {
                 }),
                 journal: Mutex::new(journal),
                 changed: Notify::new(),
+                unwritable: Mutex::new(None),
             }),
         };
         Ok((store, report))
@@ -336,6 +350,7 @@ impl ReplayStore {
     /// Looks up request `id` with body digest `digest`, issued at `issued_at`, and
     /// reserves the id when it is new.
     pub fn begin(&self, id: Uuid, digest: &[u8; 32], issued_at: Millis, now: Millis) -> Begin {
+        let unwritable = self.shared.still_unwritable();
         let mut index = lock(&self.shared.index);
         if now >= index.next_purge {
             purge(&mut index, now);
@@ -353,6 +368,9 @@ impl ReplayStore {
             } else {
                 Begin::Replayed
             };
+        }
+        if let Some(reason) = unwritable {
+            return Begin::Unwritable { reason };
         }
         if issued_at < self.shared.created_at {
             return Begin::BeforeState {
@@ -521,14 +539,23 @@ impl Shared {
         let path = self.dir.join(JOURNAL_FILE);
         let mut journal = lock(&self.journal);
         let framed = frame(record);
-        journal
+        let written = journal
             .file
             .write_all(&framed)
-            .map_err(|e| io_err(&path, "append", &e))?;
-        journal
-            .file
-            .sync_data()
-            .map_err(|e| io_err(&path, "fsync", &e))?;
+            .map_err(|e| io_err(&path, "append", &e))
+            .and_then(|()| {
+                journal
+                    .file
+                    .sync_data()
+                    .map_err(|e| io_err(&path, "fsync", &e))
+            });
+        if let Err(e) = written {
+            // A partial record would hide every later one at the next load: cut the
+            // journal back to its last whole record (shrinking needs no free space).
+            let _ = journal.file.set_len(journal.bytes);
+            *lock(&self.unwritable) = Some(e.to_string());
+            return Err(e);
+        }
         journal.bytes += framed.len() as u64;
         let live = lock(&self.index).stored_bytes as u64;
         if journal.bytes > COMPACT_MIN_BYTES && journal.bytes > 2 * live {
@@ -539,6 +566,39 @@ impl Shared {
             *journal = write_compacted(&self.dir, self.created_at, &entries, &tokens)?;
         }
         Ok(())
+    }
+}
+
+impl Shared {
+    /// After a failed journal write: whether the state directory is still unwritable
+    /// (a probe file of a record's size cannot be written and synced), and why.
+    fn still_unwritable(&self) -> Option<String> {
+        let mut flag = lock(&self.unwritable);
+        flag.as_ref()?;
+        let probe = self.dir.join(PROBE_FILE);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&probe)
+            .and_then(|mut f| {
+                f.write_all(&[0u8; PROBE_BYTES])?;
+                f.sync_data()
+            });
+        let _ = fs::remove_file(&probe);
+        match written {
+            Ok(()) => {
+                tracing::info!(dir = %self.dir.display(), "state directory writable again; taking new requests");
+                *flag = None;
+                None
+            }
+            Err(e) => Some(format!(
+                "state directory {} is not writable ({}); refusing new requests until it is",
+                self.dir.display(),
+                e
+            )),
+        }
     }
 }
 

@@ -16,20 +16,21 @@ use tracing::{error, info, warn};
 
 /// First reconnect delay.
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A session that lasted this long resets the backoff; one that broke sooner (say a
 /// reply the broker refuses every time) keeps backing off.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// How long shutdown waits for log streams to send their final reply.
 const STREAM_DRAIN: Duration = Duration::from_secs(5);
 
-/// The delay before reconnect attempt `attempt` (0-based): 100 ms doubling up to 10 s,
+/// Default longest reconnect delay (`broker.reconnect_max`).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// The delay before reconnect attempt `attempt` (0-based): 100 ms doubling up to `max`,
 /// then a random point in its upper half, so a fleet does not reconnect in lockstep.
-pub fn backoff_delay(attempt: u32) -> Duration {
+pub fn backoff_delay(attempt: u32, max: Duration) -> Duration {
     let base = BACKOFF_INITIAL
         .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(BACKOFF_MAX);
+        .min(max.max(BACKOFF_INITIAL));
     let half = base / 2;
     let jitter_ms = rand::random_range(0..=half.as_millis() as u64);
     half + Duration::from_millis(jitter_ms)
@@ -48,6 +49,8 @@ pub struct ServerSettings {
     pub prefetch: u16,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Longest delay between reconnect attempts.
+    pub reconnect_max: Duration,
 }
 
 /// Runs the agent until `shutdown` is cancelled.
@@ -112,7 +115,7 @@ impl Server {
                     warn!(broker = endpoint.redacted(), error = %e, "cannot open a broker session");
                 }
             }
-            let delay = backoff_delay(attempt);
+            let delay = backoff_delay(attempt, self.settings.reconnect_max);
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 biased;
@@ -226,7 +229,7 @@ mod tests {
             (40, 10_000),
         ] {
             for _ in 0..20 {
-                let d = backoff_delay(attempt).as_millis() as u64;
+                let d = backoff_delay(attempt, BACKOFF_MAX).as_millis() as u64;
                 assert!(d >= base_ms / 2 && d <= base_ms, "attempt {attempt}: {d}");
             }
         }

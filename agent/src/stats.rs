@@ -43,11 +43,13 @@ pub enum Reason {
     StoreFull,
     /// A delegation token was refused (the reply names the token's own reason).
     Token,
+    /// The state directory cannot be written (disk full, read-only).
+    StateUnwritable,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Oversize,
         Reason::Malformed,
         Reason::BadCredential,
@@ -65,6 +67,7 @@ impl Reason {
         Reason::InvalidArgs,
         Reason::StoreFull,
         Reason::Token,
+        Reason::StateUnwritable,
     ];
 
     /// The stable label.
@@ -87,6 +90,7 @@ impl Reason {
             Reason::InvalidArgs => "invalid_args",
             Reason::StoreFull => "store_full",
             Reason::Token => "token",
+            Reason::StateUnwritable => "state_unwritable",
         }
     }
 

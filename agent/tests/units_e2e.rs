@@ -824,3 +824,63 @@ async fn audit_log_of_pings_an_install_a_stream_and_refusals_verifies() {
     assert_eq!(summary.handled_not_ok, 2);
     assert_eq!(summary.writer, w.host.name);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_reply_holds_at_most_max_log_bytes_and_says_it_was_cut() {
+    // The smallest cap the config allows.
+    let mut w = UnitWorld::start_with("", &[("GEARMQ_AGENT__LIMITS__MAX_LOG_BYTES", "1024")]).await;
+    // 100 lines of 50 bytes (newline included): 5,000 bytes of output.
+    let talker = w.manager.script(
+        "talker.sh",
+        "i=100\nwhile [ $i -lt 200 ]; do printf 'line %03d %040d\\n' $i 0; i=$((i+1)); done\nexec sleep 600\n",
+    );
+    let _: UnitChangeResult = data(&w.install(&spec("talk", &talker), true).await);
+    let all = w
+        .wait_for_log_line("talk", |l| l.starts_with("line 199 "))
+        .await;
+    let bytes: usize = all.lines.iter().map(|l| l.len() + 1).sum();
+    assert!(all.truncated, "5,000 bytes of output fit in 1,024?");
+    assert!(bytes <= 1024, "{bytes} bytes in a reply capped at 1024");
+    // Cut at line boundaries, newest kept: at most 20 whole 50-byte lines fit (the
+    // agent keeps some of the cap for the reply's own framing: 18 here).
+    let n = all.lines.len();
+    assert!((15..=20).contains(&n), "{n} lines: {:?}", all.lines);
+    assert!(all.lines[n - 1].starts_with("line 199 "));
+    // A request for fewer lines than the cap holds is not cut.
+    let few = w.logs("talk", 5).await;
+    assert_eq!(few.lines.len(), 5);
+    assert!(!few.truncated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_stream_ends_at_max_follow_not_at_the_request_expiry() {
+    let mut w = UnitWorld::start_with("", &[("GEARMQ_AGENT__LIMITS__MAX_FOLLOW", "2s")]).await;
+    let ticker = w.manager.script(
+        "ticker.sh",
+        "i=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done\n",
+    );
+    let _: UnitChangeResult = data(&w.install(&spec("tick", &ticker), true).await);
+    w.wait_for_log_line("tick", |l| l == "tick 2").await;
+    let follow = LogsArgs {
+        unit: "tick".into(),
+        lines: 1,
+        follow: true,
+    };
+    let sent = std::time::Instant::now();
+    let id = w
+        .ops
+        .send(&w.host, "logs", &follow, Duration::from_secs(60))
+        .await;
+    let last = loop {
+        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(15)).await;
+        if r.is_final {
+            break r;
+        }
+    };
+    let took = sent.elapsed();
+    assert_eq!(last.status, Status::Ok, "{:?}", last.error);
+    assert!(
+        took >= Duration::from_millis(1_900) && took < Duration::from_secs(15),
+        "a stream capped at 2 s (request valid for 60 s) ended after {took:?}"
+    );
+}

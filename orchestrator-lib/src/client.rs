@@ -5,6 +5,7 @@ use crate::audit::AuditSink;
 use crate::config::OrchestratorConfig;
 use crate::correlate::{Correlator, Rejected, Rejection, Verdict, open_reply};
 use crate::inventory::Inventory;
+use crate::link::{InFlight, InFlightMap, Link, LinkSettings, Published};
 use crate::outcome::{CallResult, HostResult, HostStatus};
 use futures_util::StreamExt;
 use gearmq_schemas::audit::Entry;
@@ -16,12 +17,7 @@ use gearmq_schemas::{
     ActionName, CredentialVerifier, LabelMatch, Name, Reply, Request, Role, SigningKey, Status,
     Targets, TrustAnchors,
 };
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::BasicProperties;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,6 +159,7 @@ struct Shared {
     rejections: Mutex<BTreeMap<Rejection, u64>>,
     max_message_bytes: usize,
     audit: Option<AuditSink>,
+    in_flight: InFlightMap,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -177,11 +174,9 @@ pub struct Orchestrator {
     shared: Arc<Shared>,
     revocation_file: Option<std::path::PathBuf>,
     inventory: Inventory,
-    connection: Connection,
-    channel: lapin::Channel,
+    link: Link,
     reply_queue: String,
     broker_user: String,
-    consumer: tokio::task::JoinHandle<()>,
     token: Option<Vec<u8>>,
     role: Role,
 }
@@ -277,76 +272,8 @@ impl Orchestrator {
             ),
             None => None,
         };
-        let (connection, url) = connect_any(&config.broker, &name).await?;
-        let broker_user = config
-            .broker
-            .user
-            .clone()
-            .unwrap_or_else(|| broker_user(&url));
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        if !config.broker.provisioned {
-            for ex in [REQUESTS_EXCHANGE, REPLIES_EXCHANGE] {
-                channel
-                    .exchange_declare(
-                        ex.into(),
-                        ExchangeKind::Topic,
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
-            }
-        }
         let instance = format!("{:08x}", rand::random::<u32>());
         let reply_queue = reply_queue_name(&name, &instance);
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-max-length".into(),
-            AMQPValue::LongLongInt(i64::from(config.broker.reply_queue_max_length)),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
-        let consume_channel = connection.create_channel().await?;
-        consume_channel
-            .queue_declare(
-                reply_queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
-        consume_channel
-            .queue_bind(
-                reply_queue.as_str().into(),
-                REPLIES_EXCHANGE.into(),
-                reply_queue.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = consume_channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                ShortString::from(format!("gearmq-{instance}")),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-
         let mut correlator = Correlator::new(
             config.limits.finished_retention,
             config.broker.require_user_id,
@@ -363,18 +290,34 @@ impl Orchestrator {
             rejections: Mutex::new(BTreeMap::new()),
             max_message_bytes: config.limits.max_message_bytes,
             audit,
+            in_flight: InFlightMap::default(),
         });
-        let consumer = tokio::spawn(take_replies(shared.clone(), consumer));
+        let taker = shared.clone();
+        let link = Link::open(
+            LinkSettings {
+                broker: config.broker.clone(),
+                name: shared.name.clone(),
+                reply_queue: reply_queue.clone(),
+                consumer_tag: format!("gearmq-{instance}"),
+            },
+            Arc::new(move |consumer| Box::pin(take_replies(taker.clone(), consumer))),
+            shared.in_flight.clone(),
+        )
+        .await?;
+        let url = link.url();
+        let broker_user = config
+            .broker
+            .user
+            .clone()
+            .unwrap_or_else(|| broker_user(&url));
         tracing::debug!(queue = %reply_queue, broker = %redact_url(&url), "orchestrator connected");
         Ok(Orchestrator {
             shared,
             revocation_file: config.revocation_file.clone(),
             inventory,
-            connection,
-            channel,
+            link,
             reply_queue,
             broker_user,
-            consumer,
             token: None,
             role: cred.role,
         })
@@ -583,7 +526,7 @@ impl Orchestrator {
         if !self.broker_user.is_empty() {
             props = props.with_user_id(self.broker_user.as_str().into());
         }
-        let mut confirms = Vec::with_capacity(targets.len());
+        let deadline = started + spec.timeout;
         let routes: Vec<(Option<Name>, String)> = if resolved.discover {
             vec![(None, "all".to_string())]
         } else {
@@ -592,37 +535,32 @@ impl Orchestrator {
                 .map(|h| (Some(h.clone()), format!("host.{h}")))
                 .collect()
         };
-        for (host, key) in routes {
-            let c = self
-                .channel
-                .basic_publish(
-                    REQUESTS_EXCHANGE.into(),
-                    key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &bytes,
-                    props.clone(),
-                )
-                .await;
-            confirms.push((host, c));
-        }
-        for (host, c) in confirms {
-            let outcome = match c {
-                Ok(pc) => pc.await,
-                Err(e) => Err(e),
-            };
+        let keys: Vec<String> = routes.iter().map(|(_, k)| k.clone()).collect();
+        // Tracked before publishing: a reconnect republishes it to every route.
+        lock(&self.shared.in_flight).insert(
+            request.id,
+            InFlight {
+                bytes: Arc::new(bytes.clone()),
+                props: props.clone(),
+                routes: keys.clone(),
+            },
+        );
+        let published = self.link.publish(&keys, &bytes, &props, deadline).await;
+        for ((host, _), outcome) in routes.into_iter().zip(published) {
             let unroutable = match outcome {
-                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => None,
-                Ok(Confirmation::Ack(Some(_))) => Some(match &host {
+                Published::Delivered | Published::Pending => None,
+                Published::Unroutable => Some(match &host {
                     Some(h) => format!(
                         "not routable: no queue is bound for host.{h} (agent never started?)"
                     ),
                     None => "not routable: no host queue is bound to the all route".into(),
                 }),
-                Ok(Confirmation::Nack(_)) => Some("the broker refused the request".to_string()),
-                Err(e) => Some(format!("publish failed: {e}")),
+                Published::Refused => {
+                    Some("the broker refused the request until the deadline".to_string())
+                }
+                Published::Unreachable => {
+                    Some("the broker was unreachable until the deadline".to_string())
+                }
             };
             match (unroutable, host) {
                 (Some(reason), Some(h)) => {
@@ -646,7 +584,7 @@ impl Orchestrator {
             rx,
             shared: self.shared.clone(),
             started,
-            deadline: started + spec.timeout,
+            deadline,
             results,
             waiting,
             pending_results: Vec::new(),
@@ -669,34 +607,13 @@ impl Orchestrator {
         if let Err(e) = self.flush_audit().await {
             tracing::error!(error = %e, "audit log not flushed");
         }
-        self.consumer.abort();
-        let _ = self.connection.close(200, "bye".into()).await;
+        self.link.close().await;
     }
-}
 
-async fn connect_any(
-    cfg: &crate::config::BrokerConfig,
-    name: &Name,
-) -> Result<(Connection, String), OrchestratorError> {
-    let mut last = String::from("no URL configured");
-    for url in &cfg.urls {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("gearmq-orchestrator {name}").into());
-        match crate::broker_conn::connect(url, cfg, props, Duration::from_secs(10)).await {
-            Ok(c) => return Ok((c, url.clone())),
-            Err(e) => last = e,
-        }
-        tracing::debug!(url = %redact_url(url), error = %last, "broker connect failed");
+    /// How many times the broker link was re-established since connecting.
+    pub fn reconnects(&self) -> u64 {
+        self.link.reconnects()
     }
-    Err(OrchestratorError::Connect {
-        urls: cfg
-            .urls
-            .iter()
-            .map(|u| redact_url(u))
-            .collect::<Vec<_>>()
-            .join(", "),
-        reason: last,
-    })
 }
 
 async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
@@ -871,6 +788,7 @@ impl Call {
 
     fn end(&mut self) -> BTreeMap<String, u64> {
         lock(&self.shared.routes).remove(&self.id);
+        lock(&self.shared.in_flight).remove(&self.id);
         lock(&self.shared.correlator)
             .finish(self.id, Instant::now())
             .into_iter()
@@ -883,6 +801,7 @@ impl Drop for Call {
     fn drop(&mut self) {
         // Idempotent: a finished call was already removed.
         lock(&self.shared.routes).remove(&self.id);
+        lock(&self.shared.in_flight).remove(&self.id);
         lock(&self.shared.correlator).finish(self.id, Instant::now());
     }
 }

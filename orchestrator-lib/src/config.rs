@@ -100,6 +100,20 @@ pub struct BrokerConfig {
     /// set it for EXTERNAL logins, where the URL has none.
     #[serde(default)]
     pub user: Option<String>,
+    /// First delay before reconnecting after the broker link broke; doubles per failed
+    /// attempt (with jitter) up to `reconnect_max`.
+    #[serde(with = "humantime_serde", default = "default_reconnect_initial")]
+    pub reconnect_initial: Duration,
+    /// Longest delay between reconnect attempts.
+    #[serde(with = "humantime_serde", default = "default_reconnect_max")]
+    pub reconnect_max: Duration,
+}
+
+fn default_reconnect_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Defaults for calls.

@@ -37,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod correlate;
 pub mod inventory;
+mod link;
 pub mod outcome;
 pub mod provision;
 

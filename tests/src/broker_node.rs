@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 /// The real RabbitMQ scripts (not the `/usr/sbin` wrappers, which switch to the
 /// rabbitmq user and its cookie).
-const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+pub(crate) const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
 
 /// How long a node may take to boot.
 const STARTUP_LIMIT: Duration = Duration::from_secs(90);
@@ -89,7 +89,7 @@ pub fn override_conf(text: &str, overrides: &[(&str, String)]) -> String {
     out
 }
 
-fn short_hostname() -> String {
+pub(crate) fn short_hostname() -> String {
     let out = Command::new("hostname")
         .arg("-s")
         .output()
@@ -97,7 +97,7 @@ fn short_hostname() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn set_mode(p: &Path, mode: u32) {
+pub(crate) fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }

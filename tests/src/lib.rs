@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod broker_node;
+pub mod faults;
 pub mod systemd;
 
 use anyhow::{Context, Result, bail};
@@ -352,6 +353,11 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The agent's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the agent with SIGKILL (a crash).

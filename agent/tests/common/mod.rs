@@ -77,6 +77,30 @@ impl Vhost {
             .next()
             .unwrap_or_else(|| panic!("queue {queue} not found in {out}"))
     }
+
+    /// Messages ready and unacknowledged in `queue`, from the broker itself.
+    pub fn queue_counts(&self, queue: &str) -> (u64, u64) {
+        let out = rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &self.name,
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                match (it.next(), it.next(), it.next()) {
+                    (Some(n), Some(r), Some(u)) if n == queue => {
+                        Some((r.parse().ok()?, u.parse().ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .next()
+            .unwrap_or_else(|| panic!("queue {queue} not found in {out}"))
+    }
 }
 
 impl Drop for Vhost {
