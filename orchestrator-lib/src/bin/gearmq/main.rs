@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod bench;
 mod broker;
 mod call;
 mod dead;
@@ -94,6 +95,9 @@ enum Command {
     /// Agents' counters: verified, executed, refused by reason, dead-lettered,
     /// reconnects, uptime.
     Stats(observe::StatsCmd),
+    /// Measure fan-out, round trip, throughput, CPU and memory against emulated hosts,
+    /// beside a raw AMQP baseline on the same broker; prints a table, writes JSON.
+    Bench(bench::BenchArgs),
     /// Inspect or empty gearmq.dead, where agents dead-letter what they could not
     /// verify (needs a broker user with read rights on it).
     #[command(subcommand)]
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
         Command::Facts(a) => units::facts(&cli.config, a),
         Command::Stats(a) => observe::stats(&cli.config, a),
         Command::Dead(c) => dead::run(&cli.config, c),
+        Command::Bench(a) => bench::run(a),
     };
     match outcome {
         Ok(code) => code,
