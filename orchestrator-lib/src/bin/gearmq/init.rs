@@ -479,13 +479,8 @@ mod tests {
         let h = numbered_hosts("emu", 3).unwrap();
         let names: Vec<&str> = h.iter().map(|n| n.as_str()).collect();
         assert_eq!(names, ["emu-00001", "emu-00002", "emu-00003"]);
-        assert_eq!(
-            numbered_hosts("e", 123_456)
-                .unwrap_err()
-                .to_string()
-                .contains("between"),
-            true
-        );
+        let err = numbered_hosts("e", 123_456).unwrap_err().to_string();
+        assert!(err.contains("between"), "{err}");
         assert!(numbered_hosts("emu", 0).is_err());
         assert!(numbered_hosts("bad name", 2).is_err());
     }
