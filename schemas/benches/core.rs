@@ -119,7 +119,7 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let host_key_copy = f.host_key;
     let mut log = AuditLog::open(
-        &dir.path().join("audit.log"),
+        dir.path().join("audit.log"),
         host_key_copy,
         &f.host_cred,
         AuditOptions {

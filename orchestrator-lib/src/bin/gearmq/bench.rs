@@ -901,9 +901,12 @@ struct RawClient {
     channel: Channel,
     reply_queue: String,
     payload: Vec<u8>,
-    waiting: Arc<Mutex<HashMap<u64, (usize, Option<oneshot::Sender<()>>)>>>,
+    waiting: Waiting,
     next: std::sync::atomic::AtomicU64,
 }
+
+/// Raw calls in flight: replies still awaited, and who to tell when none are left.
+type Waiting = Arc<Mutex<HashMap<u64, (usize, Option<oneshot::Sender<()>>)>>>;
 
 impl RawClient {
     async fn connect(url: &str, request_bytes: usize) -> Result<RawClient> {
@@ -952,8 +955,7 @@ impl RawClient {
                 FieldTable::default(),
             )
             .await?;
-        let waiting: Arc<Mutex<HashMap<u64, (usize, Option<oneshot::Sender<()>>)>>> =
-            Arc::new(Mutex::new(HashMap::new()));
+        let waiting: Waiting = Arc::new(Mutex::new(HashMap::new()));
         let w = waiting.clone();
         tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
