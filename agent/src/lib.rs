@@ -16,6 +16,7 @@ pub mod actions;
 pub mod broker_conn;
 pub mod config;
 pub mod dispatch;
+pub mod emulate;
 pub mod fault;
 pub mod handler;
 pub mod housekeeping;

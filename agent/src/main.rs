@@ -44,8 +44,17 @@ enum LogFormat {
 #[command(name = "gearmq-agent", version)]
 struct Args {
     /// The agent configuration file (TOML).
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "emulate")]
+    config: Option<PathBuf>,
+    /// Run every host under DIR (DIR/<host>/agent.toml, as `gearmq init --hosts-count
+    /// N` writes them) in this one process, for scale measurements: each with its own
+    /// key, credential, queue and request handling; shared broker connections (so the
+    /// orchestrator's user_id check must be off) and no systemd (unit actions fail).
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    emulate: Option<PathBuf>,
+    /// With --emulate: virtual hosts per broker connection.
+    #[arg(long, value_name = "N", default_value_t = 250, requires = "emulate")]
+    hosts_per_connection: usize,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -61,7 +70,14 @@ enum Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    // The emulator logs only its own progress and problems by default: a line per
+    // request of thousands of hosts would be most of what it does.
+    let default_filter = if args.emulate.is_some() {
+        "warn,gearmq_agent::emulate=info"
+    } else {
+        "info"
+    };
+    init_logging(args.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,6 +88,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(dir) = args.emulate.clone() {
+        return emulate(&runtime, dir, args.hosts_per_connection);
+    }
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -85,8 +104,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `--emulate DIR`: every host under DIR in this process (see `emulate.rs`).
+fn emulate(runtime: &tokio::runtime::Runtime, hosts_dir: PathBuf, per: usize) -> ExitCode {
+    let opts = gearmq_agent::emulate::EmulateOptions {
+        hosts_dir,
+        hosts_per_connection: per,
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_signal_watch(shutdown.clone())?;
+        gearmq_agent::emulate::run(opts, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gearmq-agent --emulate: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colours only on a terminal: under systemd stderr goes to the journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -99,16 +139,12 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(args: Args) -> Result<(), Failure> {
-    let cfg = AgentConfig::load(&args.config).map_err(|e| Failure::Config(e.into()))?;
+    let config = args.config.unwrap_or_default();
+    let cfg = AgentConfig::load(&config).map_err(|e| Failure::Config(e.into()))?;
     let systemd = cfg
         .systemd
         .resolve(|k| std::env::var(k).ok())
-        .map_err(|e| {
-            Failure::Config(anyhow::anyhow!(
-                "config file {}: {e}",
-                args.config.display()
-            ))
-        })?;
+        .map_err(|e| Failure::Config(anyhow::anyhow!("config file {}: {e}", config.display())))?;
     let fault = Fault::from_env().map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
     if fault != Fault::None {
         warn!(fault = ?fault, "fault injection is on (a test seam); never set GEARMQ_AGENT_FAULT in production");

@@ -342,7 +342,8 @@ impl Session {
     }
 }
 
-fn dead_queue_arguments() -> FieldTable {
+/// Arguments of the dead-letter queue (DESIGN.md "Broker topology").
+pub fn dead_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-max-length".into(),
@@ -355,7 +356,8 @@ fn dead_queue_arguments() -> FieldTable {
     args
 }
 
-fn host_queue_arguments() -> FieldTable {
+/// Arguments of a host queue: it dead-letters to `gearmq.dead`.
+pub fn host_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-dead-letter-exchange".into(),
@@ -382,6 +384,16 @@ pub struct ReplyPublisher {
 }
 
 impl ReplyPublisher {
+    /// A publisher on `channel` (in confirm mode) setting `user_id` on replies; a
+    /// failed publish cancels `broken`.
+    pub fn new(channel: Channel, user_id: String, broken: CancellationToken) -> Self {
+        ReplyPublisher {
+            channel,
+            user_id,
+            broken,
+        }
+    }
+
     /// Publishes `bytes` to `gearmq.replies` with routing key `reply_to` (mandatory,
     /// `user_id`, `correlation_id` = `request_id`) and waits for the broker's confirm.
     /// Any failure marks the session broken.

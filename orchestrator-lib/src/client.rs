@@ -512,7 +512,11 @@ impl Orchestrator {
                 .await
                 .map_err(|e| OrchestratorError::Audit(e.to_string()))?;
         }
-        let (tx, rx) = mpsc::channel(1024);
+        // Room for every target's final reply: the reply consumer waits when this is
+        // full, and while it waits lapin delivers nothing on the connection, not even
+        // the publisher confirms this call is still waiting for (a deadlock past 1,024
+        // targets).
+        let (tx, rx) = mpsc::channel(targets.len().saturating_add(64).max(1024));
         lock(&self.shared.routes).insert(request.id, tx);
         lock(&self.shared.correlator).register(request.id, digest, targets.clone());
 

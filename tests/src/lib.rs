@@ -301,6 +301,32 @@ impl Agent {
         a
     }
 
+    /// Starts `gearmq-agent --emulate <hosts_dir>` (every host under it served by one
+    /// process) and waits for `emulator ready`.
+    pub fn emulator(hosts_dir: &Path) -> Agent {
+        let logdir = tempfile::tempdir().expect("tempdir");
+        let log = logdir.path().join("emulator.log");
+        let f = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin("gearmq-agent"))
+            .arg("--emulate")
+            .arg(hosts_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .expect("spawn gearmq-agent --emulate");
+        let mut a = Agent {
+            child: Some(child),
+            log,
+            _logdir: logdir,
+            host: "emulator".to_string(),
+            config: PathBuf::new(),
+            env: Vec::new(),
+        };
+        a.wait_for("emulator ready", Duration::from_secs(60));
+        a
+    }
+
     /// Starts the agent again with the same config and environment (after a kill).
     pub fn restart(&mut self) {
         self.kill();
@@ -314,10 +340,14 @@ impl Agent {
     }
 
     fn wait_ready(&mut self, limit: Duration) {
+        self.wait_for("agent ready", limit)
+    }
+
+    fn wait_for(&mut self, ready: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             let text = self.log_text();
-            if text.contains("agent ready") {
+            if text.contains(ready) {
                 return;
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {

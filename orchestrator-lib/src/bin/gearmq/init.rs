@@ -24,8 +24,15 @@ pub struct InitArgs {
     #[arg(long)]
     dir: PathBuf,
     /// Host names, comma-separated: web1,web2,db1.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "hosts_count")]
     hosts: Vec<String>,
+    /// Enroll this many numbered hosts instead of --hosts: PREFIX-00001, PREFIX-00002…
+    /// (for the emulator: `gearmq-agent --emulate DIR/hosts` runs them all).
+    #[arg(long, value_name = "N", conflicts_with = "hosts")]
+    hosts_count: Option<u32>,
+    /// Name prefix of the numbered hosts of --hosts-count.
+    #[arg(long, default_value = "emu", requires = "hosts_count")]
+    name_prefix: String,
     /// Broker URL written into every config.
     #[arg(long, default_value = DEFAULT_BROKER)]
     broker: String,
@@ -107,11 +114,7 @@ fn toml_path(p: &Path) -> String {
 }
 
 pub fn run(a: InitArgs) -> Result<()> {
-    let hosts: Vec<Name> = a
-        .hosts
-        .iter()
-        .map(|h| Name::new(h.as_str()).with_context(|| "in --hosts".to_string()))
-        .collect::<Result<_>>()?;
+    let hosts = host_names(&a)?;
     let operator = Name::new(a.operator.as_str()).context("in --operator")?;
     let mut seen = std::collections::BTreeSet::new();
     for h in &hosts {
@@ -186,7 +189,8 @@ pub fn run(a: InitArgs) -> Result<()> {
             bail!("delegator {d} is not one of --hosts");
         }
     }
-    for h in &hosts {
+    // Each host's files are fsync'd: spread over threads, thousands take seconds.
+    let write_host = |h: &Name| -> Result<()> {
         let hd = hosts_dir.join(h.as_str());
         std::fs::create_dir_all(&hd).with_context(|| format!("cannot create {}", hd.display()))?;
         let public = make_key_pair(&hd.join("host.key"), &hd.join("host.pub"), force)?;
@@ -228,7 +232,9 @@ pub fn run(a: InitArgs) -> Result<()> {
                 force,
             )?;
         }
-    }
+        Ok(())
+    };
+    for_each_host(&hosts, write_host)?;
     let op_url = if provisioned {
         url_as(&a.broker, operator.as_str(), &new_password()?)?
     } else {
@@ -262,12 +268,7 @@ pub fn run(a: InitArgs) -> Result<()> {
         "  operator      {operator} ({})",
         dir.join("operator.cred").display()
     );
-    for h in &hosts {
-        println!(
-            "  host          {h} ({})",
-            hosts_dir.join(h.as_str()).join("agent.toml").display()
-        );
-    }
+    print_hosts(&hosts, &hosts_dir);
     for d in &a.delegators {
         println!(
             "  delegator     {d} ({})",
@@ -284,6 +285,73 @@ pub fn run(a: InitArgs) -> Result<()> {
         dir.join("orchestrator.toml").display()
     );
     Ok(())
+}
+
+/// The hosts to enroll: --hosts, or --hosts-count numbered names.
+fn host_names(a: &InitArgs) -> Result<Vec<Name>> {
+    match a.hosts_count {
+        Some(n) => numbered_hosts(&a.name_prefix, n),
+        None => a
+            .hosts
+            .iter()
+            .map(|h| Name::new(h.as_str()).with_context(|| "in --hosts".to_string()))
+            .collect(),
+    }
+}
+
+/// Runs `write` for every host, on a few threads when there are many (each host's
+/// files are synced to disk, so the time is in fsync, not CPU); the first error wins.
+fn for_each_host(hosts: &[Name], write: impl Fn(&Name) -> Result<()> + Sync) -> Result<()> {
+    const PER_THREAD: usize = 64;
+    let threads = hosts.len().div_ceil(PER_THREAD).clamp(1, 16);
+    if threads == 1 {
+        return hosts.iter().try_for_each(&write);
+    }
+    let chunk = hosts.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = hosts
+            .chunks(chunk)
+            .map(|part| s.spawn(|| part.iter().try_for_each(&write)))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a host-writing thread panicked")))
+        })
+    })
+}
+
+/// Most hosts --hosts-count enrolls.
+const MAX_HOSTS_COUNT: u32 = 100_000;
+
+/// `prefix-00001` … `prefix-<n>` (five digits at least, so names sort by number).
+fn numbered_hosts(prefix: &str, n: u32) -> Result<Vec<Name>> {
+    if n == 0 || n > MAX_HOSTS_COUNT {
+        bail!("--hosts-count must be between 1 and {MAX_HOSTS_COUNT}, not {n}");
+    }
+    (1..=n)
+        .map(|i| {
+            let name = format!("{prefix}-{i:05}");
+            Name::new(name.as_str()).with_context(|| format!("--name-prefix {prefix:?}"))
+        })
+        .collect()
+}
+
+/// The enrolled hosts, one a line; a summary past 10.
+fn print_hosts(hosts: &[Name], hosts_dir: &Path) {
+    let show = if hosts.len() > 10 { 3 } else { hosts.len() };
+    for h in &hosts[..show] {
+        println!(
+            "  host          {h} ({})",
+            hosts_dir.join(h.as_str()).join("agent.toml").display()
+        );
+    }
+    if show < hosts.len() {
+        println!(
+            "  …and {} more hosts in {}",
+            hosts.len() - show,
+            hosts_dir.display()
+        );
+    }
 }
 
 fn agent_toml(
@@ -486,6 +554,17 @@ fn orchestrator_toml(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_hosts_are_zero_padded_and_bounded() {
+        let h = numbered_hosts("emu", 3).unwrap();
+        let names: Vec<&str> = h.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["emu-00001", "emu-00002", "emu-00003"]);
+        let err = numbered_hosts("e", 123_456).unwrap_err().to_string();
+        assert!(err.contains("between"), "{err}");
+        assert!(numbered_hosts("emu", 0).is_err());
+        assert!(numbered_hosts("bad name", 2).is_err());
+    }
 
     #[test]
     fn provisioned_agent_toml_reads_its_password_from_a_file() {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod bench;
 mod broker;
 mod call;
 mod dead;
@@ -103,6 +104,9 @@ enum Command {
     /// Delegation tokens: let host A call named actions on host B, briefly.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Measure fan-out, round trip, throughput, CPU and memory against emulated hosts,
+    /// beside a raw AMQP baseline on the same broker; prints a table, writes JSON.
+    Bench(bench::BenchArgs),
     /// Inspect or empty gearmq.dead, where agents dead-letter what they could not
     /// verify (needs a broker user with read rights on it).
     #[command(subcommand)]
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => observe::stats(&cli.config, a),
         Command::Dead(c) => dead::run(&cli.config, c),
         Command::Token(c) => token::run(&cli.config, c),
+        Command::Bench(a) => bench::run(a),
     };
     match outcome {
         Ok(code) => code,

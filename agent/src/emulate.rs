@@ -1,0 +1,495 @@
+//! `gearmq-agent --emulate DIR`: every host enrolled under `DIR` (one `agent.toml`
+//! per subdirectory, as `gearmq init --hosts-count N` writes them) served by one
+//! process, to measure what a fleet of N hosts costs the orchestrator and the broker.
+//!
+//! Each virtual host is a whole agent minus its own process: its own key, credential,
+//! trusted issuers, revocation list, replay store, audit log, counters and broker
+//! queue, and the very [`Handler`] a real agent runs, so every request is decoded,
+//! verified (signature and credential chain, by each virtual host for itself),
+//! screened, authorized, replay-checked, executed, signed, audit-logged (durably),
+//! stored, published with a confirm and acked.
+//!
+//! What differs from N real agents, and is said at start:
+//! - virtual hosts share broker connections (one per `hosts_per_connection` hosts,
+//!   one consuming and one publishing channel each), all under the login of the
+//!   first host's URL, so the reply `user_id` cannot name each host: the fleet must
+//!   run with the orchestrator's `require_user_id = false` (a development fleet made
+//!   without `--provision`);
+//! - there is no systemd behind them: every virtual host's unit backend points at no
+//!   bus, so unit actions answer "systemd is not reachable" at once (ping, facts,
+//!   stats, list and the other read-only actions answer normally);
+//! - a broken broker session ends the emulator (no reconnect; restart it).
+//!
+//! Queues and bindings are declared for every host unless `broker.provisioned`.
+
+use crate::actions::Services;
+use crate::broker_conn::ConnectFiles;
+use crate::config::{AgentConfig, BusKind};
+use crate::fault::Fault;
+use crate::handler::Handler;
+use crate::identity::{HostIdentity, load_host_key};
+use crate::replay::ReplayStore;
+use crate::revocation::Revocations;
+use crate::session::{
+    DEAD_EXCHANGE, DEAD_QUEUE, REPLIES_EXCHANGE, REQUESTS_EXCHANGE, ReplyPublisher,
+    dead_queue_arguments, host_queue, host_queue_arguments,
+};
+use crate::stats::Stats;
+use crate::verifier::{RequestVerifier, VerifierSettings, now_ms};
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use gearmq_schemas::Name;
+use gearmq_schemas::audit::{AuditOptions, AuditSink, SinkOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How many virtual hosts are loaded at once (loading is file reads and fsyncs).
+const LOAD_CONCURRENCY: usize = 64;
+/// How long connecting to the broker may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings of the emulator.
+#[derive(Debug, Clone)]
+pub struct EmulateOptions {
+    /// The directory with one subdirectory (holding `agent.toml`) per host.
+    pub hosts_dir: PathBuf,
+    /// Virtual hosts per broker connection.
+    pub hosts_per_connection: usize,
+}
+
+/// One virtual host, ready to serve.
+struct VirtualHost {
+    name: Name,
+    handler: Arc<Handler>,
+    audit: Arc<AuditSink>,
+    prefetch: u16,
+    provisioned: bool,
+}
+
+/// The `agent.toml` files under `dir`, in name order.
+pub fn find_hosts(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let config = entry.path().join("agent.toml");
+        if config.is_file() {
+            found.push(config);
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        bail!(
+            "no host found in {}: expected DIR/<host>/agent.toml (gearmq init --hosts-count N writes them)",
+            dir.display()
+        );
+    }
+    Ok(found)
+}
+
+/// Loads one host as `gearmq-agent --config` would, with a unit backend that has no
+/// systemd behind it.
+fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
+    let cfg = AgentConfig::load(config)?;
+    let identity = HostIdentity::load(&cfg)?;
+    let (store, _) = ReplayStore::open(&cfg.state_dir, cfg.limits.max_stored_reply_bytes, now_ms())
+        .with_context(|| format!("replay store in {}", cfg.state_dir.display()))?;
+    let state_dir = std::fs::canonicalize(&cfg.state_dir)
+        .with_context(|| format!("cannot resolve {}", cfg.state_dir.display()))?;
+    let (revocations, _) = Revocations::load(
+        cfg.revocation_file.as_deref(),
+        &state_dir,
+        identity.anchors.issuers(),
+    )?;
+    let revocations = Arc::new(revocations);
+    // The no-op unit backend: the user bus with no address, so unit actions fail at
+    // once without touching any systemd; unit files would go below the state dir.
+    let systemd = crate::config::SystemdSettings {
+        bus: BusKind::User,
+        address: None,
+        unit_dir: state_dir.join("emulated-units"),
+        run_as: None,
+        allow_root: false,
+        allowed_exec_prefixes: Vec::new(),
+    };
+    let services = Arc::new(Services::new(
+        &systemd,
+        &state_dir,
+        &cfg.limits,
+        identity.credential.labels.clone(),
+        identity.credential.not_after,
+        revocations.clone(),
+    ));
+    let audit_path = cfg.audit.path(&state_dir);
+    let audit = Arc::new(
+        AuditSink::open(
+            &audit_path,
+            load_host_key(&cfg.key_file)?,
+            &identity.credential_bytes,
+            AuditOptions {
+                max_bytes: cfg.audit.max_bytes(),
+                ..AuditOptions::default()
+            },
+            SinkOptions {
+                // Bounded by prefetch: every handler waits for its own record. Kept
+                // small, as the queue is allocated up front for each host.
+                queue: usize::from(cfg.broker.prefetch).max(4),
+                on_error: Some(Arc::new(|e| error!(error = %e, "audit log: cannot write"))),
+                ..SinkOptions::default()
+            },
+        )
+        .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
+    );
+    let verifier = RequestVerifier::new(
+        identity.anchors.clone(),
+        identity.name.clone(),
+        identity.credential.labels.clone(),
+        VerifierSettings {
+            max_message_bytes: cfg.limits.max_message_bytes,
+            clock_skew: cfg.limits.clock_skew,
+            max_request_lifetime: cfg.limits.max_request_lifetime,
+        },
+        revocations,
+    );
+    let stats: Arc<Stats> = services.stats.clone();
+    let handler = Arc::new(Handler::new(
+        identity,
+        verifier,
+        store,
+        stats,
+        services,
+        audit.clone(),
+        cfg.limits.action_timeout,
+        cfg.limits.clock_skew,
+        Fault::None,
+    ));
+    Ok(VirtualHost {
+        name: cfg.name,
+        handler,
+        audit,
+        prefetch: cfg.broker.prefetch,
+        provisioned: cfg.broker.provisioned,
+    })
+}
+
+/// Loads every host under `configs`, `LOAD_CONCURRENCY` at a time.
+async fn load_all(configs: Vec<PathBuf>) -> anyhow::Result<Vec<VirtualHost>> {
+    let gate = Arc::new(Semaphore::new(LOAD_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(configs.len());
+    for config in configs {
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let shown = config.display().to_string();
+            tokio::task::spawn_blocking(move || load_host(&config))
+                .await
+                .context("loading a host failed")?
+                .with_context(|| format!("host {shown}"))
+        }));
+    }
+    let mut hosts = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        hosts.push(t.await.context("loading a host failed")??);
+    }
+    Ok(hosts)
+}
+
+async fn timed<T>(
+    what: &str,
+    fut: impl Future<Output = Result<T, lapin::Error>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, fut).await {
+        Ok(r) => r.with_context(|| what.to_string()),
+        Err(_) => bail!("{what}: timed out"),
+    }
+}
+
+/// One shared broker connection and the virtual hosts it serves.
+struct Group {
+    conn: Connection,
+    consume: Channel,
+    publisher: ReplyPublisher,
+}
+
+async fn open_group(
+    cfg: &AgentConfig,
+    index: usize,
+    broken: CancellationToken,
+) -> anyhow::Result<Group> {
+    let files = ConnectFiles::from_config(&cfg.broker);
+    let raw_url = cfg
+        .broker
+        .urls
+        .first()
+        .context("the first host's broker.urls is empty")?;
+    let url = files.url_with_password(raw_url)?;
+    let props = ConnectionProperties::default()
+        .with_connection_name(LongString::from(format!("gearmq-agent emulator #{index}")));
+    let runtime = lapin::runtime::default_runtime()?;
+    let conn = timed(
+        "connecting to the broker",
+        Connection::connect_with_config(&url, props, files.tls_config()?, runtime),
+    )
+    .await?;
+    let consume = timed("opening a channel", conn.create_channel()).await?;
+    let publish = timed("opening a channel", conn.create_channel()).await?;
+    timed(
+        "confirm.select",
+        publish.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
+    let user_id = cfg
+        .broker
+        .user_id
+        .clone()
+        .unwrap_or_else(|| url_user(raw_url));
+    Ok(Group {
+        conn,
+        consume,
+        publisher: ReplyPublisher::new(publish, user_id, broken),
+    })
+}
+
+fn url_user(url: &str) -> String {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|u| u.authority.userinfo.username)
+        .unwrap_or_default()
+}
+
+/// Declares the shared exchanges and the dead-letter queue (once).
+async fn declare_shared(ch: &Channel) -> anyhow::Result<()> {
+    for (name, kind) in [
+        (REQUESTS_EXCHANGE, lapin::ExchangeKind::Topic),
+        (REPLIES_EXCHANGE, lapin::ExchangeKind::Topic),
+        (DEAD_EXCHANGE, lapin::ExchangeKind::Fanout),
+    ] {
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        timed(
+            &format!("declaring exchange {name}"),
+            ch.exchange_declare(name.into(), kind, opts, FieldTable::default()),
+        )
+        .await?;
+    }
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    timed(
+        "declaring the dead-letter queue",
+        ch.queue_declare(DEAD_QUEUE.into(), opts, dead_queue_arguments()),
+    )
+    .await?;
+    timed(
+        "binding the dead-letter queue",
+        ch.queue_bind(
+            DEAD_QUEUE.into(),
+            DEAD_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Declares (or, provisioned, checks) host `host`'s queue and bindings, sets its
+/// prefetch and starts consuming it.
+async fn attach(ch: &Channel, vh: &VirtualHost) -> anyhow::Result<Consumer> {
+    let queue = host_queue(&vh.name);
+    let opts = QueueDeclareOptions {
+        passive: vh.provisioned,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let args = if vh.provisioned {
+        FieldTable::default()
+    } else {
+        host_queue_arguments()
+    };
+    timed(
+        &format!("declaring queue {queue}"),
+        ch.queue_declare(queue.as_str().into(), opts, args),
+    )
+    .await?;
+    if !vh.provisioned {
+        for key in [format!("host.{}", vh.name), "all".to_string()] {
+            timed(
+                &format!("binding {queue}"),
+                ch.queue_bind(
+                    queue.as_str().into(),
+                    REQUESTS_EXCHANGE.into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        }
+    }
+    // Per consumer (global = false): applies to the consumer started next.
+    timed(
+        "basic.qos",
+        ch.basic_qos(vh.prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    timed(
+        &format!("consuming {queue}"),
+        ch.basic_consume(
+            queue.as_str().into(),
+            ShortString::from(format!("gearmq-agent-{}", vh.name)),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+}
+
+/// Serves one virtual host's deliveries, at most `prefetch` at once, as the real
+/// server loop does.
+async fn serve(
+    vh: Arc<VirtualHost>,
+    mut consumer: Consumer,
+    publisher: ReplyPublisher,
+    shutdown: CancellationToken,
+    broken: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(usize::from(vh.prefetch)));
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = broken.cancelled() => return,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                    let handler = vh.handler.clone();
+                    let publisher = publisher.clone();
+                    tokio::spawn(async move {
+                        handler.handle(delivery, &publisher).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    error!(host = %vh.name, error = %e, "consumer failed");
+                    broken.cancel();
+                    return;
+                }
+                None => {
+                    error!(host = %vh.name, "the broker cancelled the consumer");
+                    broken.cancel();
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The process's resident memory in KiB (from /proc), if known.
+pub fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs every host under `opts.hosts_dir` until `shutdown`; an error when they
+/// cannot be loaded or the broker session breaks.
+pub async fn run(opts: EmulateOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let configs = find_hosts(&opts.hosts_dir)?;
+    let first = AgentConfig::load(&configs[0])?;
+    info!(hosts = configs.len(), dir = %opts.hosts_dir.display(), "emulator: loading hosts");
+    let hosts = load_all(configs).await?;
+    let rss_loaded = rss_kib();
+    info!(hosts = hosts.len(), secs = started.elapsed().as_secs_f64(), rss_kib = ?rss_loaded, "emulator: hosts loaded");
+    warn!(
+        "emulator: virtual hosts share broker connections under one login, so the reply user_id cannot name each host: the orchestrator must run with require_user_id = false (the user_id check is off)"
+    );
+    warn!("emulator: no systemd behind the virtual hosts: unit actions answer an error");
+    let per = opts.hosts_per_connection.max(1);
+    let broken = CancellationToken::new();
+    let mut groups = Vec::new();
+    let mut servers = Vec::new();
+    let hosts: Vec<Arc<VirtualHost>> = hosts.into_iter().map(Arc::new).collect();
+    let mut attaching = Vec::new();
+    for (index, chunk) in hosts.chunks(per).enumerate() {
+        let group = open_group(&first, index, broken.clone()).await?;
+        if index == 0 && !first.broker.provisioned {
+            declare_shared(&group.consume).await?;
+        }
+        let chunk: Vec<Arc<VirtualHost>> = chunk.to_vec();
+        let consume = group.consume.clone();
+        attaching.push(tokio::spawn(async move {
+            let mut consumers = Vec::with_capacity(chunk.len());
+            for vh in chunk {
+                let c = attach(&consume, &vh).await?;
+                consumers.push((vh, c));
+            }
+            anyhow::Ok(consumers)
+        }));
+        groups.push(group);
+    }
+    for (group, attached) in groups.iter().zip(attaching) {
+        for (vh, consumer) in attached.await.context("attaching hosts failed")?? {
+            servers.push(tokio::spawn(serve(
+                vh,
+                consumer,
+                group.publisher.clone(),
+                shutdown.clone(),
+                broken.clone(),
+            )));
+        }
+    }
+    let rss = rss_kib();
+    let per_host = match (rss, hosts.len()) {
+        (Some(r), n) if n > 0 => Some(r as f64 / n as f64),
+        _ => None,
+    };
+    info!(
+        hosts = hosts.len(),
+        connections = groups.len(),
+        secs = started.elapsed().as_secs_f64(),
+        rss_kib = ?rss,
+        rss_kib_per_host = ?per_host,
+        "emulator ready"
+    );
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = broken.cancelled() => {}
+    }
+    for s in &servers {
+        s.abort();
+    }
+    for g in &groups {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            g.conn.close(200, "emulator stopping".into()),
+        )
+        .await;
+    }
+    let audits: Vec<Arc<AuditSink>> = hosts.iter().map(|h| h.audit.clone()).collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for a in audits {
+            let _ = a.flush();
+        }
+    })
+    .await;
+    if broken.is_cancelled() && !shutdown.is_cancelled() {
+        bail!("a broker session broke; the emulator does not reconnect (restart it)");
+    }
+    Ok(())
+}
