@@ -157,9 +157,15 @@ fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
             max_message_bytes: cfg.limits.max_message_bytes,
             clock_skew: cfg.limits.clock_skew,
             max_request_lifetime: cfg.limits.max_request_lifetime,
+            max_token_ttl: cfg.limits.max_token_ttl,
         },
         revocations,
     );
+    // Same path as a real agent: tokens sealed to this virtual host are accepted.
+    let verifier = match &identity.sealing {
+        Some(k) => verifier.with_sealing_key(k.clone()),
+        None => verifier,
+    };
     let stats: Arc<Stats> = services.stats.clone();
     let handler = Arc::new(Handler::new(
         identity,
