@@ -98,7 +98,7 @@ impl HostIdentity {
         })?;
         let sealing = match &cfg.sealing_key_file {
             None => None,
-            Some(path) => Some(Arc::new(load_sealing_key(path, &credential)?)),
+            Some(path) => load_sealing_key(path, &credential)?.map(Arc::new),
         };
         Ok(HostIdentity {
             name: cfg.name.clone(),
@@ -111,8 +111,13 @@ impl HostIdentity {
     }
 }
 
-/// Reads the sealing key and checks it is the one the credential publishes.
-fn load_sealing_key(path: &Path, credential: &Credential) -> Result<SealingKey, IdentityError> {
+/// Reads the sealing key and checks it is the one the credential publishes. A
+/// credential that publishes none (re-enrolled without `--sealing-pubkey`) gives
+/// `None`: the agent runs and refuses every token, rather than not starting.
+fn load_sealing_key(
+    path: &Path,
+    credential: &Credential,
+) -> Result<Option<SealingKey>, IdentityError> {
     let text = read_text("sealing key", path)?;
     let key = SealingKey::from_pem(&text).map_err(|e| IdentityError::Invalid {
         what: "sealing key",
@@ -120,15 +125,12 @@ fn load_sealing_key(path: &Path, credential: &Credential) -> Result<SealingKey, 
         reason: e.to_string(),
     })?;
     match credential.sealing_key {
-        None => Err(IdentityError::Mismatch {
-            path: path.to_path_buf(),
-            reason: "is configured, but the host credential publishes no sealing key (re-enroll the host, or remove sealing_key_file)".into(),
-        }),
+        None => Ok(None),
         Some(pk) if pk.into_array() != key.public() => Err(IdentityError::Mismatch {
             path: path.to_path_buf(),
             reason: "does not match the sealing key published in the host credential".into(),
         }),
-        Some(_) => Ok(key),
+        Some(_) => Ok(Some(key)),
     }
 }
 

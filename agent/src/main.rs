@@ -260,7 +260,13 @@ async fn run(args: Args) -> Result<(), Failure> {
             verifier.with_sealing_key(k.clone())
         }
         None => {
-            info!("no sealing_key_file: delegation tokens are refused");
+            if cfg.sealing_key_file.is_some() {
+                warn!(
+                    "sealing_key_file is set, but the host credential publishes no sealing key (enrolled without --sealing-pubkey): delegation tokens are refused"
+                );
+            } else {
+                info!("no sealing_key_file: delegation tokens are refused");
+            }
             verifier
         }
     };

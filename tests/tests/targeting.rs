@@ -20,6 +20,9 @@ fn label(fleet: &Fleet, host: &str, labels: &[&str]) {
         "--out".into(),
         d.join("host.cred").display().to_string(),
         "--force".into(),
+        // Keep the sealing key init made, as an operator re-enrolling would.
+        "--sealing-pubkey".into(),
+        d.join("sealing.pub").display().to_string(),
     ];
     for l in labels {
         args.push("--label".into());
