@@ -25,5 +25,6 @@ cargo test --workspace --locked --no-fail-fast -- --test-threads "${GEARMQ_TEST_
 # Its own step: a three-node RabbitMQ cluster on this machine (quorum queues, a node
 # stopped under traffic). GEARMQ_SKIP_CLUSTER=1 leaves it out.
 if [ -z "${GEARMQ_SKIP_CLUSTER:-}" ]; then
-  cargo test -p gearmq-tests --test cluster --locked -- --ignored --test-threads 1
+  # --workspace, like the build above: the same features, so nothing is rebuilt.
+  cargo test --workspace --test cluster --locked -- --ignored --test-threads 1
 fi
