@@ -35,7 +35,7 @@ use crate::session::{
     dead_queue_arguments, host_queue, host_queue_arguments,
 };
 use crate::stats::Stats;
-use crate::verifier::{RequestVerifier, VerifierSettings, now_ms};
+use crate::verifier::{RequestVerifier, now_ms};
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use gearmq_schemas::Name;
@@ -149,23 +149,8 @@ fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
         )
         .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
     );
-    let verifier = RequestVerifier::new(
-        identity.anchors.clone(),
-        identity.name.clone(),
-        identity.credential.labels.clone(),
-        VerifierSettings {
-            max_message_bytes: cfg.limits.max_message_bytes,
-            clock_skew: cfg.limits.clock_skew,
-            max_request_lifetime: cfg.limits.max_request_lifetime,
-            max_token_ttl: cfg.limits.max_token_ttl,
-        },
-        revocations,
-    );
-    // Same path as a real agent: tokens sealed to this virtual host are accepted.
-    let verifier = match &identity.sealing {
-        Some(k) => verifier.with_sealing_key(k.clone()),
-        None => verifier,
-    };
+    // Same path as a real agent, tokens sealed to this virtual host included.
+    let verifier = RequestVerifier::for_host(&identity, &cfg.limits, revocations);
     let stats: Arc<Stats> = services.stats.clone();
     let handler = Arc::new(Handler::new(
         identity,

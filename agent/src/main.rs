@@ -16,7 +16,7 @@ use gearmq_agent::replay::ReplayStore;
 use gearmq_agent::revocation::{Revocations, Update};
 use gearmq_agent::server::{Server, ServerSettings};
 use gearmq_agent::session::Endpoint;
-use gearmq_agent::verifier::{RequestVerifier, VerifierSettings, now_ms, rfc3339};
+use gearmq_agent::verifier::{RequestVerifier, now_ms, rfc3339};
 use gearmq_schemas::audit::{AuditOptions, AuditSink, SinkOptions};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -242,34 +242,17 @@ async fn run(args: Args) -> Result<(), Failure> {
     let audit_path = cfg.audit.path(&state_dir);
     let audit = open_audit_log(&cfg, &identity, &audit_path).map_err(Failure::Config)?;
     info!(file = %audit_path.display(), max_bytes = cfg.audit.max_bytes(), "audit log open");
-    let verifier = RequestVerifier::new(
-        identity.anchors.clone(),
-        identity.name.clone(),
-        identity.credential.labels.clone(),
-        VerifierSettings {
-            max_message_bytes: cfg.limits.max_message_bytes,
-            clock_skew: cfg.limits.clock_skew,
-            max_request_lifetime: cfg.limits.max_request_lifetime,
-            max_token_ttl: cfg.limits.max_token_ttl,
-        },
-        revocations.clone(),
-    );
-    let verifier = match &identity.sealing {
-        Some(k) => {
-            info!(max_token_ttl = %humantime::format_duration(cfg.limits.max_token_ttl), "delegation tokens sealed to this host are accepted");
-            verifier.with_sealing_key(k.clone())
-        }
-        None => {
-            if cfg.sealing_key_file.is_some() {
-                warn!(
-                    "sealing_key_file is set, but the host credential publishes no sealing key (enrolled without --sealing-pubkey): delegation tokens are refused"
-                );
-            } else {
-                info!("no sealing_key_file: delegation tokens are refused");
-            }
-            verifier
-        }
-    };
+    let verifier = RequestVerifier::for_host(&identity, &cfg.limits, revocations.clone());
+    match (&identity.sealing, &cfg.sealing_key_file) {
+        (Some(_), _) => info!(
+            max_token_ttl = %humantime::format_duration(cfg.limits.max_token_ttl),
+            "delegation tokens sealed to this host are accepted"
+        ),
+        (None, Some(_)) => warn!(
+            "sealing_key_file is set, but the host credential publishes no sealing key (enrolled without --sealing-pubkey): delegation tokens are refused"
+        ),
+        (None, None) => info!("no sealing_key_file: delegation tokens are refused"),
+    }
     let stats = services.stats.clone();
     let handler = Arc::new(Handler::new(
         identity,

@@ -196,6 +196,32 @@ impl RequestVerifier {
         }
     }
 
+    /// The verifier of a loaded host: its anchors, name and labels, the `[limits]`
+    /// checks, and its sealing key when it has one (without one every token is
+    /// refused). The agent and each emulated host are built here alike.
+    pub fn for_host(
+        identity: &crate::identity::HostIdentity,
+        limits: &crate::config::Limits,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        let verifier = RequestVerifier::new(
+            identity.anchors.clone(),
+            identity.name.clone(),
+            identity.credential.labels.clone(),
+            VerifierSettings {
+                max_message_bytes: limits.max_message_bytes,
+                clock_skew: limits.clock_skew,
+                max_request_lifetime: limits.max_request_lifetime,
+                max_token_ttl: limits.max_token_ttl,
+            },
+            revocations,
+        );
+        match &identity.sealing {
+            Some(k) => verifier.with_sealing_key(k.clone()),
+            None => verifier,
+        }
+    }
+
     /// Accept delegation tokens sealed to `key` (without one, every token is refused).
     pub fn with_sealing_key(mut self, key: Arc<SealingKey>) -> Self {
         self.sealing = Some(key);
