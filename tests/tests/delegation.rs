@@ -408,6 +408,49 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
         assert_refused(&as_host(&fleet, "a", &made, &["status", "b"]), reason);
     }
 
+    // A minter revoked after minting: its token worked before the revocation reached
+    // b, and a new one is refused afterwards.
+    let cfg3 = fleet.path().join("ops3.toml");
+    let mint3 = |file: &str| {
+        let out = fleet.path().join(file);
+        let o = run_cli(&[
+            "--config",
+            cfg3.to_str().unwrap(),
+            "token",
+            "mint",
+            "--subject",
+            "a",
+            "--audience",
+            "b",
+            "--action",
+            "status",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        out
+    };
+    let before = mint3("ops3-before.token");
+    let o = as_host(&fleet, "a", &before, &["status", "b"]);
+    assert_ne!(only_result(&o)["code"], 6, "not yet revoked: {}", o.stdout);
+    let o = run_cli(&[
+        "revoke",
+        "--name",
+        "ops3",
+        "--issuer-key",
+        fleet.path().join("issuer.key").to_str().unwrap(),
+        "--list",
+        fleet.path().join("revocations.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = fleet.cli(&["revocations", "push", "--host", "b"]);
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let after = mint3("ops3-after.token");
+    assert_refused(
+        &as_host(&fleet, "a", &after, &["status", "b"]),
+        "token_minter_revoked",
+    );
+
     // Random bytes as a token: the CLI will not carry them; b refuses them, no panic.
     let junk = fleet.path().join("junk.token");
     std::fs::write(&junk, b"\x93\x01\x02\x03not a token").unwrap();
@@ -508,8 +551,11 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
     }
 
     // b counted each refusal, and the agent is still up and answering.
+    // Every token refusal above, and only those, counted as `token`: expired, not yet
+    // valid, over the TTL cap, flipped byte, not a delegator, wider than its minter,
+    // minter revoked, random bytes.
     let o = fleet.cli(&["stats", "--host", "b", "--json"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let text = o.stdout;
-    assert!(text.contains("\"token\""), "{text}");
+    let doc = o.json();
+    assert_eq!(doc["results"][0]["data"]["refused"]["token"], 8, "{doc}");
 }
