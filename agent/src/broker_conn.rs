@@ -112,15 +112,41 @@ impl ConnectFiles {
         })
     }
 
-    /// `url` with the password from `password_file` filled in when the URL has a user
-    /// but no password; otherwise `url` as it is.
-    pub fn url_with_password(&self, url: &str) -> Result<String, BrokerFileError> {
-        let Some(pf) = &self.password_file else {
-            return Ok(url.to_string());
+    /// The URL the agent connects with: `url` with the password from
+    /// `password_file` filled in when the URL has a user but no password, and with
+    /// [`AGENT_FRAME_MAX`] unless the URL sets `frame_max` itself.
+    pub fn connect_url(&self, url: &str) -> Result<String, BrokerFileError> {
+        let url = match &self.password_file {
+            Some(pf) => insert_password(url, &read_password(pf)?),
+            None => url.to_string(),
         };
-        let password = read_password(pf)?;
-        Ok(insert_password(url, &password))
+        Ok(with_frame_max(&url, AGENT_FRAME_MAX))
     }
+}
+
+/// The AMQP frame size the agent asks for. lapin keeps send and receive buffers of 32
+/// frames each, zero-filled: at RabbitMQ's default of 128 KiB that is 8 MiB per
+/// connection, most of an idle agent's memory. Requests and replies are a few KiB (a
+/// larger message is simply split into more frames), so 16 KiB frames cost nothing
+/// and keep the buffers at 1 MiB.
+pub const AGENT_FRAME_MAX: u32 = 16 * 1024;
+
+/// `url` with `frame_max=<n>` added to its query, unless it has one.
+fn with_frame_max(url: &str, frame_max: u32) -> String {
+    let (base, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let query = base.find('?').map(|i| &base[i + 1..]);
+    if query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("frame_max="))) {
+        return url.to_string();
+    }
+    let sep = match query {
+        None => "?",
+        Some("") => "",
+        Some(_) => "&",
+    };
+    format!("{base}{sep}frame_max={frame_max}{fragment}")
 }
 
 /// `amqp://user@host…` → `amqp://user:<password percent-encoded>@host…`; a URL
@@ -229,6 +255,21 @@ mod tests {
     }
 
     #[test]
+    fn frame_max_is_added_unless_the_url_sets_it() {
+        for (url, want) in [
+            ("amqp://h/%2f", "amqp://h/%2f?frame_max=16384"),
+            ("amqp://h/%2f?", "amqp://h/%2f?frame_max=16384"),
+            ("amqp://h/v?heartbeat=10", "amqp://h/v?heartbeat=10&frame_max=16384"),
+            ("amqp://h/v?frame_max=131072", "amqp://h/v?frame_max=131072"),
+            ("amqp://h/v?heartbeat=5&frame_max=8192", "amqp://h/v?heartbeat=5&frame_max=8192"),
+        ] {
+            assert_eq!(with_frame_max(url, AGENT_FRAME_MAX), want, "{url}");
+            let parsed: lapin::uri::AMQPUri = want.parse().unwrap();
+            assert!(parsed.query.frame_max.is_some(), "{want}");
+        }
+    }
+
+    #[test]
     fn loose_secret_files_are_refused_naming_the_mode() {
         let dir = tempfile::tempdir().unwrap();
         let pw = dir.path().join("broker.password");
@@ -244,8 +285,8 @@ mod tests {
         assert!(!e.contains("s3cret"), "{e}");
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(
-            files.url_with_password("amqp://web1@h:5672/%2f").unwrap(),
-            "amqp://web1:s3cret@h:5672/%2f"
+            files.connect_url("amqp://web1@h:5672/%2f").unwrap(),
+            "amqp://web1:s3cret@h:5672/%2f?frame_max=16384"
         );
 
         let cert = dir.path().join("c.pem");

@@ -222,7 +222,7 @@ async fn open_group(
         .urls
         .first()
         .context("the first host's broker.urls is empty")?;
-    let url = files.url_with_password(raw_url)?;
+    let url = files.connect_url(raw_url)?;
     let props = ConnectionProperties::default()
         .with_connection_name(LongString::from(format!("gearmq-agent emulator #{index}")));
     let runtime = lapin::runtime::default_runtime()?;

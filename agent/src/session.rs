@@ -162,7 +162,7 @@ impl Session {
             .with_connection_name(LongString::from(format!("gearmq-agent {host}")));
         let tls = endpoint.files.tls_config()?;
         // Holds the password: never logged, never put in an error.
-        let url = endpoint.files.url_with_password(&endpoint.url)?;
+        let url = endpoint.files.connect_url(&endpoint.url)?;
         let what = format!("connecting to {}", endpoint.redacted);
         let runtime = lapin::runtime::default_runtime().map_err(|source| SessionError::Broker {
             what: what.clone(),
