@@ -7,7 +7,7 @@
 //! consumer on the disk. This wraps the blocking sink for async callers.
 
 use gearmq_schemas::SigningKey;
-use gearmq_schemas::audit::{self, AuditError, AuditOptions, Entry, SinkOptions};
+use gearmq_schemas::audit::{self, AuditError, AuditOptions, Entry, QueueFull, SinkError, SinkOptions};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,17 +45,30 @@ impl AuditSink {
     }
 
     /// Records `entry` durably before returning (for requests, before publishing).
-    pub async fn record_now(&self, entry: Entry) -> Result<(), AuditError> {
-        let sink = self.sink.clone();
-        tokio::task::spawn_blocking(move || sink.record_now(entry).map(|_| ()))
-            .await
-            .unwrap_or_else(|e| {
-                Err(AuditError::Io {
-                    action: "append to",
-                    path: Default::default(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })
+    /// The record joins the writer thread's next batch, so calls made at the same time
+    /// share one fsync; no thread waits for it.
+    pub async fn record_now(&self, entry: Entry) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: audit::Done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        match self.sink.try_record_then(entry, done) {
+            Ok(()) => rx
+                .await
+                .unwrap_or(Err(SinkError::Stopped))
+                .map_err(|e| e.to_string()),
+            // The queue is full of reply records: wait for room on a blocking thread.
+            Err(QueueFull { entry, .. }) => {
+                let Some(entry) = entry else {
+                    return Err("the audit log queue is full".into());
+                };
+                let sink = self.sink.clone();
+                tokio::task::spawn_blocking(move || sink.record_durable(entry))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 
     /// Queues `entry` for the writer thread. If the queue is full (a flood of replies
@@ -72,10 +85,22 @@ impl AuditSink {
 
     /// Waits until every queued record is written and synced.
     pub async fn flush(&self) -> Result<(), String> {
-        let sink = self.sink.clone();
-        tokio::task::spawn_blocking(move || sink.flush())
-            .await
-            .map_err(|e| e.to_string())?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut done: audit::Done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        // A full queue (a reply flood) drains at disk speed: retry until there is room.
+        loop {
+            match self.sink.try_flush_then(done) {
+                Ok(()) => break,
+                Err(QueueFull { done: back, .. }) => {
+                    done = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        }
+        rx.await
+            .unwrap_or(Err(SinkError::Stopped))
             .map_err(|e| e.to_string())
     }
 

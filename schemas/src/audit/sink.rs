@@ -6,13 +6,16 @@
 //!   record is durable (the orchestrator's requests, logged before publishing);
 //! - [`AuditSink::record_durable`] queues the record and waits until the batch it went
 //!   into is synced (an agent's requests, logged before acking: concurrent handlers
-//!   share one fsync);
+//!   share one fsync); [`AuditSink::try_record_then`] does the same without blocking,
+//!   calling back when the batch is synced (async callers wrap it in a oneshot, so no
+//!   thread waits);
 //! - [`AuditSink::record_later`] queues the record and returns at once, dropping (and
 //!   counting) it when the queue is full (the orchestrator's replies, so a flood never
 //!   blocks the consumer).
 //!
-//! [`AuditSink::flush`] waits until everything queued before it is synced. Every call
-//! that waits blocks its thread: async callers run it on a blocking thread
+//! [`AuditSink::flush`] waits until everything queued before it is synced
+//! ([`AuditSink::try_flush_then`]: calls back instead). Every call that waits blocks
+//! its thread: async callers use the `_then` forms, or run it on a blocking thread
 //! (`tokio::task::spawn_blocking`). Std only, so both sides share it whatever their
 //! runtime; failures the writer thread meets are handed to an error callback.
 
@@ -83,7 +86,32 @@ fn is_entry_refused(e: &AuditError) -> bool {
     )
 }
 
-type Waiter = SyncSender<Result<(), SinkError>>;
+/// Told once what became of a record (or a flush): called on the writer thread, so it
+/// must be quick (send on a channel).
+pub type Done = Box<dyn FnOnce(Result<(), SinkError>) + Send>;
+
+type Waiter = Done;
+
+/// The sink's queue was full: the record (or flush) was not queued. Gives the record
+/// (none for a flush) and the callback back, uncalled.
+pub struct QueueFull {
+    /// The record that was not queued.
+    pub entry: Option<Entry>,
+    /// Its callback, not called.
+    pub done: Done,
+}
+
+impl std::fmt::Debug for QueueFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueFull")
+    }
+}
+
+fn waiter_of(tx: SyncSender<Result<(), SinkError>>) -> Waiter {
+    Box::new(move |r| {
+        let _ = tx.try_send(r);
+    })
+}
 
 enum Job {
     /// A record, with whoever waits for it to be durable.
@@ -168,9 +196,42 @@ impl AuditSink {
     pub fn record_durable(&self, entry: Entry) -> Result<(), SinkError> {
         let (tx, rx) = sync_channel(1);
         self.tx
-            .send(Job::Record(entry, Some(tx)))
+            .send(Job::Record(entry, Some(waiter_of(tx))))
             .map_err(|_| SinkError::Stopped)?;
         rx.recv().unwrap_or(Err(SinkError::Stopped))
+    }
+
+    /// Queues `entry` without blocking; `done` is called (on the writer thread) once
+    /// the batch it went into is written and synced, or failed. If the queue is full
+    /// nothing is queued and `done` comes back uncalled in [`QueueFull`]; if the writer
+    /// has stopped, `done` is called at once with [`SinkError::Stopped`].
+    pub fn try_record_then(&self, entry: Entry, done: Done) -> Result<(), QueueFull> {
+        match self.tx.try_send(Job::Record(entry, Some(done))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Job::Record(entry, Some(done)))) => Err(QueueFull {
+                entry: Some(entry),
+                done,
+            }),
+            Err(TrySendError::Disconnected(Job::Record(_, Some(done)))) => {
+                done(Err(SinkError::Stopped));
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Like [`AuditSink::flush`] without blocking: `done` is called once everything
+    /// queued before is synced. A full queue gives `done` back in [`QueueFull`].
+    pub fn try_flush_then(&self, done: Done) -> Result<(), QueueFull> {
+        match self.tx.try_send(Job::Flush(done)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(Job::Flush(done))) => Err(QueueFull { entry: None, done }),
+            Err(TrySendError::Disconnected(Job::Flush(done))) => {
+                done(Err(SinkError::Stopped));
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
     }
 
     /// Queues `entry` for the writer thread and returns at once. If the queue is full
@@ -191,7 +252,7 @@ impl AuditSink {
     pub fn flush(&self) -> Result<(), SinkError> {
         let (tx, rx) = sync_channel(1);
         self.tx
-            .send(Job::Flush(tx))
+            .send(Job::Flush(waiter_of(tx)))
             .map_err(|_| SinkError::Stopped)?;
         rx.recv().unwrap_or(Err(SinkError::Stopped))
     }
@@ -237,11 +298,10 @@ fn write_batches(
             .map_or(Ok(()), Err);
         for (i, w) in record_waiters {
             let r = results.get(i).cloned().unwrap_or(Err(SinkError::Stopped));
-            // A waiter that stopped waiting needs no answer.
-            let _ = w.try_send(r);
+            w(r);
         }
         for w in flush_waiters {
-            let _ = w.try_send(last.clone());
+            w(last.clone());
         }
     }
 }
@@ -423,5 +483,58 @@ mod tests {
         assert!(queued <= 2, "{queued}");
         assert_eq!(sink.dropped(), 10 - queued);
         sink.flush().unwrap();
+    }
+
+    #[test]
+    fn callbacks_are_told_once_their_batch_is_synced_and_a_full_queue_gives_them_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (key, cred, issuer) = writer();
+        let sink = AuditSink::open(
+            &path,
+            key,
+            &cred,
+            AuditOptions::default(),
+            SinkOptions {
+                queue: 2,
+                batch: 1,
+                on_error: None,
+            },
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let guard = lock(&sink.log);
+        let mut given_back = 0;
+        for i in 0..5 {
+            let tx = tx.clone();
+            let done: Done = Box::new(move |r| tx.send((i, r.is_ok())).unwrap());
+            match sink.try_record_then(Entry::reply_rejected(b"x", "forged", None), done) {
+                Ok(()) => {}
+                Err(QueueFull { done, .. }) => {
+                    given_back += 1;
+                    // Handed back uncalled: the caller may still use it.
+                    done(Ok(()));
+                }
+            }
+        }
+        // The writer may hold one job while it waits for the log: 2 or 3 fit.
+        assert!((2..=3).contains(&given_back), "{given_back}");
+        let queued = 5 - given_back;
+        let tx2 = tx.clone();
+        let flushed: Done = Box::new(move |r| tx2.send((99, r.is_ok())).unwrap());
+        drop(guard);
+        let mut flush = Some(flushed);
+        while let Some(f) = flush.take() {
+            if let Err(QueueFull { done: f, .. }) = sink.try_flush_then(f) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                flush = Some(f);
+            }
+        }
+        drop(tx);
+        let told: Vec<(i32, bool)> = rx.iter().collect();
+        assert_eq!(told.len(), 6, "{told:?}");
+        assert!(told.iter().all(|(_, ok)| *ok));
+        assert_eq!(told.last().unwrap().0, 99, "the flush is told last");
+        assert_eq!(verify(&path, &issuer).replies_rejected, queued as u64);
     }
 }
