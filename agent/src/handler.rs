@@ -35,7 +35,7 @@ use crate::verifier::{
     Refusal, ReplyAddress, RequestVerifier, Screened, duration_ms, now_ms, rfc3339, token_refusal,
 };
 use gearmq_schemas::actions::LogsResult;
-use gearmq_schemas::audit::{AuditSink, Entry};
+use gearmq_schemas::audit::{AuditSink, Done, Entry, QueueFull, SinkError};
 use gearmq_schemas::time::Millis;
 use gearmq_schemas::token::{TokenError, Unsealed};
 use gearmq_schemas::{Reply, Signed, Status, codec};
@@ -524,31 +524,51 @@ impl Handler {
         };
         let finished = now_ms().max(started);
         let bytes = self.sign_reply(addr, outcome, Part::ONLY, started, finished);
-        let bytes: Arc<[u8]> = match reservation {
-            None => bytes.into(),
+        // The reply is kept for redeliveries and put on record in the audit log at the
+        // same time: two files, two fsyncs, both done before it is published.
+        let (bytes, audited) = match reservation {
+            None => {
+                let audited = self.audit(delivery, addr, &bytes).await;
+                (Arc::<[u8]>::from(bytes), audited)
+            }
             Some(reservation) => {
-                let keep_until = addr.expires_at.saturating_add(duration_ms(self.clock_skew));
-                let reply_to = addr.reply_to.clone();
-                let copy = bytes.clone();
-                match tokio::task::spawn_blocking(move || {
-                    reservation.record(keep_until, reply_to, copy)
-                })
-                .await
-                {
-                    Ok((stored, Ok(()))) => stored.bytes,
-                    Ok((stored, Err(e))) => {
-                        error!(request_id = %addr.request_id, error = %e, "reply not persisted; replay protection for this request lasts only while the agent runs");
-                        stored.bytes
-                    }
-                    Err(e) => {
-                        error!(request_id = %addr.request_id, error = %e, "recording the reply failed");
-                        bytes.into()
-                    }
-                }
+                let stored = self.store_reply(addr, reservation, bytes.clone());
+                let audited = self.audit(delivery, addr, &bytes);
+                tokio::join!(stored, audited)
             }
         };
-        self.publish_and_ack(delivery, publisher, addr, &addr.reply_to, &bytes)
+        if !audited {
+            requeue(delivery).await;
+            return;
+        }
+        self.publish_audited_and_ack(delivery, publisher, addr, &addr.reply_to, &bytes)
             .await;
+    }
+
+    /// Records `bytes` as the reply to the reserved request (fsync'd on a blocking
+    /// thread) and returns them as stored.
+    async fn store_reply(
+        &self,
+        addr: &ReplyAddress,
+        reservation: Reservation,
+        bytes: Vec<u8>,
+    ) -> Arc<[u8]> {
+        let keep_until = addr.expires_at.saturating_add(duration_ms(self.clock_skew));
+        let reply_to = addr.reply_to.clone();
+        let copy = bytes.clone();
+        match tokio::task::spawn_blocking(move || reservation.record(keep_until, reply_to, copy))
+            .await
+        {
+            Ok((stored, Ok(()))) => stored.bytes,
+            Ok((stored, Err(e))) => {
+                error!(request_id = %addr.request_id, error = %e, "reply not persisted; replay protection for this request lasts only while the agent runs");
+                stored.bytes
+            }
+            Err(e) => {
+                error!(request_id = %addr.request_id, error = %e, "recording the reply failed");
+                bytes.into()
+            }
+        }
     }
 
     fn sign_reply(
@@ -579,21 +599,33 @@ impl Handler {
     /// unrecorded, so the caller requeues the request to answer it again.
     async fn audit(&self, delivery: &Delivery, addr: &ReplyAddress, reply: &[u8]) -> bool {
         let entry = Entry::request_handled(&delivery.data, Some(reply));
-        let sink = self.audit.clone();
-        match tokio::task::spawn_blocking(move || sink.record_durable(entry)).await {
-            Ok(Ok(())) => {
+        // Joins the writer thread's next batch (one fsync for every handler waiting);
+        // no thread waits for it unless the queue is full.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: Done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let written = match self.audit.try_record_then(entry, done) {
+            Ok(()) => rx.await.unwrap_or(Err(SinkError::Stopped)),
+            Err(QueueFull { entry, .. }) => match entry {
+                Some(entry) => {
+                    let sink = self.audit.clone();
+                    tokio::task::spawn_blocking(move || sink.record_durable(entry))
+                        .await
+                        .unwrap_or(Err(SinkError::Stopped))
+                }
+                None => Err(SinkError::Stopped),
+            },
+        };
+        match written {
+            Ok(()) => {
                 self.stats.audited();
                 true
             }
-            Ok(Err(e)) if e.entry_refused() => {
+            Err(e) if e.entry_refused() => {
                 error!(request_id = %addr.request_id, error = %e, "request answered but not audit-logged: the log refuses its record");
                 self.stats.not_audited();
                 true
-            }
-            Ok(Err(e)) => {
-                error!(request_id = %addr.request_id, error = %e, "audit log write failed; the request is requeued and will be answered again");
-                self.stats.audit_failure();
-                false
             }
             Err(e) => {
                 error!(request_id = %addr.request_id, error = %e, "audit log write failed; the request is requeued and will be answered again");
@@ -619,6 +651,20 @@ impl Handler {
             requeue(delivery).await;
             return;
         }
+        self.publish_audited_and_ack(delivery, publisher, addr, reply_to, bytes)
+            .await;
+    }
+
+    /// Publishes a reply already on record in the audit log, with a confirm, then acks
+    /// the request (see [`Handler::publish_and_ack`]).
+    async fn publish_audited_and_ack(
+        &self,
+        delivery: &Delivery,
+        publisher: &ReplyPublisher,
+        addr: &ReplyAddress,
+        reply_to: &str,
+        bytes: &[u8],
+    ) {
         match publisher
             .publish_reply(reply_to, addr.request_id, bytes)
             .await

@@ -324,8 +324,10 @@ fn open_audit_log(
         ..AuditOptions::default()
     };
     let sink_options = SinkOptions {
-        // Bounded by prefetch anyway: every handler waits for its own record.
-        queue: 4096,
+        // Bounded by prefetch and open streams anyway: every handler waits for its own
+        // record (a full queue makes it wait on a blocking thread). The queue's slots
+        // are allocated up front, so it is kept small.
+        queue: 512,
         on_error: Some(Arc::new(
             |e| tracing::error!(error = %e, "audit log: cannot write"),
         )),

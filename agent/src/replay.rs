@@ -26,7 +26,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -43,7 +43,7 @@ const ENTRY_OVERHEAD: usize = 128;
 const PURGE_EVERY_MS: Millis = 10_000;
 
 /// Why the store could not be opened or written.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReplayError {
     /// The state directory could not be created or used.
     #[error("cannot create state directory {path}: {reason}")]
@@ -190,6 +190,20 @@ struct Journal {
     bytes: u64,
 }
 
+/// What one journal write tells its records' callers.
+type Slot = Arc<OnceLock<Result<(), ReplayError>>>;
+
+/// Records waiting to be written: the group commit's queue.
+#[derive(Debug, Default)]
+struct Commit {
+    /// Framed records, in order.
+    queued: Vec<u8>,
+    /// One slot per queued record, told the result of the write that carries it.
+    slots: Vec<Slot>,
+    /// A caller is writing a batch right now.
+    writing: bool,
+}
+
 #[derive(Debug)]
 struct Shared {
     dir: PathBuf,
@@ -197,6 +211,8 @@ struct Shared {
     max_bytes: usize,
     index: Mutex<Index>,
     journal: Mutex<Journal>,
+    commit: Mutex<Commit>,
+    committed: Condvar,
     changed: Notify,
     /// Why the last journal write failed, until a probe write succeeds.
     unwritable: Mutex<Option<String>>,
@@ -325,6 +341,8 @@ impl ReplayStore {
                     next_purge: now.saturating_add(PURGE_EVERY_MS),
                 }),
                 journal: Mutex::new(journal),
+                commit: Mutex::new(Commit::default()),
+                committed: Condvar::new(),
                 changed: Notify::new(),
                 unwritable: Mutex::new(None),
             }),
@@ -533,15 +551,51 @@ impl Drop for Reservation {
 }
 
 impl Shared {
-    /// Appends one encoded record and fsyncs; compacts when the journal has grown well
-    /// past its live content.
+    /// Appends one encoded record and returns once it is fsync'd (or failed).
+    ///
+    /// Group commit: records appended while a write is under way queue up, and the
+    /// first caller to find no write under way writes the whole queue with one fsync
+    /// and tells every caller in it. Concurrent handlers thus share fsyncs instead of
+    /// queueing one fsync each behind a lock.
     fn append(&self, record: &[u8]) -> Result<(), ReplayError> {
+        let slot: Slot = Arc::default();
+        let mut commit = lock(&self.commit);
+        commit.queued.extend_from_slice(&frame(record));
+        commit.slots.push(slot.clone());
+        loop {
+            if let Some(result) = slot.get() {
+                return result.clone();
+            }
+            if commit.writing {
+                commit = self
+                    .committed
+                    .wait(commit)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            commit.writing = true;
+            let batch = std::mem::take(&mut commit.queued);
+            let slots = std::mem::take(&mut commit.slots);
+            drop(commit);
+            // Whatever happens to this write, the next caller must be able to write.
+            let writer = WriterTurn(self);
+            let result = self.write_batch(&batch);
+            for s in &slots {
+                let _ = s.set(result.clone());
+            }
+            drop(writer);
+            commit = lock(&self.commit);
+        }
+    }
+
+    /// Writes framed records and fsyncs; compacts when the journal has grown well past
+    /// its live content.
+    fn write_batch(&self, framed: &[u8]) -> Result<(), ReplayError> {
         let path = self.dir.join(JOURNAL_FILE);
         let mut journal = lock(&self.journal);
-        let framed = frame(record);
         let written = journal
             .file
-            .write_all(&framed)
+            .write_all(framed)
             .map_err(|e| io_err(&path, "append", &e))
             .and_then(|()| {
                 journal
@@ -566,6 +620,17 @@ impl Shared {
             *journal = write_compacted(&self.dir, self.created_at, &entries, &tokens)?;
         }
         Ok(())
+    }
+}
+
+/// The turn of the caller writing a batch; ends (and wakes the waiting callers) when
+/// dropped, even by a panic.
+struct WriterTurn<'a>(&'a Shared);
+
+impl Drop for WriterTurn<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.commit).writing = false;
+        self.0.committed.notify_all();
     }
 }
 
@@ -818,6 +883,44 @@ mod tests {
         ));
         let after = fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().len();
         assert!(after < before, "compacted on load: {after} < {before}");
+    }
+
+    #[test]
+    fn concurrent_records_share_writes_and_all_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (s, _) = ReplayStore::open(dir.path(), 1 << 20, NOW).unwrap();
+            let threads: Vec<_> = (0..16u8)
+                .map(|t| {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        for k in 0..8u8 {
+                            let n = t * 8 + k;
+                            let (_, w) = fresh(s.begin(id(n), &[n; 32], NOW, NOW)).record(
+                                NOW + 10_000,
+                                format!("q{n}"),
+                                vec![n; 100],
+                            );
+                            w.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
+        let (s, rep) = ReplayStore::open(dir.path(), 1 << 20, NOW + 1).unwrap();
+        assert_eq!((rep.loaded, rep.damaged), (128, false));
+        for n in 0..128u8 {
+            match s.begin(id(n), &[n; 32], NOW, NOW + 1) {
+                Begin::Answered(r) => {
+                    assert_eq!(r.reply_to, format!("q{n}"));
+                    assert_eq!(&r.bytes[..], &vec![n; 100][..]);
+                }
+                other => panic!("{n}: {other:?}"),
+            }
+        }
     }
 
     #[test]
