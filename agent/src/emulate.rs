@@ -15,9 +15,10 @@
 //!   first host's URL, so the reply `user_id` cannot name each host: the fleet must
 //!   run with the orchestrator's `require_user_id = false` (a development fleet made
 //!   without `--provision`);
-//! - there is no systemd behind them: every virtual host's unit backend points at no
-//!   bus, so unit actions answer "systemd is not reachable" at once (ping, facts,
-//!   stats, list and the other read-only actions answer normally);
+//! - there is no systemd behind them: every virtual host has the no-op unit backend
+//!   ([`crate::systemd::Systemd::emulated`]): unit files are written below its state
+//!   dir as a real agent writes them, and start, stop, restart and delete succeed at
+//!   once, changing only the state the backend keeps (no process runs, no output);
 //! - a broken broker session ends the emulator (no reconnect; restart it).
 //!
 //! Queues and bindings are declared for every host unless `broker.provisioned`.
@@ -111,8 +112,8 @@ fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
         identity.anchors.issuers(),
     )?;
     let revocations = Arc::new(revocations);
-    // The no-op unit backend: the user bus with no address, so unit actions fail at
-    // once without touching any systemd; unit files would go below the state dir.
+    // The no-op unit backend: unit files go below the state dir, jobs succeed at once
+    // and only change the state the backend keeps; no systemd, no process.
     let systemd = crate::config::SystemdSettings {
         bus: BusKind::User,
         address: None,
@@ -121,14 +122,16 @@ fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
         allow_root: false,
         allowed_exec_prefixes: Vec::new(),
     };
-    let services = Arc::new(Services::new(
+    let mut services = Services::new(
         &systemd,
         &state_dir,
         &cfg.limits,
         identity.credential.labels.clone(),
         identity.credential.not_after,
         revocations.clone(),
-    ));
+    );
+    services.systemd = crate::systemd::Systemd::emulated(&systemd.unit_dir);
+    let services = Arc::new(services);
     let audit_path = cfg.audit.path(&state_dir);
     let audit = Arc::new(
         AuditSink::open(
@@ -410,7 +413,7 @@ pub async fn run(opts: EmulateOptions, shutdown: CancellationToken) -> anyhow::R
     warn!(
         "emulator: virtual hosts share broker connections under one login, so the reply user_id cannot name each host: the orchestrator must run with require_user_id = false (the user_id check is off)"
     );
-    warn!("emulator: no systemd behind the virtual hosts: unit actions answer an error");
+    warn!("emulator: no systemd behind the virtual hosts: unit actions run on a no-op backend (jobs succeed at once, nothing runs)");
     let per = opts.hosts_per_connection.max(1);
     let broken = CancellationToken::new();
     let mut groups = Vec::new();

@@ -57,6 +57,43 @@ fn emulated_hosts_each_answer_a_ping_to_all_with_a_verified_reply() {
     let want: Vec<String> = (1..=20).map(|i| format!("emu-{i:05}")).collect();
     assert_eq!(hosts, want);
 
+    // Unit actions run on the no-op backend: every job succeeds at once, the unit file
+    // is written as a real agent writes it, and status reports the state jobs left.
+    let two = "emu-00001,emu-00002";
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--config", &*config];
+        all.extend_from_slice(args);
+        let out = run_cli(&all);
+        assert_eq!(out.code, 0, "{args:?}\n{}\n{}", out.stdout, out.stderr);
+        out.json()
+    };
+    let installed = cli(&["install", two, "web", "--exec", "/bin/true", "--json"]);
+    assert_eq!(installed["summary"]["ok"], 2, "{installed}");
+    for r in installed["results"].as_array().unwrap() {
+        assert_eq!(r["data"]["change"], "created", "{r}");
+        assert_eq!(r["data"]["state"]["active_state"], "active", "{r}");
+    }
+    let unit_file = dir
+        .path()
+        .join("hosts/emu-00001/state/emulated-units/gearmq-web.service");
+    assert!(unit_file.is_file(), "{}", unit_file.display());
+    let stopped = cli(&["stop", "emu-00001", "web", "--json"]);
+    assert_eq!(stopped["summary"]["ok"], 1, "{stopped}");
+    let status = cli(&["status", two, "web", "--json"]);
+    let state_of = |host: &str| {
+        status["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["host"] == host)
+            .map(|r| r["data"]["units"][0]["active_state"].clone())
+    };
+    assert_eq!(state_of("emu-00001").unwrap(), "inactive", "{status}");
+    assert_eq!(state_of("emu-00002").unwrap(), "active", "{status}");
+    let deleted = cli(&["delete", two, "web", "--json"]);
+    assert_eq!(deleted["summary"]["ok"], 2, "{deleted}");
+    assert!(!unit_file.exists());
+
     // Each virtual host keeps its own audit log of what it answered.
     for h in ["emu-00001", "emu-00020"] {
         let audit = dir.path().join("hosts").join(h).join("state/audit.log");

@@ -115,6 +115,96 @@ pub struct Systemd {
     address: Option<String>,
     job_timeout: Duration,
     conn: tokio::sync::Mutex<Option<Connection>>,
+    /// The emulator's no-op backend instead of a bus, when set.
+    emulated: Option<Emulated>,
+}
+
+/// The no-op unit backend of `gearmq-agent --emulate`: no systemd and no process
+/// behind it, only each unit's state as the jobs asked for it would leave it, so that
+/// unit actions answer as on a host where every job succeeds. Never used by a real
+/// agent.
+#[derive(Debug)]
+struct Emulated {
+    /// Where the unit files are: `reload` loads what is there.
+    unit_dir: std::path::PathBuf,
+    units: std::sync::Mutex<std::collections::HashMap<String, UnitProps>>,
+    next_pid: std::sync::atomic::AtomicU32,
+}
+
+impl Emulated {
+    fn units(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, UnitProps>> {
+        self.units.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// daemon-reload: units whose files exist are loaded (inactive when new), units
+    /// whose files are gone are forgotten.
+    fn reload(&self) {
+        let present: std::collections::HashSet<String> = std::fs::read_dir(&self.unit_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".service"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut units = self.units();
+        units.retain(|name, _| present.contains(name));
+        for name in present {
+            units.entry(name).or_insert_with(|| UnitProps {
+                load_state: "loaded".into(),
+                ..Emulated::not_found()
+            });
+        }
+    }
+
+    fn not_found() -> UnitProps {
+        UnitProps {
+            load_state: "not-found".into(),
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
+            main_pid: 0,
+            active_enter_us: 0,
+            memory_current: u64::MAX,
+            n_restarts: 0,
+        }
+    }
+
+    fn props(&self, unit: &str) -> UnitProps {
+        self.units()
+            .get(unit)
+            .cloned()
+            .unwrap_or_else(Emulated::not_found)
+    }
+
+    fn run_job(&self, job: Job, unit: &str) -> Result<(), SystemdError> {
+        let mut units = self.units();
+        let Some(u) = units.get_mut(unit) else {
+            return Err(SystemdError::Call {
+                what: format!("{} {unit}", job.verb()),
+                reason: format!("Unit {unit} not found."),
+            });
+        };
+        let start = |u: &mut UnitProps| {
+            u.active_state = "active".into();
+            u.sub_state = "running".into();
+            u.main_pid = self
+                .next_pid
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            u.active_enter_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+        };
+        match job {
+            Job::Start if u.is_active() => {}
+            Job::Start | Job::Restart => start(u),
+            Job::Stop => {
+                u.active_state = "inactive".into();
+                u.sub_state = "dead".into();
+                u.main_pid = 0;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Systemd {
@@ -126,11 +216,31 @@ impl Systemd {
             address: settings.address.clone(),
             job_timeout,
             conn: tokio::sync::Mutex::new(None),
+            emulated: None,
+        }
+    }
+
+    /// The emulator's no-op backend for unit files in `unit_dir`: every job succeeds
+    /// at once and only changes the state this keeps; nothing runs.
+    pub fn emulated(unit_dir: &std::path::Path) -> Self {
+        Systemd {
+            bus: BusKind::User,
+            address: None,
+            job_timeout: Duration::ZERO,
+            conn: tokio::sync::Mutex::new(None),
+            emulated: Some(Emulated {
+                unit_dir: unit_dir.to_path_buf(),
+                units: Default::default(),
+                next_pid: std::sync::atomic::AtomicU32::new(1000),
+            }),
         }
     }
 
     /// The bus, for messages: `the user bus at unix:path=/run/user/1000/bus`.
     pub fn describe(&self) -> String {
+        if self.emulated.is_some() {
+            return "the emulator's no-op unit backend".into();
+        }
         match &self.address {
             Some(a) => format!("the {} bus at {a}", self.bus.as_str()),
             None => format!("the {} bus", self.bus.as_str()),
@@ -198,11 +308,18 @@ impl Systemd {
 
     /// Checks the manager answers (connecting if needed).
     pub async fn ensure_connected(&self) -> Result<(), SystemdError> {
+        if self.emulated.is_some() {
+            return Ok(());
+        }
         self.connection().await.map(|_| ())
     }
 
     /// daemon-reload: systemd rereads unit files; returns once it has.
     pub async fn reload(&self) -> Result<(), SystemdError> {
+        if let Some(e) = &self.emulated {
+            e.reload();
+            return Ok(());
+        }
         let conn = self.connection().await?;
         let result = async { manager(&conn).await?.reload().await }.await;
         match result {
@@ -213,6 +330,9 @@ impl Systemd {
 
     /// The state of unit file `unit` (e.g. `gearmq-web.service`), loading it if needed.
     pub async fn unit_props(&self, unit: &str) -> Result<UnitProps, SystemdError> {
+        if let Some(e) = &self.emulated {
+            return Ok(e.props(unit));
+        }
         let conn = self.connection().await?;
         match read_props(&conn, unit).await {
             Ok(p) => Ok(p),
@@ -222,6 +342,9 @@ impl Systemd {
 
     /// Runs `job` on `unit` and waits for it to finish successfully.
     pub async fn run_job(&self, job: Job, unit: &str) -> Result<(), SystemdError> {
+        if let Some(e) = &self.emulated {
+            return e.run_job(job, unit);
+        }
         let conn = self.connection().await?;
         let what = format!("{} {unit}", job.verb());
         let manager = match manager(&conn).await {
@@ -278,6 +401,9 @@ impl Systemd {
     /// Forgets a failed state of `unit` (best effort: a unit that is not failed or no
     /// longer loaded is fine).
     pub async fn reset_failed(&self, unit: &str) {
+        if self.emulated.is_some() {
+            return;
+        }
         if let Ok(conn) = self.connection().await
             && let Ok(m) = manager(&conn).await
         {
@@ -288,6 +414,9 @@ impl Systemd {
     /// The manager's own control group (`""` for the root), to see which cgroup
     /// controllers its units get.
     pub async fn manager_cgroup(&self) -> Result<String, SystemdError> {
+        if self.emulated.is_some() {
+            return Ok(String::new());
+        }
         let conn = self.connection().await?;
         let result = async { manager(&conn).await?.control_group().await }.await;
         match result {
