@@ -67,7 +67,15 @@ fn emulated_hosts_each_answer_a_ping_to_all_with_a_verified_reply() {
         assert_eq!(out.code, 0, "{args:?}\n{}\n{}", out.stdout, out.stderr);
         out.json()
     };
-    let installed = cli(&["install", two, "web", "--exec", "/bin/true", "--json"]);
+    let installed = cli(&[
+        "install",
+        two,
+        "web",
+        "--exec",
+        "/bin/true",
+        "--start",
+        "--json",
+    ]);
     assert_eq!(installed["summary"]["ok"], 2, "{installed}");
     for r in installed["results"].as_array().unwrap() {
         assert_eq!(r["data"]["change"], "created", "{r}");
