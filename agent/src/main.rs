@@ -78,10 +78,15 @@ fn main() -> ExitCode {
         "info"
     };
     init_logging(args.log_format, default_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if args.emulate.is_some() {
+        // Thousands of virtual hosts each write their own journal on a blocking
+        // thread: without a bound a 1,000-host fan-out starts hundreds of threads, each
+        // with its stack and malloc arena, for no more disk throughput.
+        builder.max_blocking_threads(EMULATOR_BLOCKING_THREADS);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gearmq-agent: cannot start the async runtime: {e}");
@@ -105,6 +110,9 @@ fn main() -> ExitCode {
 }
 
 /// `--emulate DIR`: every host under DIR in this process (see `emulate.rs`).
+/// Blocking threads of the emulator's runtime (journal writes and other file work).
+const EMULATOR_BLOCKING_THREADS: usize = 32;
+
 fn emulate(runtime: &tokio::runtime::Runtime, hosts_dir: PathBuf, per: usize) -> ExitCode {
     let opts = gearmq_agent::emulate::EmulateOptions {
         hosts_dir,
