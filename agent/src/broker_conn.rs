@@ -259,9 +259,15 @@ mod tests {
         for (url, want) in [
             ("amqp://h/%2f", "amqp://h/%2f?frame_max=16384"),
             ("amqp://h/%2f?", "amqp://h/%2f?frame_max=16384"),
-            ("amqp://h/v?heartbeat=10", "amqp://h/v?heartbeat=10&frame_max=16384"),
+            (
+                "amqp://h/v?heartbeat=10",
+                "amqp://h/v?heartbeat=10&frame_max=16384",
+            ),
             ("amqp://h/v?frame_max=131072", "amqp://h/v?frame_max=131072"),
-            ("amqp://h/v?heartbeat=5&frame_max=8192", "amqp://h/v?heartbeat=5&frame_max=8192"),
+            (
+                "amqp://h/v?heartbeat=5&frame_max=8192",
+                "amqp://h/v?heartbeat=5&frame_max=8192",
+            ),
         ] {
             assert_eq!(with_frame_max(url, AGENT_FRAME_MAX), want, "{url}");
             let parsed: lapin::uri::AMQPUri = want.parse().unwrap();

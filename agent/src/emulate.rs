@@ -413,7 +413,9 @@ pub async fn run(opts: EmulateOptions, shutdown: CancellationToken) -> anyhow::R
     warn!(
         "emulator: virtual hosts share broker connections under one login, so the reply user_id cannot name each host: the orchestrator must run with require_user_id = false (the user_id check is off)"
     );
-    warn!("emulator: no systemd behind the virtual hosts: unit actions run on a no-op backend (jobs succeed at once, nothing runs)");
+    warn!(
+        "emulator: no systemd behind the virtual hosts: unit actions run on a no-op backend (jobs succeed at once, nothing runs)"
+    );
     let per = opts.hosts_per_connection.max(1);
     let broken = CancellationToken::new();
     let mut groups = Vec::new();

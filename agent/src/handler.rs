@@ -35,7 +35,7 @@ use crate::verifier::{
     Refusal, ReplyAddress, RequestVerifier, Screened, duration_ms, now_ms, rfc3339, token_refusal,
 };
 use gearmq_schemas::actions::LogsResult;
-use gearmq_schemas::audit::{AuditSink, Done, Entry, QueueFull, SinkError};
+use gearmq_schemas::audit::{AuditSink, Done, Entry, SinkError};
 use gearmq_schemas::time::Millis;
 use gearmq_schemas::token::{TokenError, Unsealed};
 use gearmq_schemas::{Reply, Signed, Status, codec};
@@ -607,7 +607,7 @@ impl Handler {
         });
         let written = match self.audit.try_record_then(entry, done) {
             Ok(()) => rx.await.unwrap_or(Err(SinkError::Stopped)),
-            Err(QueueFull { entry, .. }) => match entry {
+            Err(full) => match full.entry {
                 Some(entry) => {
                     let sink = self.audit.clone();
                     tokio::task::spawn_blocking(move || sink.record_durable(entry))

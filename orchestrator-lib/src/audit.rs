@@ -7,7 +7,7 @@
 //! consumer on the disk. This wraps the blocking sink for async callers.
 
 use gearmq_schemas::SigningKey;
-use gearmq_schemas::audit::{self, AuditError, AuditOptions, Entry, QueueFull, SinkError, SinkOptions};
+use gearmq_schemas::audit::{self, AuditError, AuditOptions, Entry, SinkError, SinkOptions};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -58,8 +58,8 @@ impl AuditSink {
                 .unwrap_or(Err(SinkError::Stopped))
                 .map_err(|e| e.to_string()),
             // The queue is full of reply records: wait for room on a blocking thread.
-            Err(QueueFull { entry, .. }) => {
-                let Some(entry) = entry else {
+            Err(full) => {
+                let Some(entry) = full.entry else {
                     return Err("the audit log queue is full".into());
                 };
                 let sink = self.sink.clone();
@@ -93,8 +93,8 @@ impl AuditSink {
         loop {
             match self.sink.try_flush_then(done) {
                 Ok(()) => break,
-                Err(QueueFull { done: back, .. }) => {
-                    done = back;
+                Err(full) => {
+                    done = full.done;
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
             }

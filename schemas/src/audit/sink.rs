@@ -205,13 +205,13 @@ impl AuditSink {
     /// the batch it went into is written and synced, or failed. If the queue is full
     /// nothing is queued and `done` comes back uncalled in [`QueueFull`]; if the writer
     /// has stopped, `done` is called at once with [`SinkError::Stopped`].
-    pub fn try_record_then(&self, entry: Entry, done: Done) -> Result<(), QueueFull> {
+    pub fn try_record_then(&self, entry: Entry, done: Done) -> Result<(), Box<QueueFull>> {
         match self.tx.try_send(Job::Record(entry, Some(done))) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(Job::Record(entry, Some(done)))) => Err(QueueFull {
+            Err(TrySendError::Full(Job::Record(entry, Some(done)))) => Err(Box::new(QueueFull {
                 entry: Some(entry),
                 done,
-            }),
+            })),
             Err(TrySendError::Disconnected(Job::Record(_, Some(done)))) => {
                 done(Err(SinkError::Stopped));
                 Ok(())
@@ -222,10 +222,12 @@ impl AuditSink {
 
     /// Like [`AuditSink::flush`] without blocking: `done` is called once everything
     /// queued before is synced. A full queue gives `done` back in [`QueueFull`].
-    pub fn try_flush_then(&self, done: Done) -> Result<(), QueueFull> {
+    pub fn try_flush_then(&self, done: Done) -> Result<(), Box<QueueFull>> {
         match self.tx.try_send(Job::Flush(done)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(Job::Flush(done))) => Err(QueueFull { entry: None, done }),
+            Err(TrySendError::Full(Job::Flush(done))) => {
+                Err(Box::new(QueueFull { entry: None, done }))
+            }
             Err(TrySendError::Disconnected(Job::Flush(done))) => {
                 done(Err(SinkError::Stopped));
                 Ok(())
@@ -510,7 +512,8 @@ mod tests {
             let done: Done = Box::new(move |r| tx.send((i, r.is_ok())).unwrap());
             match sink.try_record_then(Entry::reply_rejected(b"x", "forged", None), done) {
                 Ok(()) => {}
-                Err(QueueFull { done, .. }) => {
+                Err(full) => {
+                    let done = full.done;
                     given_back += 1;
                     // Handed back uncalled: the caller may still use it.
                     done(Ok(()));
@@ -525,7 +528,8 @@ mod tests {
         drop(guard);
         let mut flush = Some(flushed);
         while let Some(f) = flush.take() {
-            if let Err(QueueFull { done: f, .. }) = sink.try_flush_then(f) {
+            if let Err(full) = sink.try_flush_then(f) {
+                let f = full.done;
                 std::thread::sleep(std::time::Duration::from_millis(1));
                 flush = Some(f);
             }
