@@ -177,6 +177,11 @@ impl Handler {
             Begin::Answered(stored) => {
                 info!(request_id = %addr.request_id, caller = %addr.caller, "identical redelivery; sending the stored reply again");
                 self.stats.resent();
+                // Audited again: this delivery is a request the log must show answered.
+                if !self.audit(&delivery, &addr, &stored.bytes).await {
+                    requeue(&delivery).await;
+                    return;
+                }
                 self.publish_and_ack(&delivery, publisher, &addr, &stored.reply_to, &stored.bytes)
                     .await;
                 return;
@@ -541,7 +546,7 @@ impl Handler {
             requeue(delivery).await;
             return;
         }
-        self.publish_audited_and_ack(delivery, publisher, addr, &addr.reply_to, &bytes)
+        self.publish_and_ack(delivery, publisher, addr, &addr.reply_to, &bytes)
             .await;
     }
 
@@ -635,29 +640,11 @@ impl Handler {
         }
     }
 
-    /// Records the request and reply in the audit log, publishes with confirms, then
-    /// acks. If the publish fails the session is broken: the request is left unacked
-    /// and comes back on the next session, where the stored reply (if any) is sent
-    /// again.
-    async fn publish_and_ack(
-        &self,
-        delivery: &Delivery,
-        publisher: &ReplyPublisher,
-        addr: &ReplyAddress,
-        reply_to: &str,
-        bytes: &[u8],
-    ) {
-        if !self.audit(delivery, addr, bytes).await {
-            requeue(delivery).await;
-            return;
-        }
-        self.publish_audited_and_ack(delivery, publisher, addr, reply_to, bytes)
-            .await;
-    }
-
     /// Publishes a reply already on record in the audit log, with a confirm, then acks
-    /// the request (see [`Handler::publish_and_ack`]).
-    async fn publish_audited_and_ack(
+    /// the request. If the publish fails the session is broken: the request is left
+    /// unacked and comes back on the next session, where the stored reply (if any) is
+    /// sent again.
+    async fn publish_and_ack(
         &self,
         delivery: &Delivery,
         publisher: &ReplyPublisher,

@@ -370,6 +370,13 @@ mod tests {
         (key, cred, issuer)
     }
 
+    /// A sink on a new log at `path` with `options`, and the issuer of its writer.
+    fn sink_at(path: &Path, options: SinkOptions) -> (AuditSink, SigningKey) {
+        let (key, cred, issuer) = writer();
+        let sink = AuditSink::open(path, key, &cred, AuditOptions::default(), options).unwrap();
+        (sink, issuer)
+    }
+
     fn verify(path: &Path, issuer: &SigningKey) -> crate::audit::Summary {
         let files: Vec<(String, Vec<u8>)> = log_files(path)
             .unwrap()
@@ -388,17 +395,8 @@ mod tests {
     fn concurrent_durable_records_share_batches_and_make_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let (key, cred, issuer) = writer();
-        let sink = Arc::new(
-            AuditSink::open(
-                &path,
-                key,
-                &cred,
-                AuditOptions::default(),
-                SinkOptions::default(),
-            )
-            .unwrap(),
-        );
+        let (sink, issuer) = sink_at(&path, SinkOptions::default());
+        let sink = Arc::new(sink);
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let s = sink.clone();
@@ -429,20 +427,14 @@ mod tests {
     fn an_oversize_entry_fails_alone_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let (key, cred, issuer) = writer();
-        let sink = Arc::new(
-            AuditSink::open(
-                &path,
-                key,
-                &cred,
-                AuditOptions::default(),
-                SinkOptions {
-                    batch: 64,
-                    ..SinkOptions::default()
-                },
-            )
-            .unwrap(),
+        let (sink, issuer) = sink_at(
+            &path,
+            SinkOptions {
+                batch: 64,
+                ..SinkOptions::default()
+            },
         );
+        let sink = Arc::new(sink);
         let big = Entry::request_handled(&vec![0; MAX_RECORD_BYTES], None);
         let s2 = sink.clone();
         let small = std::thread::spawn(move || {
@@ -460,19 +452,14 @@ mod tests {
     fn a_full_queue_drops_and_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let (key, cred, _) = writer();
-        let sink = AuditSink::open(
+        let (sink, _) = sink_at(
             &path,
-            key,
-            &cred,
-            AuditOptions::default(),
             SinkOptions {
                 queue: 1,
                 batch: 1,
                 on_error: None,
             },
-        )
-        .unwrap();
+        );
         // Hold the log so the writer thread cannot take anything off the queue.
         let guard = lock(&sink.log);
         let mut queued = 0;
@@ -491,19 +478,14 @@ mod tests {
     fn callbacks_are_told_once_their_batch_is_synced_and_a_full_queue_gives_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let (key, cred, issuer) = writer();
-        let sink = AuditSink::open(
+        let (sink, issuer) = sink_at(
             &path,
-            key,
-            &cred,
-            AuditOptions::default(),
             SinkOptions {
                 queue: 2,
                 batch: 1,
                 on_error: None,
             },
-        )
-        .unwrap();
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let guard = lock(&sink.log);
         let mut given_back = 0;
