@@ -49,7 +49,8 @@ struct Args {
     /// Run every host under DIR (DIR/<host>/agent.toml, as `gearmq init --hosts-count
     /// N` writes them) in this one process, for scale measurements: each with its own
     /// key, credential, queue and request handling; shared broker connections (so the
-    /// orchestrator's user_id check must be off) and no systemd (unit actions fail).
+    /// orchestrator's user_id check must be off) and no systemd: a no-op unit backend
+    /// on which unit jobs succeed at once and nothing runs.
     #[arg(long, value_name = "DIR", conflicts_with = "config")]
     emulate: Option<PathBuf>,
     /// With --emulate: virtual hosts per broker connection.
