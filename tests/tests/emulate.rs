@@ -177,6 +177,26 @@ fn a_tiny_bench_run_reports_every_shape_with_every_reply_verified() {
     let mem = &doc["memory"];
     assert!(mem["real_agent_idle_kib"].as_u64().expect("rss") > 0);
     assert!(mem["emulator_idle_kib_per_host"].as_f64().expect("rss") > 0.0);
-    assert!(!doc["stages"].as_array().expect("stages").is_empty());
+    let stages: Vec<&str> = doc["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| {
+            assert!(s["us_per_op"].as_f64().expect("time") > 0.0, "{s}");
+            s["stage"].as_str().unwrap_or_default()
+        })
+        .collect();
+    for want in [
+        "open request",
+        "sign reply",
+        "open reply",
+        "correlate",
+        "audit record",
+    ] {
+        assert!(
+            stages.iter().any(|s| s.contains(want)),
+            "no {want} stage: {stages:?}"
+        );
+    }
     assert!(doc["request_bytes"].as_u64().expect("size") > 0);
 }

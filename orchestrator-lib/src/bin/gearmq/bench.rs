@@ -22,6 +22,7 @@
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use futures_util::StreamExt;
+use gearmq_orchestrator::correlate::Correlator;
 use gearmq_orchestrator::{HostStatus, Orchestrator, OrchestratorConfig, Selection};
 use gearmq_schemas::envelope::{Signed, open};
 use gearmq_schemas::{
@@ -890,6 +891,45 @@ fn stages(dir: &Path) -> Result<Vec<Stage>> {
     out.push(Stage {
         stage: "orchestrator: open reply (decode, cached credential, verify signature)",
         us_per_op: verify_reply,
+    });
+    // Correlation: a verified reply judged against the call it answers (target,
+    // digest, duplicate and revocation checks), on a table holding that one call.
+    let reply = open::<Reply>(&reply_bytes, max, &verifier)?;
+    let targets: std::collections::BTreeSet<Name> = [host.clone()].into();
+    let correlate = time(n, &mut || {
+        let mut c = Correlator::new(Duration::from_secs(60), false, Duration::from_secs(30));
+        c.register(
+            reply.body().request_id,
+            reply.body().request_digest.into_array(),
+            targets.clone(),
+        );
+        let _ = c.judge(Ok(reply.clone()), None, now, Instant::now());
+    });
+    out.push(Stage {
+        stage: "orchestrator: correlate a verified reply with its call",
+        us_per_op: correlate,
+    });
+    // The audit record each side writes per message: encode, sign, hash, frame and
+    // write, without the fsync (the disk's time, shared by a batch).
+    let scratch = tempfile::tempdir()?;
+    let mut log = gearmq_schemas::audit::AuditLog::open(
+        &scratch.path().join("audit.log"),
+        gearmq_schemas::files::load_signing_key(&dir.join("hosts/emu-00001/host.key"))?,
+        &host_cred,
+        gearmq_schemas::audit::AuditOptions {
+            sync_on_append: false,
+            ..Default::default()
+        },
+    )?;
+    let audit = time(n, &mut || {
+        let _ = log.append(gearmq_schemas::audit::Entry::request_handled(
+            &request,
+            Some(&reply_bytes),
+        ));
+    });
+    out.push(Stage {
+        stage: "agent and orchestrator: audit record (sign, hash, write; no fsync)",
+        us_per_op: audit,
     });
     Ok(out)
 }
