@@ -40,7 +40,7 @@ use crate::verifier::{RequestVerifier, now_ms};
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use gearmq_schemas::Name;
-use gearmq_schemas::audit::{AuditOptions, AuditSink, SinkOptions};
+use gearmq_schemas::audit::{AuditOptions, AuditSink, AuditWriters};
 use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -53,6 +53,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+
+/// Audit writer threads shared by all virtual hosts (each host's log is written by one
+/// of them, one fsync per log per batch): a thread per host costs its stack, and
+/// thousands of them only queue on the same disk.
+const AUDIT_WRITER_THREADS: usize = 8;
+/// Jobs queued per audit writer thread (slots allocated up front); a handler finding
+/// it full waits on a blocking thread.
+const AUDIT_WRITER_QUEUE: usize = 2048;
 
 /// How many virtual hosts are loaded at once (loading is file reads and fsyncs).
 const LOAD_CONCURRENCY: usize = 64;
@@ -99,7 +107,7 @@ pub fn find_hosts(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Loads one host as `gearmq-agent --config` would, with a unit backend that has no
 /// systemd behind it.
-fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
+fn load_host(config: &Path, writers: &AuditWriters) -> anyhow::Result<VirtualHost> {
     let cfg = AgentConfig::load(config)?;
     let identity = HostIdentity::load(&cfg)?;
     let (store, _) = ReplayStore::open(&cfg.state_dir, cfg.limits.max_stored_reply_bytes, now_ms())
@@ -133,24 +141,20 @@ fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
     services.systemd = crate::systemd::Systemd::emulated(&systemd.unit_dir);
     let services = Arc::new(services);
     let audit_path = cfg.audit.path(&state_dir);
+    // Its own log, written by one of the emulator's shared writer threads.
     let audit = Arc::new(
-        AuditSink::open(
-            &audit_path,
-            load_host_key(&cfg.key_file)?,
-            &identity.credential_bytes,
-            AuditOptions {
-                max_bytes: cfg.audit.max_bytes(),
-                ..AuditOptions::default()
-            },
-            SinkOptions {
-                // Bounded by prefetch: every handler waits for its own record. Kept
-                // small, as the queue is allocated up front for each host.
-                queue: usize::from(cfg.broker.prefetch).max(4),
-                on_error: Some(Arc::new(|e| error!(error = %e, "audit log: cannot write"))),
-                ..SinkOptions::default()
-            },
-        )
-        .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
+        writers
+            .open(
+                &audit_path,
+                load_host_key(&cfg.key_file)?,
+                &identity.credential_bytes,
+                AuditOptions {
+                    max_bytes: cfg.audit.max_bytes(),
+                    ..AuditOptions::default()
+                },
+                Some(Arc::new(|e| error!(error = %e, "audit log: cannot write"))),
+            )
+            .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
     );
     // Same path as a real agent, tokens sealed to this virtual host included.
     let verifier = RequestVerifier::for_host(&identity, &cfg.limits, revocations);
@@ -176,15 +180,19 @@ fn load_host(config: &Path) -> anyhow::Result<VirtualHost> {
 }
 
 /// Loads every host under `configs`, `LOAD_CONCURRENCY` at a time.
-async fn load_all(configs: Vec<PathBuf>) -> anyhow::Result<Vec<VirtualHost>> {
+async fn load_all(
+    configs: Vec<PathBuf>,
+    writers: Arc<AuditWriters>,
+) -> anyhow::Result<Vec<VirtualHost>> {
     let gate = Arc::new(Semaphore::new(LOAD_CONCURRENCY));
     let mut tasks = Vec::with_capacity(configs.len());
     for config in configs {
         let gate = gate.clone();
+        let writers = writers.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await;
             let shown = config.display().to_string();
-            tokio::task::spawn_blocking(move || load_host(&config))
+            tokio::task::spawn_blocking(move || load_host(&config, &writers))
                 .await
                 .context("loading a host failed")?
                 .with_context(|| format!("host {shown}"))
@@ -407,7 +415,11 @@ pub async fn run(opts: EmulateOptions, shutdown: CancellationToken) -> anyhow::R
     let configs = find_hosts(&opts.hosts_dir)?;
     let first = AgentConfig::load(&configs[0])?;
     info!(hosts = configs.len(), dir = %opts.hosts_dir.display(), "emulator: loading hosts");
-    let hosts = load_all(configs).await?;
+    let writers = Arc::new(
+        AuditWriters::start(AUDIT_WRITER_THREADS, AUDIT_WRITER_QUEUE, 1024)
+            .context("cannot start the audit writer threads")?,
+    );
+    let hosts = load_all(configs, writers).await?;
     let rss_loaded = rss_kib();
     info!(hosts = hosts.len(), secs = started.elapsed().as_secs_f64(), rss_kib = ?rss_loaded, "emulator: hosts loaded");
     warn!(

@@ -21,7 +21,7 @@ mod sink;
 mod verify;
 mod writer;
 
-pub use sink::{AuditSink, Done, OnError, QueueFull, SinkError, SinkOptions};
+pub use sink::{AuditSink, AuditWriters, Done, OnError, QueueFull, SinkError, SinkOptions};
 pub use verify::{Broken, Problem, Summary, VerifyOptions, verify_log};
 pub use writer::{Appended, AuditError, AuditLog, AuditOptions, OnRepair, Repair, log_files};
 

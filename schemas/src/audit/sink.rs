@@ -120,12 +120,22 @@ enum Job {
     Flush(Waiter),
 }
 
-/// A shared audit log with a batching writer thread. Dropping the last handle lets
-/// the thread write what is queued and end.
-pub struct AuditSink {
+/// One log as its writer thread sees it.
+struct Target {
     log: Arc<Mutex<AuditLog>>,
+    on_error: Option<OnError>,
+}
+
+/// A job and the log it is for: a writer thread may serve several logs.
+type Routed = (Arc<Target>, Job);
+
+/// A shared audit log with a batching writer thread (its own, or one of an
+/// [`AuditWriters`] pool's). Dropping the last handle lets the thread write what is
+/// queued and end.
+pub struct AuditSink {
+    target: Arc<Target>,
     path: PathBuf,
-    tx: SyncSender<Job>,
+    tx: SyncSender<Routed>,
     dropped: AtomicU64,
 }
 
@@ -154,30 +164,47 @@ impl AuditSink {
         log_options: AuditOptions,
         options: SinkOptions,
     ) -> Result<AuditSink, AuditError> {
-        let log = Arc::new(Mutex::new(AuditLog::open(
-            path,
-            key,
-            credential,
-            log_options,
-        )?));
-        let (tx, rx) = sync_channel(options.queue.max(1));
-        let writer = log.clone();
-        let batch = options.batch.max(1);
-        let on_error = options.on_error;
-        std::thread::Builder::new()
-            .name("gearmq-audit".into())
-            .spawn(move || write_batches(&writer, &rx, batch, on_error.as_ref()))
-            .map_err(|source| AuditError::Io {
-                action: "start the writer thread for",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(AuditSink {
-            log,
+        let log = AuditLog::open(path, key, credential, log_options)?;
+        let tx = start_writer(options.queue, options.batch).map_err(|source| AuditError::Io {
+            action: "start the writer thread for",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(AuditSink::on(tx, log, path, options.on_error))
+    }
+
+    fn on(
+        tx: SyncSender<Routed>,
+        log: AuditLog,
+        path: &Path,
+        on_error: Option<OnError>,
+    ) -> AuditSink {
+        AuditSink {
+            target: Arc::new(Target {
+                log: Arc::new(Mutex::new(log)),
+                on_error,
+            }),
             path: path.to_path_buf(),
             tx,
             dropped: AtomicU64::new(0),
-        })
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), SinkError> {
+        self.tx
+            .send((self.target.clone(), job))
+            .map_err(|_| SinkError::Stopped)
+    }
+
+    // The job comes back whole so that its callback can be handed back or told.
+    #[allow(clippy::result_large_err)]
+    fn try_send(&self, job: Job) -> Result<(), TrySendError<Job>> {
+        self.tx
+            .try_send((self.target.clone(), job))
+            .map_err(|e| match e {
+                TrySendError::Full((_, j)) => TrySendError::Full(j),
+                TrySendError::Disconnected((_, j)) => TrySendError::Disconnected(j),
+            })
     }
 
     /// The live file's path.
@@ -188,16 +215,14 @@ impl AuditSink {
     /// Appends `entry` on this thread (taking the file lock, then one fsync) and
     /// returns once it is durable. Blocks.
     pub fn record_now(&self, entry: Entry) -> Result<Appended, AuditError> {
-        lock(&self.log).append(entry)
+        lock(&self.target.log).append(entry)
     }
 
     /// Queues `entry` and waits until the batch it went into is written and synced
     /// (or failed). Waits for room when the queue is full. Blocks.
     pub fn record_durable(&self, entry: Entry) -> Result<(), SinkError> {
         let (tx, rx) = sync_channel(1);
-        self.tx
-            .send(Job::Record(entry, Some(waiter_of(tx))))
-            .map_err(|_| SinkError::Stopped)?;
+        self.send(Job::Record(entry, Some(waiter_of(tx))))?;
         rx.recv().unwrap_or(Err(SinkError::Stopped))
     }
 
@@ -206,7 +231,7 @@ impl AuditSink {
     /// nothing is queued and `done` comes back uncalled in [`QueueFull`]; if the writer
     /// has stopped, `done` is called at once with [`SinkError::Stopped`].
     pub fn try_record_then(&self, entry: Entry, done: Done) -> Result<(), Box<QueueFull>> {
-        match self.tx.try_send(Job::Record(entry, Some(done))) {
+        match self.try_send(Job::Record(entry, Some(done))) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(Job::Record(entry, Some(done)))) => Err(Box::new(QueueFull {
                 entry: Some(entry),
@@ -223,7 +248,7 @@ impl AuditSink {
     /// Like [`AuditSink::flush`] without blocking: `done` is called once everything
     /// queued before is synced. A full queue gives `done` back in [`QueueFull`].
     pub fn try_flush_then(&self, done: Done) -> Result<(), Box<QueueFull>> {
-        match self.tx.try_send(Job::Flush(done)) {
+        match self.try_send(Job::Flush(done)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(Job::Flush(done))) => {
                 Err(Box::new(QueueFull { entry: None, done }))
@@ -240,7 +265,7 @@ impl AuditSink {
     /// (records coming faster than the disk takes them) the record is dropped and
     /// counted ([`AuditSink::dropped`]); returns whether it was queued.
     pub fn record_later(&self, entry: Entry) -> bool {
-        match self.tx.try_send(Job::Record(entry, None)) {
+        match self.try_send(Job::Record(entry, None)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -253,9 +278,7 @@ impl AuditSink {
     /// error is that of the last batch, if it failed. Blocks.
     pub fn flush(&self) -> Result<(), SinkError> {
         let (tx, rx) = sync_channel(1);
-        self.tx
-            .send(Job::Flush(waiter_of(tx)))
-            .map_err(|_| SinkError::Stopped)?;
+        self.send(Job::Flush(waiter_of(tx)))?;
         rx.recv().unwrap_or(Err(SinkError::Stopped))
     }
 
@@ -265,46 +288,119 @@ impl AuditSink {
     }
 }
 
-/// The writer thread: takes what is queued (up to `batch` records), appends it under
-/// one lock and one fsync, answers the waiters, and goes on until every sender is gone.
-fn write_batches(
-    log: &Mutex<AuditLog>,
-    rx: &Receiver<Job>,
-    batch: usize,
-    on_error: Option<&OnError>,
-) {
+/// Starts a writer thread with a queue of `queue` jobs, appending up to `batch`
+/// records per log per fsync; it ends when every sender is gone.
+fn start_writer(queue: usize, batch: usize) -> std::io::Result<SyncSender<Routed>> {
+    let (tx, rx) = sync_channel(queue.max(1));
+    let batch = batch.max(1);
+    std::thread::Builder::new()
+        .name("gearmq-audit".into())
+        .spawn(move || write_batches(&rx, batch))?;
+    Ok(tx)
+}
+
+/// A pool of audit writer threads shared by many logs (the emulator's virtual hosts):
+/// each log is served by one thread, so its records keep their order, and a thread
+/// writes each of its logs' queued records with one fsync per log. Threads end once
+/// the pool and every sink opened on it are dropped.
+pub struct AuditWriters {
+    txs: Vec<SyncSender<Routed>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for AuditWriters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditWriters")
+            .field("threads", &self.txs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditWriters {
+    /// Starts `threads` writer threads, each with a queue of `queue` jobs and up to
+    /// `batch` records per batch.
+    pub fn start(threads: usize, queue: usize, batch: usize) -> std::io::Result<AuditWriters> {
+        let txs = (0..threads.max(1))
+            .map(|_| start_writer(queue, batch))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(AuditWriters {
+            txs,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Opens (or starts) the log at `path` as [`AuditSink::open`] does, served by the
+    /// next thread of the pool, round robin.
+    pub fn open(
+        &self,
+        path: &Path,
+        key: SigningKey,
+        credential: &[u8],
+        log_options: AuditOptions,
+        on_error: Option<OnError>,
+    ) -> Result<AuditSink, AuditError> {
+        let log = AuditLog::open(path, key, credential, log_options)?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.txs.len();
+        Ok(AuditSink::on(self.txs[i].clone(), log, path, on_error))
+    }
+}
+
+/// The writer thread: takes what is queued (up to `batch` records), appends each log's
+/// share under one lock and one fsync, answers the waiters, and goes on until every
+/// sender is gone.
+fn write_batches(rx: &Receiver<Routed>, batch: usize) {
     while let Ok(first) = rx.recv() {
-        let mut entries = Vec::new();
-        let mut record_waiters: Vec<(usize, Waiter)> = Vec::new();
-        let mut flush_waiters = Vec::new();
+        // Jobs grouped by log, in the order the logs first appear; within a log, in
+        // the order they were queued.
+        let mut groups: Vec<(Arc<Target>, Vec<Job>)> = Vec::new();
+        let mut records = 0;
         let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Record(e, waiter) => {
-                    if let Some(w) = waiter {
-                        record_waiters.push((entries.len(), w));
-                    }
-                    entries.push(e);
-                }
-                Job::Flush(w) => flush_waiters.push(w),
+        while let Some((target, job)) = next.take() {
+            if matches!(job, Job::Record(..)) {
+                records += 1;
             }
-            if entries.len() < batch {
+            match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &target)) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((target, vec![job])),
+            }
+            if records < batch {
                 next = rx.try_recv().ok();
             }
         }
-        let results = write(log, entries, on_error);
-        let last = results
-            .iter()
-            .rev()
-            .find_map(|r| r.as_ref().err().cloned())
-            .map_or(Ok(()), Err);
-        for (i, w) in record_waiters {
-            let r = results.get(i).cloned().unwrap_or(Err(SinkError::Stopped));
-            w(r);
+        for (target, jobs) in groups {
+            write_jobs(&target, jobs);
         }
-        for w in flush_waiters {
-            w(last.clone());
+    }
+}
+
+/// Appends one log's records under one lock and one fsync and answers its waiters.
+fn write_jobs(target: &Target, jobs: Vec<Job>) {
+    let mut entries = Vec::new();
+    let mut record_waiters: Vec<(usize, Waiter)> = Vec::new();
+    let mut flush_waiters = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Record(e, waiter) => {
+                if let Some(w) = waiter {
+                    record_waiters.push((entries.len(), w));
+                }
+                entries.push(e);
+            }
+            Job::Flush(w) => flush_waiters.push(w),
         }
+    }
+    let results = write(&target.log, entries, target.on_error.as_ref());
+    let last = results
+        .iter()
+        .rev()
+        .find_map(|r| r.as_ref().err().cloned())
+        .map_or(Ok(()), Err);
+    for (i, w) in record_waiters {
+        let r = results.get(i).cloned().unwrap_or(Err(SinkError::Stopped));
+        w(r);
+    }
+    for w in flush_waiters {
+        w(last.clone());
     }
 }
 
@@ -424,6 +520,45 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_pool_serves_many_logs_each_in_its_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = AuditWriters::start(2, 64, 1024).unwrap();
+        let logs: Vec<_> = (0..5)
+            .map(|i| {
+                let path = dir.path().join(format!("audit-{i}.log"));
+                let (key, cred, issuer) = writer();
+                let sink = pool
+                    .open(&path, key, &cred, AuditOptions::default(), None)
+                    .unwrap();
+                (path, Arc::new(sink), issuer)
+            })
+            .collect();
+        let threads: Vec<_> = logs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, sink, _))| {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..(10 + i) {
+                        sink.record_durable(Entry::reply_rejected(b"x", "forged", None))
+                            .unwrap();
+                    }
+                    assert!(sink.record_later(Entry::reply_rejected(b"y", "late", None)));
+                    sink.flush().unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for (i, (path, _, issuer)) in logs.iter().enumerate() {
+            let s = verify(path, issuer);
+            assert_eq!(s.records as usize, 1 + 10 + i + 1, "{}", path.display());
+            assert_eq!(s.replies_rejected as usize, 10 + i + 1);
+        }
+    }
+
+    #[test]
     fn an_oversize_entry_fails_alone_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
@@ -461,7 +596,7 @@ mod tests {
             },
         );
         // Hold the log so the writer thread cannot take anything off the queue.
-        let guard = lock(&sink.log);
+        let guard = lock(&sink.target.log);
         let mut queued = 0;
         for _ in 0..10 {
             if sink.record_later(Entry::reply_rejected(b"x", "forged", None)) {
@@ -487,7 +622,7 @@ mod tests {
             },
         );
         let (tx, rx) = std::sync::mpsc::channel();
-        let guard = lock(&sink.log);
+        let guard = lock(&sink.target.log);
         let mut given_back = 0;
         for i in 0..5 {
             let tx = tx.clone();

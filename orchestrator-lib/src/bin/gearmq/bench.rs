@@ -913,7 +913,7 @@ fn stages(dir: &Path) -> Result<Vec<Stage>> {
     // write, without the fsync (the disk's time, shared by a batch).
     let scratch = tempfile::tempdir()?;
     let mut log = gearmq_schemas::audit::AuditLog::open(
-        &scratch.path().join("audit.log"),
+        scratch.path().join("audit.log"),
         gearmq_schemas::files::load_signing_key(&dir.join("hosts/emu-00001/host.key"))?,
         &host_cred,
         gearmq_schemas::audit::AuditOptions {
