@@ -577,13 +577,17 @@ impl Shared {
             let batch = std::mem::take(&mut commit.queued);
             let slots = std::mem::take(&mut commit.slots);
             drop(commit);
-            // Whatever happens to this write, the next caller must be able to write.
-            let writer = WriterTurn(self);
+            // Whatever happens to this write (even a panic), every caller in it is told
+            // and the next caller can write.
+            let turn = WriterTurn {
+                shared: self,
+                slots,
+            };
             let result = self.write_batch(&batch);
-            for s in &slots {
+            for s in &turn.slots {
                 let _ = s.set(result.clone());
             }
-            drop(writer);
+            drop(turn);
             commit = lock(&self.commit);
         }
     }
@@ -623,14 +627,24 @@ impl Shared {
     }
 }
 
-/// The turn of the caller writing a batch; ends (and wakes the waiting callers) when
-/// dropped, even by a panic.
-struct WriterTurn<'a>(&'a Shared);
+/// The turn of the caller writing a batch; ends when dropped, even by a panic: every
+/// record of the batch not yet told is told it failed, and the waiting callers wake.
+struct WriterTurn<'a> {
+    shared: &'a Shared,
+    slots: Vec<Slot>,
+}
 
 impl Drop for WriterTurn<'_> {
     fn drop(&mut self) {
-        lock(&self.0.commit).writing = false;
-        self.0.committed.notify_all();
+        for s in &self.slots {
+            let _ = s.set(Err(ReplayError::Io {
+                path: self.shared.dir.join(JOURNAL_FILE),
+                op: "append",
+                reason: "the journal write was abandoned".into(),
+            }));
+        }
+        lock(&self.shared.commit).writing = false;
+        self.shared.committed.notify_all();
     }
 }
 
