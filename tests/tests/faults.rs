@@ -745,3 +745,78 @@ fn full_state_disk_refuses_new_requests_with_a_signed_error_and_recovers() {
     drop(agent);
     drop(disk);
 }
+
+#[test]
+fn full_audit_disk_holds_the_reply_back_without_a_busy_loop_until_space_returns() {
+    let fleet = Fleet::init("faudit", &["a"]);
+    // The agent's audit log alone on a 1 MiB disk; its state dir stays on the big one.
+    let audit_dir = fleet.path().join("audit-disk");
+    let disk = SmallDisk::mount(&audit_dir, "1m");
+    let audit = audit_dir.join("audit.log");
+    let env = [("GEARMQ_AGENT__AUDIT__FILE", audit.to_str().unwrap())];
+    let agent = gearmq_tests::Agent::start(&fleet.host_dir("a").join("agent.toml"), "a", &env);
+    let ok = fleet.cli(&["ping", "--host", "a", "--json", "--timeout", "10s"]);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+
+    let filler = disk.fill();
+    let failed_lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("audit log write failed"))
+            .count()
+    };
+    let before = failed_lines(&agent.log_text());
+    let cfg = fleet.orchestrator_toml();
+    let pinger = std::thread::spawn(move || {
+        let out = gearmq_tests::run_cli(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "ping",
+            "--host",
+            "a",
+            "--json",
+            "--timeout",
+            "30s",
+        ]);
+        (out.code, out.json())
+    });
+    // Never a reply that is not on record: the request waits, retried once a second
+    // (the requeue pause), not in a busy loop.
+    let held = Duration::from_secs(4);
+    std::thread::sleep(held);
+    assert!(
+        !pinger.is_finished(),
+        "a reply went out while the audit log could not record it"
+    );
+    let retries = failed_lines(&agent.log_text()) - before;
+    assert!(
+        (1..=8).contains(&retries),
+        "{retries} failed audit writes in {held:?}: expected about one a second"
+    );
+
+    // Space returns: the held request is answered, on record.
+    std::fs::remove_file(&filler).unwrap();
+    let (code, doc) = pinger.join().unwrap();
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
+    let issuer = fleet.path().join("issuer.pub");
+    let v = gearmq_tests::run_cli(&[
+        "audit",
+        "verify",
+        audit.to_str().unwrap(),
+        "--issuer",
+        issuer.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v.code, 0, "agent audit log: {}{}", v.stdout, v.stderr);
+    observe(
+        "full_audit_disk_holds_the_reply_back_without_a_busy_loop_until_space_returns",
+        "agent audit log alone on a 1 MiB tmpfs filled to ENOSPC for 4 s, then freed",
+        json!({"reply_held_while_full": true,
+               "failed_audit_writes_in_4s": retries,
+               "answered_after_space_returned": true,
+               "audit_log_verifies": true,
+               "audit_records": v.json()["records"]}),
+    );
+    drop(agent);
+    drop(disk);
+}

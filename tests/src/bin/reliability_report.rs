@@ -41,6 +41,11 @@ const ROWS: &[(&str, &str, &str)] = &[
         "tests/tests/faults.rs::full_state_disk_refuses_new_requests_with_a_signed_error_and_recovers",
     ),
     (
+        "Disk full under the agent's audit log",
+        "the audit log alone on a 1 MiB tmpfs filled to ENOSPC while a ping waits, freed after 4 s; `gearmq audit verify` on the log after",
+        "tests/tests/faults.rs::full_audit_disk_holds_the_reply_back_without_a_busy_loop_until_space_returns",
+    ),
+    (
         "Flood of invalid messages",
         "random bytes, truncated and bad-signature requests, oversize messages and replays published straight onto a host queue while 40 valid pings are timed",
         "tests/tests/faults.rs::flood_of_invalid_messages_leaves_valid_requests_answered_and_counts_every_one",
