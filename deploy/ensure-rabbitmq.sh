@@ -24,11 +24,16 @@ else
   rabbitmq-server -detached
 fi
 
-# -detached returns before the node is up.
-if ! timeout 120 rabbitmqctl -q await_startup >/dev/null 2>&1; then
-  log "RabbitMQ did not come up within 120 s"
-  exit 1
-fi
+# -detached returns before the node is up, and await_startup fails at once (rather than
+# waiting) while the Erlang node itself is not reachable yet: retry until it answers.
+deadline=$((SECONDS + 120))
+until rabbitmqctl -q await_startup >/dev/null 2>&1; do
+  if ((SECONDS >= deadline)); then
+    log "RabbitMQ did not come up within 120 s"
+    exit 1
+  fi
+  sleep 1
+done
 
 # The tests log in as guest from loopback; make sure guest exists with full rights on /.
 if ! rabbitmqctl -q list_users 2>/dev/null | grep -q '^guest'; then
