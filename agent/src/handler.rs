@@ -531,15 +531,12 @@ impl Handler {
         let bytes = self.sign_reply(addr, outcome, Part::ONLY, started, finished);
         // The reply is kept for redeliveries and put on record in the audit log at the
         // same time: two files, two fsyncs, both done before it is published.
-        let (bytes, audited) = match reservation {
-            None => {
-                let audited = self.audit(delivery, addr, &bytes).await;
-                (Arc::<[u8]>::from(bytes), audited)
-            }
+        let audited = match reservation {
+            None => self.audit(delivery, addr, &bytes).await,
             Some(reservation) => {
-                let stored = self.store_reply(addr, reservation, bytes.clone());
+                let stored = self.keep_reply(addr, reservation, bytes.clone());
                 let audited = self.audit(delivery, addr, &bytes);
-                tokio::join!(stored, audited)
+                tokio::join!(stored, audited).1
             }
         };
         if !audited {
@@ -548,32 +545,6 @@ impl Handler {
         }
         self.publish_and_ack(delivery, publisher, addr, &addr.reply_to, &bytes)
             .await;
-    }
-
-    /// Records `bytes` as the reply to the reserved request (fsync'd on a blocking
-    /// thread) and returns them as stored.
-    async fn store_reply(
-        &self,
-        addr: &ReplyAddress,
-        reservation: Reservation,
-        bytes: Vec<u8>,
-    ) -> Arc<[u8]> {
-        let keep_until = addr.expires_at.saturating_add(duration_ms(self.clock_skew));
-        let reply_to = addr.reply_to.clone();
-        let copy = bytes.clone();
-        match tokio::task::spawn_blocking(move || reservation.record(keep_until, reply_to, copy))
-            .await
-        {
-            Ok((stored, Ok(()))) => stored.bytes,
-            Ok((stored, Err(e))) => {
-                error!(request_id = %addr.request_id, error = %e, "reply not persisted; replay protection for this request lasts only while the agent runs");
-                stored.bytes
-            }
-            Err(e) => {
-                error!(request_id = %addr.request_id, error = %e, "recording the reply failed");
-                bytes.into()
-            }
-        }
     }
 
     fn sign_reply(
