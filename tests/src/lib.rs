@@ -155,6 +155,20 @@ impl Fleet {
         self.path().join("orchestrator.toml")
     }
 
+    /// `gearmq audit verify LOG --issuer DIR/issuer.pub --json`: what an auditor runs
+    /// on any log of this fleet (the orchestrator's or an agent's).
+    pub fn verify_audit(&self, log: &Path) -> CliOutput {
+        let issuer = self.path().join("issuer.pub");
+        run_cli(&[
+            "audit",
+            "verify",
+            log.to_str().unwrap_or_default(),
+            "--issuer",
+            issuer.to_str().unwrap_or_default(),
+            "--json",
+        ])
+    }
+
     /// `DIR/hosts/<host>`.
     pub fn host_dir(&self, host: &str) -> PathBuf {
         self.path().join("hosts").join(host)

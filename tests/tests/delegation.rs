@@ -34,12 +34,24 @@ fn as_host(fleet: &Fleet, host: &str, token: &Path, args: &[&str]) -> CliOutput 
     run_cli(&all)
 }
 
+/// `gearmq --config CFG token mint --out OUT ARGS…`, whatever its outcome.
+fn try_mint(cfg: &Path, out: &Path, args: &[&str]) -> CliOutput {
+    let mut all = vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "token",
+        "mint",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    run_cli(&all)
+}
+
 /// Mints with the fleet's operator: `gearmq token mint ... --out DIR/<file>`.
 fn mint(fleet: &Fleet, file: &str, args: &[&str]) -> PathBuf {
     let out = fleet.path().join(file);
-    let mut all = vec!["token", "mint", "--out", out.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let o = fleet.cli(&all);
+    let o = try_mint(&fleet.orchestrator_toml(), &out, args);
     assert_eq!(o.code, 0, "mint failed: {}", o.stderr);
     out
 }
@@ -381,20 +393,18 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
     ] {
         let (key, cred, cfg) = operator(&fleet, op, enroll);
         let out = fleet.path().join(format!("{op}-cli.token"));
-        let o = run_cli(&[
-            "--config",
-            cfg.to_str().unwrap(),
-            "token",
-            "mint",
-            "--subject",
-            "a",
-            "--audience",
-            "b",
-            "--action",
-            &actions.join(","),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = try_mint(
+            &cfg,
+            &out,
+            &[
+                "--subject",
+                "a",
+                "--audience",
+                "b",
+                "--action",
+                &actions.join(","),
+            ],
+        );
         assert_eq!(o.code, 2, "{}", o.stderr);
         assert!(o.stderr.contains(cli_says), "{}", o.stderr);
         let public = load_signing_key(&key).unwrap().public_key();
@@ -413,20 +423,11 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
     let cfg3 = fleet.path().join("ops3.toml");
     let mint3 = |file: &str| {
         let out = fleet.path().join(file);
-        let o = run_cli(&[
-            "--config",
-            cfg3.to_str().unwrap(),
-            "token",
-            "mint",
-            "--subject",
-            "a",
-            "--audience",
-            "b",
-            "--action",
-            "status",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = try_mint(
+            &cfg3,
+            &out,
+            &["--subject", "a", "--audience", "b", "--action", "status"],
+        );
         assert_eq!(o.code, 0, "{}", o.stderr);
         out
     };
@@ -535,18 +536,11 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
 
     // a's own audit log of its delegated calls verifies, and so does b's, which holds
     // every delegated request with the reply b sent.
-    let issuer = fleet.path().join("issuer.pub");
     for log in [
         fleet.host_dir("a").join("client-audit.log"),
         fleet.host_dir("b").join("state").join("audit.log"),
     ] {
-        let o = run_cli(&[
-            "audit",
-            "verify",
-            log.to_str().unwrap(),
-            "--issuer",
-            issuer.to_str().unwrap(),
-        ]);
+        let o = fleet.verify_audit(&log);
         assert_eq!(o.code, 0, "{}: {}\n{}", log.display(), o.stdout, o.stderr);
     }
 

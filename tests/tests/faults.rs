@@ -309,15 +309,7 @@ fn orchestrator_killed_mid_call_leaves_a_verifiable_log_and_a_new_one_works() {
     let _ = child.wait();
     signal(b.pid().unwrap(), "-CONT");
 
-    let issuer = fleet.path().join("issuer.pub");
-    let v = gearmq_tests::run_cli(&[
-        "audit",
-        "verify",
-        audit.to_str().unwrap(),
-        "--issuer",
-        issuer.to_str().unwrap(),
-        "--json",
-    ]);
+    let v = fleet.verify_audit(&audit);
     assert_eq!(
         v.code, 0,
         "audit verify after a crash: {}{}",
@@ -328,14 +320,7 @@ fn orchestrator_killed_mid_call_leaves_a_verifiable_log_and_a_new_one_works() {
     let took = t.elapsed();
     assert_eq!(ping.code, 0, "{}{}", ping.stdout, ping.stderr);
     assert_eq!(ping.json()["summary"]["ok"], 2);
-    let v2 = gearmq_tests::run_cli(&[
-        "audit",
-        "verify",
-        audit.to_str().unwrap(),
-        "--issuer",
-        issuer.to_str().unwrap(),
-        "--json",
-    ]);
+    let v2 = fleet.verify_audit(&audit);
     assert_eq!(
         v2.code, 0,
         "audit verify after the next call: {}{}",
@@ -798,15 +783,7 @@ fn full_audit_disk_holds_the_reply_back_without_a_busy_loop_until_space_returns(
     let (code, doc) = pinger.join().unwrap();
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
-    let issuer = fleet.path().join("issuer.pub");
-    let v = gearmq_tests::run_cli(&[
-        "audit",
-        "verify",
-        audit.to_str().unwrap(),
-        "--issuer",
-        issuer.to_str().unwrap(),
-        "--json",
-    ]);
+    let v = fleet.verify_audit(&audit);
     assert_eq!(v.code, 0, "agent audit log: {}{}", v.stdout, v.stderr);
     observe(
         "full_audit_disk_holds_the_reply_back_without_a_busy_loop_until_space_returns",

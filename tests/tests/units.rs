@@ -181,19 +181,12 @@ fn operator_installs_and_runs_a_service_on_two_hosts() {
     assert_eq!(result_for(&del.json(), "a")["data"]["change"], "absent");
 
     // The orchestrator's and both agents' audit logs of all of this verify offline.
-    let issuer = fleet.path().join("issuer.pub");
     for log in [
         fleet.path().join("audit.log"),
         fleet.host_dir("a").join("state").join("audit.log"),
         fleet.host_dir("b").join("state").join("audit.log"),
     ] {
-        let out = gearmq_tests::run_cli(&[
-            "audit",
-            "verify",
-            log.to_str().unwrap(),
-            "--issuer",
-            issuer.to_str().unwrap(),
-        ]);
+        let out = fleet.verify_audit(&log);
         assert_eq!(
             out.code,
             0,
