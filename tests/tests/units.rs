@@ -195,7 +195,7 @@ fn operator_installs_and_runs_a_service_on_two_hosts() {
             out.stdout,
             out.stderr
         );
-        assert!(out.stdout.contains("ok: "), "{}", out.stdout);
+        assert_eq!(out.json()["ok"], true, "{}", out.stdout);
     }
 
     // facts: one row per host, limits honestly reported.
