@@ -105,6 +105,23 @@ fn benches(c: &mut Criterion) {
     c.bench_function("verify reply (credential cached)", |b| {
         b.iter(|| open::<Reply>(black_box(&f.reply_bytes), MAX, &verifier).expect("open"))
     });
+    // A narrowed call to 5,000 of a fleet's hosts signs their names (issue: the signed
+    // scope is the sent scope): what one agent pays to open it and find itself.
+    let fleet: Vec<Name> = (0..5000)
+        .map(|i| Name::new(format!("web{i:05}")).expect("name"))
+        .collect();
+    let mut wide = f.request.clone();
+    wide.targets = Targets::hosts(fleet.iter().cloned());
+    let wide_bytes = Signed::seal(&wide, &f.op_key, &f.op_cred);
+    println!("request naming 5,000 hosts: {} bytes", wide_bytes.len());
+    c.bench_function("verify request naming 5,000 hosts", |b| {
+        b.iter(|| open::<Request>(black_box(&wide_bytes), MAX, &verifier).expect("open"))
+    });
+    let me = fleet[4321].clone();
+    let none = std::collections::BTreeMap::new();
+    c.bench_function("target check in 5,000 hosts", |b| {
+        b.iter(|| assert!(wide.targets.includes(black_box(&me), &none)))
+    });
     let issuers = [f.issuer.public_key()];
     c.bench_function("credential check (uncached)", |b| {
         b.iter(|| verify_credential(black_box(&f.host_cred), &issuers).expect("credential"))

@@ -51,6 +51,15 @@ pub struct StatsResult {
     pub refused: BTreeMap<String, u64>,
     /// Requests recorded in the audit log with their reply.
     pub audited: u64,
+    /// Of `audited`, repeats of a request already on record, recorded by digest.
+    pub audited_repeats: u64,
+    /// Stored replies sent again for byte-identical redeliveries.
+    pub resent: u64,
+    /// Requests held in the replay store (executed requests of authorized callers,
+    /// until they expire).
+    pub replay_entries: u64,
+    /// Bytes the replay store holds, as counted against `limits.max_stored_reply_bytes`.
+    pub replay_bytes: u64,
 }
 
 /// Every action this protocol version defines, in the order `--help` lists them.
@@ -60,7 +69,10 @@ pub const ALL_ACTIONS: &[&str] = &[
     "start",
     "stop",
     "restart",
+    "reload",
     "delete",
+    "enable",
+    "disable",
     "status",
     "list",
     "logs",
@@ -85,6 +97,143 @@ pub struct InstallArgs {
     pub spec: UnitSpec,
     /// Start (or, if it was updated while running, restart) it afterwards.
     pub start: bool,
+    /// Enable it, so its manager starts it at boot (`false`: disable it).
+    pub enable: bool,
+    /// The program, shipped with the request: the agent fetches it, checks it against
+    /// the digest and size signed here, and runs it (`spec.exec` is then
+    /// [`ARTIFACT_EXEC`]). `None`: `spec.exec` is a program already on the host.
+    pub artifact: Option<Artifact>,
+}
+
+/// `spec.exec` of an install that ships its program: the artifact's stored file.
+pub const ARTIFACT_EXEC: &str = "{artifact}";
+/// Largest artifact the protocol allows (an agent's `limits.max_artifact_bytes` may be
+/// lower).
+pub const MAX_ARTIFACT_BYTES: u64 = 4 << 30;
+/// Longest artifact URL.
+pub const MAX_ARTIFACT_URL: usize = 2048;
+
+/// A program shipped with an `install`: what its bytes must hash to, how many there
+/// are, and where the agent gets them (a URL, or the broker's artifact stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// SHA-256 of the file's bytes.
+    pub sha256: serde_bytes::ByteArray<32>,
+    /// Its size in bytes, 1 to [`MAX_ARTIFACT_BYTES`].
+    pub size: u64,
+    /// Where the agent fetches it: an `http://` or `https://` URL; `None`: from the
+    /// artifact stream of this digest on the request's broker ([`artifact_stream`]),
+    /// where the caller put the bytes before publishing the request.
+    pub url: Option<String>,
+}
+
+/// The broker stream (a RabbitMQ stream queue) an artifact without a URL travels in,
+/// published once for every host: `gearmq.artifact.<sha256 hex>`.
+pub fn artifact_stream(sha256_hex: &str) -> String {
+    format!("gearmq.artifact.{sha256_hex}")
+}
+
+/// The header of an artifact chunk naming its byte offset in the artifact (long-long).
+pub const ARTIFACT_OFFSET_HEADER: &str = "gearmq-offset";
+/// The bytes of one artifact chunk (the last may be shorter).
+pub const ARTIFACT_CHUNK_BYTES: usize = 1 << 20;
+
+impl Artifact {
+    /// Checks the fields (errors name them: `artifact.url`, `artifact.size`).
+    pub fn validate(&self) -> Result<(), crate::units::FieldError> {
+        let err = |field: &str, reason: String| crate::units::FieldError {
+            field: field.into(),
+            reason,
+        };
+        if self.size == 0 || self.size > MAX_ARTIFACT_BYTES {
+            return Err(err(
+                "artifact.size",
+                format!("must be 1 to {MAX_ARTIFACT_BYTES} bytes"),
+            ));
+        }
+        let Some(u) = &self.url else {
+            return Ok(());
+        };
+        let scheme_ok = u.starts_with("http://") || u.starts_with("https://");
+        if !scheme_ok
+            || u.len() > MAX_ARTIFACT_URL
+            || u.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(err(
+                "artifact.url",
+                format!(
+                    "{u:?} is not an http:// or https:// URL of at most {MAX_ARTIFACT_URL} bytes without spaces"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The digest as lower-case hex (the stored file's name).
+    pub fn hex(&self) -> String {
+        hex::encode(self.sha256.as_slice())
+    }
+
+    /// Where the bytes come from, for messages: the URL or the stream's name.
+    pub fn source(&self) -> String {
+        match &self.url {
+            Some(u) => u.clone(),
+            None => format!("broker stream {}", artifact_stream(&self.hex())),
+        }
+    }
+}
+
+/// Where in a shipped `.tar.gz` tree the program is, when `spec.exec` is
+/// `{artifact}/<path>`: `Some(path)`, a relative path of 1 to 16 components, each 1 to
+/// 255 bytes of `[A-Za-z0-9._+-]` and neither `.` nor `..`. `None` when `exec` does not
+/// name a path in a tree, or names one badly.
+pub fn artifact_tree_path(exec: &str) -> Option<&str> {
+    let rest = exec.strip_prefix(ARTIFACT_EXEC)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let ok = (1..=16).contains(&parts.len())
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 255
+                && *p != "."
+                && *p != ".."
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+        });
+    ok.then_some(rest)
+}
+
+impl InstallArgs {
+    /// Checks the spec and the artifact together: with an artifact, `spec.exec` must be
+    /// [`ARTIFACT_EXEC`] (the shipped file runs) or `{artifact}/<path>` (the shipped
+    /// file is a `.tar.gz` tree, unpacked, and `<path>` in it runs:
+    /// [`artifact_tree_path`]); without one, an absolute path. Errors name the field.
+    pub fn validate(&self) -> Result<(), crate::units::FieldError> {
+        match &self.artifact {
+            None => self.spec.validate(),
+            Some(a) => {
+                a.validate()?;
+                let tree = artifact_tree_path(&self.spec.exec);
+                if self.spec.exec != ARTIFACT_EXEC && tree.is_none() {
+                    return Err(crate::units::FieldError {
+                        field: "exec".into(),
+                        reason: format!(
+                            "with an artifact, exec is {ARTIFACT_EXEC} (the shipped file) or \
+                             {ARTIFACT_EXEC}/PATH (PATH in the shipped .tar.gz tree: relative, \
+                             components of [A-Za-z0-9._+-], no . or ..), not {:?}",
+                            self.spec.exec
+                        ),
+                    });
+                }
+                let mut spec = self.spec.clone();
+                spec.exec = match tree {
+                    Some(p) => format!("/artifact/{p}"),
+                    None => "/artifact".into(),
+                };
+                spec.validate()
+            }
+        }
+    }
 }
 
 /// `start`, `stop`, `restart`, `delete`: one unit by name.
@@ -186,6 +335,16 @@ pub enum Change {
     Deleted,
     /// There was nothing to remove.
     Absent,
+    /// The unit was enabled (started at boot from now on).
+    Enabled,
+    /// The unit was enabled already.
+    AlreadyEnabled,
+    /// The unit was disabled (no longer started at boot).
+    Disabled,
+    /// The unit was disabled already.
+    AlreadyDisabled,
+    /// The unit reloaded its configuration (its `ExecReload=`), keeping its main process.
+    Reloaded,
 }
 
 /// A unit's state as systemd reports it.
@@ -211,6 +370,8 @@ pub struct UnitState {
     /// Whether MemoryMax/CPUQuota are enforced on this host (cgroup controllers
     /// available); `None` when the unit sets no limits.
     pub limits_enforced: Option<bool>,
+    /// UnitFileState: `enabled` (started at boot), `disabled`, …; empty when unknown.
+    pub unit_file_state: String,
 }
 
 /// Result of install/start/stop/restart/delete.
@@ -271,4 +432,52 @@ pub struct FactsResult {
     pub credential_expires_at: u64,
     /// The agent's version.
     pub agent_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::UnitSpec;
+
+    fn shipping(exec: &str) -> InstallArgs {
+        InstallArgs {
+            spec: UnitSpec::new("app", exec),
+            start: false,
+            enable: true,
+            artifact: Some(Artifact {
+                sha256: serde_bytes::ByteArray::new([7; 32]),
+                size: 10,
+                url: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_shipped_program_is_the_file_or_a_path_inside_its_tree() {
+        assert_eq!(artifact_tree_path("{artifact}/bin/app"), Some("bin/app"));
+        assert_eq!(
+            artifact_tree_path("{artifact}/a-1.2_x+y"),
+            Some("a-1.2_x+y")
+        );
+        for bad in [
+            "{artifact}",
+            "{artifact}/",
+            "{artifact}//app",
+            "{artifact}/../bin/sh",
+            "{artifact}/bin/./app",
+            "{artifact}/bin/app/",
+            "{artifact}/bin app",
+            "{artifact}bin/app",
+            "/usr/bin/{artifact}/x",
+            "{artifact}/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q",
+        ] {
+            assert_eq!(artifact_tree_path(bad), None, "{bad}");
+        }
+        assert!(shipping("{artifact}").validate().is_ok());
+        assert!(shipping("{artifact}/bin/app").validate().is_ok());
+        for bad in ["{artifact}/../x", "/usr/bin/true", "{artifact}/"] {
+            let e = shipping(bad).validate().unwrap_err();
+            assert_eq!(e.field, "exec", "{bad}");
+        }
+    }
 }

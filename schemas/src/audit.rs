@@ -22,7 +22,9 @@ mod verify;
 mod writer;
 
 pub use sink::{AuditSink, AuditWriters, Done, OnError, QueueFull, SinkError, SinkOptions};
-pub use verify::{Broken, Problem, Summary, VerifyOptions, verify_log};
+pub use verify::{
+    Broken, MAX_REVOKED_LISTED, Problem, RevokedUse, Summary, VerifyOptions, verify_log,
+};
 pub use writer::{Appended, AuditError, AuditLog, AuditOptions, OnRepair, Repair, log_files};
 
 use crate::codec::{self, DecodeError};
@@ -30,6 +32,8 @@ use crate::credential::{Credential, MAX_CREDENTIAL_BYTES};
 use crate::envelope::{Body, Context, IssuerSigned, Signed, decode_body};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
 
 /// Largest record (one `Signed` envelope, without its length prefix) in bytes.
 ///
@@ -46,6 +50,13 @@ pub const MAX_REASON_BYTES: usize = 64;
 
 /// Longest broker user name kept for a rejected reply.
 pub const MAX_BROKER_USER_BYTES: usize = 255;
+
+/// Most reasons in one [`Entry::RepliesRejected`] summary.
+pub const MAX_SUMMARY_REASONS: usize = 16;
+
+/// The reason under which [`Entry::replies_rejected`] sums the reasons past
+/// [`MAX_SUMMARY_REASONS`].
+pub const OTHER_REASON: &str = "other";
 
 /// The body of an audit record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +124,65 @@ pub enum Entry {
         /// The signed reply sent for it, if one was sent.
         reply: Option<serde_bytes::ByteBuf>,
     },
+    /// An agent received the exact request bytes of an earlier `request_handled`
+    /// record of its chain again and answered them with the exact reply bytes logged
+    /// there (a redelivery answered from the replay store, a repeated refusal): digests
+    /// instead of a second full copy, so repetition cannot fill the disk.
+    RequestRepeated {
+        /// SHA-256 of the whole signed request message as received.
+        request: serde_bytes::ByteArray<32>,
+        /// SHA-256 of the whole signed reply sent.
+        reply: serde_bytes::ByteArray<32>,
+    },
+    /// The orchestrator refused further replies past the number it records one by one,
+    /// and only counted them: for one call (`request_id`), or for none (nil).
+    RepliesRejected {
+        /// The call they were sent to, or nil for messages not tied to any call.
+        request_id: Option<Uuid>,
+        /// How many per reason label (`[a-z0-9_]{1,64}`), 1 to [`MAX_SUMMARY_REASONS`]
+        /// labels, each count at least 1.
+        counts: BTreeMap<String, u64>,
+        /// The number of messages: the sum of `counts`.
+        messages: u64,
+        /// Their total size in bytes.
+        bytes: u64,
+        /// When the first of them was refused (ms since epoch).
+        first_time: Millis,
+        /// When the last of them was refused (ms since epoch), not before `first_time`.
+        last_time: Millis,
+    },
+}
+
+/// A [`Entry::ReplyRejected`]'s fields, borrowed ([`Entry::as_rejected_reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectedReply<'a> {
+    /// SHA-256 of the whole message as received.
+    pub digest: &'a [u8; 32],
+    /// The size of the whole message as received.
+    pub size: u64,
+    /// Why it was refused (a label).
+    pub reason: &'a str,
+    /// The AMQP `user_id` it carried, if any.
+    pub broker_user: Option<&'a str>,
+    /// The first bytes of the message.
+    pub excerpt: &'a [u8],
+}
+
+/// A [`Entry::RepliesRejected`] summary's fields, borrowed ([`Entry::as_summary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectedSummary<'a> {
+    /// The call they were sent to, if any.
+    pub request_id: Option<Uuid>,
+    /// How many per reason label.
+    pub counts: &'a BTreeMap<String, u64>,
+    /// The number of messages (the sum of `counts`).
+    pub messages: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// When the first was refused (ms since epoch).
+    pub first_time: Millis,
+    /// When the last was refused (ms since epoch).
+    pub last_time: Millis,
 }
 
 impl Entry {
@@ -135,21 +205,10 @@ impl Entry {
     /// characters as `_`, `unknown` if empty); over-long `reason` and `broker_user` are
     /// cut to their limits, so the entry is always valid.
     pub fn reply_rejected(message: &[u8], reason: &str, broker_user: Option<&str>) -> Entry {
-        let mut label: String = reason
-            .chars()
-            .take(MAX_REASON_BYTES)
-            .map(|c| match c.to_ascii_lowercase() {
-                c @ ('a'..='z' | '0'..='9' | '_') => c,
-                _ => '_',
-            })
-            .collect();
-        if label.is_empty() {
-            label = "unknown".into();
-        }
         Entry::ReplyRejected {
             digest: serde_bytes::ByteArray::new(crate::sha256(message)),
             size: message.len() as u64,
-            reason: label,
+            reason: reason_label(reason),
             broker_user: broker_user.map(|u| cut(u, MAX_BROKER_USER_BYTES).to_string()),
             excerpt: message[..message.len().min(MAX_EXCERPT_BYTES)].to_vec(),
         }
@@ -163,6 +222,108 @@ impl Entry {
         }
     }
 
+    /// A [`Entry::RequestRepeated`] for a request message received again and answered
+    /// again with the same reply: `request_message` is the whole signed request as
+    /// received (what a `request_handled` record holds), `reply` the whole signed reply
+    /// sent. Write it only when an earlier `request_handled` record of the same chain
+    /// holds exactly these request and reply bytes (the verifier checks that).
+    pub fn request_repeated(request_message: &[u8], reply: &[u8]) -> Entry {
+        Entry::RequestRepeated {
+            request: serde_bytes::ByteArray::new(crate::sha256(request_message)),
+            reply: serde_bytes::ByteArray::new(crate::sha256(reply)),
+        }
+    }
+
+    /// A [`Entry::RepliesRejected`] summing refused replies that were only counted:
+    /// `counts` per reason, `bytes` their total size, `first_time`..`last_time` when
+    /// they were refused; `request_id` the call, or `None` for messages tied to no
+    /// call. `messages` is the sum of `counts`. Reasons are made labels as in
+    /// [`Entry::reply_rejected`] (equal labels summed), zero counts dropped, reasons past
+    /// the first [`MAX_SUMMARY_REASONS`]` - 1` summed under [`OTHER_REASON`], and the
+    /// times put in order, so the entry is always valid. `None` if every count is 0:
+    /// there is nothing to record.
+    pub fn replies_rejected(
+        request_id: Option<Uuid>,
+        counts: &BTreeMap<String, u64>,
+        bytes: u64,
+        first_time: Millis,
+        last_time: Millis,
+    ) -> Option<Entry> {
+        let mut labelled: BTreeMap<String, u64> = BTreeMap::new();
+        for (reason, n) in counts.iter().filter(|(_, n)| **n > 0) {
+            let c = labelled.entry(reason_label(reason)).or_default();
+            *c = c.saturating_add(*n);
+        }
+        if labelled.len() > MAX_SUMMARY_REASONS {
+            let mut kept: BTreeMap<String, u64> = BTreeMap::new();
+            let mut other = labelled.remove(OTHER_REASON).unwrap_or(0);
+            for (i, (reason, n)) in labelled.into_iter().enumerate() {
+                if i < MAX_SUMMARY_REASONS - 1 {
+                    kept.insert(reason, n);
+                } else {
+                    other = other.saturating_add(n);
+                }
+            }
+            kept.insert(OTHER_REASON.to_string(), other);
+            labelled = kept;
+        }
+        if labelled.is_empty() {
+            return None;
+        }
+        let messages = labelled.values().fold(0u64, |a, n| a.saturating_add(*n));
+        Some(Entry::RepliesRejected {
+            request_id,
+            counts: labelled,
+            messages,
+            bytes,
+            first_time: first_time.min(last_time),
+            last_time: first_time.max(last_time),
+        })
+    }
+
+    /// The fields of a [`Entry::ReplyRejected`], borrowed; `None` for other entries.
+    pub fn as_rejected_reply(&self) -> Option<RejectedReply<'_>> {
+        match self {
+            Entry::ReplyRejected {
+                digest,
+                size,
+                reason,
+                broker_user,
+                excerpt,
+            } => Some(RejectedReply {
+                digest,
+                size: *size,
+                reason,
+                broker_user: broker_user.as_deref(),
+                excerpt,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The fields of a [`Entry::RepliesRejected`] summary, borrowed; `None` for other
+    /// entries.
+    pub fn as_summary(&self) -> Option<RejectedSummary<'_>> {
+        match self {
+            Entry::RepliesRejected {
+                request_id,
+                counts,
+                messages,
+                bytes,
+                first_time,
+                last_time,
+            } => Some(RejectedSummary {
+                request_id: *request_id,
+                counts,
+                messages: *messages,
+                bytes: *bytes,
+                first_time: *first_time,
+                last_time: *last_time,
+            }),
+            _ => None,
+        }
+    }
+
     /// The entry's name on the wire (`genesis`, `request_sent`, …).
     pub fn name(&self) -> &'static str {
         match self {
@@ -172,47 +333,65 @@ impl Entry {
             Entry::ReplyAccepted { .. } => "reply_accepted",
             Entry::ReplyRejected { .. } => "reply_rejected",
             Entry::RequestHandled { .. } => "request_handled",
+            Entry::RequestRepeated { .. } => "request_repeated",
+            Entry::RepliesRejected { .. } => "replies_rejected",
         }
     }
 
     /// Checks the rules a verifier holds the entry to (bounds of a rejected reply's
-    /// fields); writers check before signing.
+    /// fields, the sums of a summary); writers check before signing.
     pub fn validate(&self) -> Result<(), String> {
-        if let Entry::ReplyRejected {
-            digest,
-            size,
-            reason,
-            broker_user,
-            excerpt,
-        } = self
+        if let Some(RejectedSummary {
+            counts,
+            messages,
+            first_time,
+            last_time,
+            ..
+        }) = self.as_summary()
         {
-            if excerpt.len() > MAX_EXCERPT_BYTES {
+            if counts.is_empty() || counts.len() > MAX_SUMMARY_REASONS {
                 return Err(format!(
-                    "rejected reply excerpt is {} bytes, over the limit of {MAX_EXCERPT_BYTES}",
-                    excerpt.len()
+                    "rejected replies summary has {} reasons, not 1 to {MAX_SUMMARY_REASONS}",
+                    counts.len()
                 ));
             }
-            if (excerpt.len() as u64) > *size {
+            let mut sum = 0u64;
+            for (reason, n) in counts {
+                check_reason(reason)?;
+                if *n == 0 {
+                    return Err(format!("rejected replies summary counts 0 for {reason:?}"));
+                }
+                sum = sum
+                    .checked_add(*n)
+                    .ok_or("rejected replies summary counts overflow")?;
+            }
+            if sum != messages {
+                return Err(format!(
+                    "rejected replies summary says {messages} messages, its counts sum to {sum}"
+                ));
+            }
+            if first_time > last_time {
+                return Err("rejected replies summary ends before it starts".into());
+            }
+        }
+        if let Some(r) = self.as_rejected_reply() {
+            let excerpt = r.excerpt.len();
+            if excerpt > MAX_EXCERPT_BYTES {
+                return Err(format!(
+                    "rejected reply excerpt is {excerpt} bytes, over the limit of {MAX_EXCERPT_BYTES}"
+                ));
+            }
+            if (excerpt as u64) > r.size {
                 return Err("rejected reply excerpt is longer than the message".into());
             }
-            if (excerpt.len() as u64) < *size && excerpt.len() < MAX_EXCERPT_BYTES {
+            if (excerpt as u64) < r.size && excerpt < MAX_EXCERPT_BYTES {
                 return Err("rejected reply excerpt is shorter than it should be".into());
             }
-            if (excerpt.len() as u64) == *size && crate::sha256(excerpt) != **digest {
+            if (excerpt as u64) == r.size && crate::sha256(r.excerpt) != *r.digest {
                 return Err("rejected reply digest does not match the whole message".into());
             }
-            if reason.is_empty()
-                || reason.len() > MAX_REASON_BYTES
-                || !reason
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
-            {
-                return Err(format!(
-                    "rejection reason {reason:?} is not a label of [a-z0-9_]{{1,{MAX_REASON_BYTES}}}"
-                ));
-            }
-            if broker_user
-                .as_ref()
+            check_reason(r.reason)?;
+            if r.broker_user
                 .is_some_and(|u| u.len() > MAX_BROKER_USER_BYTES)
             {
                 return Err(format!("broker user is over {MAX_BROKER_USER_BYTES} bytes"));
@@ -220,6 +399,38 @@ impl Entry {
         }
         Ok(())
     }
+}
+
+/// `reason` as a label: lower case, other characters as `_`, at most
+/// [`MAX_REASON_BYTES`], `unknown` if empty.
+fn reason_label(reason: &str) -> String {
+    let label: String = reason
+        .chars()
+        .take(MAX_REASON_BYTES)
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_') => c,
+            _ => '_',
+        })
+        .collect();
+    if label.is_empty() {
+        "unknown".into()
+    } else {
+        label
+    }
+}
+
+fn check_reason(reason: &str) -> Result<(), String> {
+    if reason.is_empty()
+        || reason.len() > MAX_REASON_BYTES
+        || !reason
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+    {
+        return Err(format!(
+            "rejection reason {reason:?} is not a label of [a-z0-9_]{{1,{MAX_REASON_BYTES}}}"
+        ));
+    }
+    Ok(())
 }
 
 fn cut(s: &str, max: usize) -> &str {
@@ -419,6 +630,16 @@ mod tests {
             Entry::reply_rejected(b"short", "malformed", None),
             Entry::request_handled(b"req", Some(b"rep")),
             Entry::request_handled(b"req", None),
+            Entry::request_repeated(b"req", b"rep"),
+            Entry::replies_rejected(
+                Some(Uuid::from_bytes([5; 16])),
+                &BTreeMap::from([("forged".into(), 2), ("malformed".into(), 3)]),
+                900,
+                10,
+                20,
+            )
+            .unwrap(),
+            Entry::replies_rejected(None, &BTreeMap::from([("late".into(), 1)]), 0, 7, 7).unwrap(),
         ];
         for e in entries {
             let r = AuditRecord::new([1; 16], 3, [2; 32], 1000, e);
@@ -436,6 +657,120 @@ mod tests {
         want.extend_from_slice(b"genesis");
         want.push(0x80);
         assert_eq!(codec::encode(&Entry::Genesis {}), want);
+    }
+
+    #[test]
+    fn request_repeated_is_two_digests_in_field_order() {
+        let e = Entry::request_repeated(b"req", b"rep");
+        let mut want = vec![0x81, 0xb0];
+        want.extend_from_slice(b"request_repeated");
+        want.extend_from_slice(&[0x82, 0xa7]);
+        want.extend_from_slice(b"request");
+        want.extend_from_slice(&[0xc4, 32]);
+        want.extend_from_slice(&crate::sha256(b"req"));
+        want.extend_from_slice(&[0xa5]);
+        want.extend_from_slice(b"reply");
+        want.extend_from_slice(&[0xc4, 32]);
+        want.extend_from_slice(&crate::sha256(b"rep"));
+        assert_eq!(codec::encode(&e), want);
+        assert_eq!(e.name(), "request_repeated");
+        assert!(e.validate().is_ok());
+    }
+
+    #[test]
+    fn replies_rejected_sums_and_labels_are_enforced() {
+        let counts = BTreeMap::from([
+            ("Forged!".to_string(), 2),
+            ("forged_".to_string(), 1),
+            ("late".to_string(), 0),
+        ]);
+        let e = Entry::replies_rejected(None, &counts, 300, 50, 40).unwrap();
+        let Entry::RepliesRejected {
+            counts,
+            messages,
+            first_time,
+            last_time,
+            ..
+        } = &e
+        else {
+            unreachable!()
+        };
+        // "Forged!" and "forged_" are one label; the zero count is dropped.
+        assert_eq!(counts, &BTreeMap::from([("forged_".to_string(), 3)]));
+        assert_eq!((*messages, *first_time, *last_time), (3, 40, 50));
+        assert!(e.validate().is_ok());
+        assert_eq!(e.name(), "replies_rejected");
+        assert_eq!(
+            Entry::replies_rejected(None, &BTreeMap::new(), 0, 1, 1),
+            None
+        );
+        let zeros = BTreeMap::from([("late".to_string(), 0)]);
+        assert_eq!(Entry::replies_rejected(None, &zeros, 0, 1, 1), None);
+
+        // Past the limit, the rest is summed under "other".
+        let many: BTreeMap<String, u64> = (0..40).map(|i| (format!("r{i:02}"), 1)).collect();
+        let e = Entry::replies_rejected(None, &many, 0, 1, 1).unwrap();
+        let Entry::RepliesRejected {
+            counts, messages, ..
+        } = &e
+        else {
+            unreachable!()
+        };
+        assert_eq!(counts.len(), MAX_SUMMARY_REASONS);
+        assert_eq!(counts[OTHER_REASON], 40 - (MAX_SUMMARY_REASONS as u64 - 1));
+        assert_eq!(*messages, 40);
+        assert!(e.validate().is_ok());
+
+        // A decoder holds every rule, whoever wrote the entry.
+        let valid = Entry::RepliesRejected {
+            request_id: None,
+            counts: BTreeMap::from([("forged".into(), 2), ("late".into(), 1)]),
+            messages: 3,
+            bytes: 10,
+            first_time: 1,
+            last_time: 2,
+        };
+        assert!(valid.validate().is_ok());
+        let broken: [fn(&mut Entry); 6] = [
+            |e| set(e, |_, m, _| *m = 4),
+            |e| set(e, |c, _, _| c.clear()),
+            |e| set(e, |c, _, _| *c.get_mut("late").unwrap() = 0),
+            |e| {
+                set(e, |c, m, _| {
+                    c.insert("Forged".into(), 1);
+                    *m = 4;
+                })
+            },
+            |e| set(e, |_, _, t| *t = (3, 2)),
+            |e| {
+                set(e, |c, m, _| {
+                    *c = (0..17).map(|i| (format!("r{i}"), 1)).collect();
+                    *m = 17;
+                })
+            },
+        ];
+        fn set(
+            e: &mut Entry,
+            f: impl FnOnce(&mut BTreeMap<String, u64>, &mut u64, &mut (Millis, Millis)),
+        ) {
+            if let Entry::RepliesRejected {
+                counts,
+                messages,
+                first_time,
+                last_time,
+                ..
+            } = e
+            {
+                let mut t = (*first_time, *last_time);
+                f(counts, messages, &mut t);
+                (*first_time, *last_time) = t;
+            }
+        }
+        for (i, b) in broken.iter().enumerate() {
+            let mut e = valid.clone();
+            b(&mut e);
+            assert!(e.validate().is_err(), "case {i}: {e:?}");
+        }
     }
 
     #[test]

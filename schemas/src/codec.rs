@@ -4,6 +4,13 @@
 //! with no bytes left over, and re-encodes to exactly the same bytes (canonical form).
 //! So there is one encoding per value: no positional structs, no duplicate or reordered
 //! keys, no over-long integers.
+//!
+//! Which refusal a bad input gets follows the order PROTOCOL.md ("Decoding and its
+//! labels") states, so that another implementation gives the same label: the
+//! type-free checks of [`form`] first, then the typed reading, then the comparison with
+//! the canonical encoding.
+
+mod form;
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -60,6 +67,21 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// The protocol's label for this refusal (`too_large`, `malformed`,
+    /// `trailing_bytes`, `not_canonical`, `wrong_kind`, `unsupported_version`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge { .. } => "too_large",
+            DecodeError::Malformed { .. } => "malformed",
+            DecodeError::TrailingBytes { .. } => "trailing_bytes",
+            DecodeError::NotCanonical { .. } => "not_canonical",
+            DecodeError::WrongKind { .. } => "wrong_kind",
+            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+        }
+    }
+}
+
 /// Encodes `value` as MessagePack with named fields (maps keyed by field name).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding into a Vec cannot fail for our types: every field is a plain value
@@ -67,8 +89,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(value).unwrap_or_default()
 }
 
-/// Decodes `bytes` as a `T`, strictly: size first, then no trailing bytes, then canonical
-/// form.
+/// Decodes `bytes` as a `T`, strictly, refusing in the protocol's order: size; not
+/// one complete value; trailing bytes; a format gearmq never writes, a key that is not
+/// a string or appears twice; a header longer than needed; a value that does not read as
+/// a `T` (missing or unknown field, wrong type, a type rule such as the name rule); and
+/// last, bytes that are not the canonical encoding of the value read.
 pub fn decode<T: Serialize + DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
@@ -81,19 +106,29 @@ pub fn decode<T: Serialize + DeserializeOwned>(
             max,
         });
     }
+    let malformed = |reason: String| DecodeError::Malformed { what, reason };
+    form::check(bytes).map_err(|issue| match issue {
+        form::Issue::Incomplete(reason) | form::Issue::Malformed(reason) => malformed(reason),
+        form::Issue::Trailing(extra) => DecodeError::TrailingBytes { what, extra },
+        form::Issue::NotShortest => DecodeError::NotCanonical { what },
+    })?;
     let mut rd = bytes;
     let mut de = rmp_serde::Deserializer::new(&mut rd);
-    let value = T::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
-        what,
-        reason: e.to_string(),
-    })?;
+    let value = T::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?;
     if !rd.is_empty() {
-        return Err(DecodeError::TrailingBytes {
-            what,
-            extra: rd.len(),
-        });
+        // The walk above found one whole value, so the reader stopped inside it.
+        return Err(malformed(format!(
+            "the value does not read as a {what} ({} bytes not read)",
+            rd.len()
+        )));
     }
-    if encode(&value) != bytes {
+    let canonical = encode(&value);
+    if canonical != bytes {
+        if !form::layout_only(bytes, &canonical) {
+            return Err(malformed(
+                "a value has another type than the field it is in".into(),
+            ));
+        }
         return Err(DecodeError::NotCanonical { what });
     }
     Ok(value)

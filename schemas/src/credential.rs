@@ -45,7 +45,7 @@ pub struct Credential {
     pub name: Name,
     /// Host or operator.
     pub role: Role,
-    /// The holder's Ed25519 public key.
+    /// The holder's Ed25519 public key; never [weak](PublicKey::is_weak).
     pub public_key: PublicKey,
     /// Valid from (ms since epoch).
     pub not_before: Millis,
@@ -73,6 +73,12 @@ impl Body for Credential {
         if self.not_after < self.not_before {
             return Err("not_after is before not_before".into());
         }
+        if self.public_key.is_weak() {
+            return Err(format!(
+                "public_key {} is not a canonical encoding of a point of large order",
+                self.public_key
+            ));
+        }
         if self.labels.len() > 64 {
             return Err("more than 64 labels".into());
         }
@@ -90,9 +96,13 @@ impl Body for Credential {
 /// Why a credential was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CredentialError {
-    /// It did not decode.
+    /// Its `IssuerSigned` envelope did not decode (or it is over
+    /// [`MAX_CREDENTIAL_BYTES`]).
     #[error("{0}")]
-    Decode(DecodeError),
+    Envelope(DecodeError),
+    /// Its body did not decode (checked after the issuer signature).
+    #[error("{0}")]
+    Body(DecodeError),
     /// It was signed by a key that is not a trusted issuer.
     #[error("issued by {issuer}, which is not a trusted issuer")]
     UntrustedIssuer {
@@ -122,6 +132,21 @@ pub enum CredentialError {
         /// Time of the check.
         now: Millis,
     },
+}
+
+impl CredentialError {
+    /// The protocol's refusal label: `envelope/<decode label>`, `untrusted_issuer`,
+    /// `signature`, `body/<decode label>`, `not_yet_valid` or `expired`.
+    pub fn label(&self) -> String {
+        match self {
+            CredentialError::Envelope(d) => format!("envelope/{}", d.label()),
+            CredentialError::Body(d) => format!("body/{}", d.label()),
+            CredentialError::UntrustedIssuer { .. } => "untrusted_issuer".into(),
+            CredentialError::BadSignature => "signature".into(),
+            CredentialError::NotYetValid { .. } => "not_yet_valid".into(),
+            CredentialError::Expired { .. } => "expired".into(),
+        }
+    }
 }
 
 impl Credential {
@@ -190,9 +215,10 @@ pub fn verify_credential(
     trusted: &[PublicKey],
 ) -> Result<Credential, CredentialError> {
     IssuerSigned::open::<Credential>(bytes, MAX_CREDENTIAL_BYTES, trusted).map_err(|e| match e {
-        IssuerSignedError::Decode(d) => CredentialError::Decode(d),
+        IssuerSignedError::Envelope(d) => CredentialError::Envelope(d),
         IssuerSignedError::UntrustedIssuer(issuer) => CredentialError::UntrustedIssuer { issuer },
         IssuerSignedError::BadSignature => CredentialError::BadSignature,
+        IssuerSignedError::Body(d) => CredentialError::Body(d),
     })
 }
 

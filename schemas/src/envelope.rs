@@ -152,12 +152,27 @@ impl Signed {
 /// Why an issuer-signed body (credential, revocation list) was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IssuerSignedError {
-    /// The envelope or body did not decode.
-    Decode(DecodeError),
+    /// The `IssuerSigned` envelope did not decode.
+    Envelope(DecodeError),
     /// Signed by a key that is not a trusted issuer.
     UntrustedIssuer(PublicKey),
     /// The issuer signature does not match.
     BadSignature,
+    /// The signature holds but the body does not decode.
+    Body(DecodeError),
+}
+
+impl IssuerSignedError {
+    /// The protocol's refusal label: `envelope/<decode label>`, `untrusted_issuer`,
+    /// `signature` or `body/<decode label>`.
+    pub fn label(&self) -> String {
+        match self {
+            IssuerSignedError::Envelope(d) => format!("envelope/{}", d.label()),
+            IssuerSignedError::UntrustedIssuer(_) => "untrusted_issuer".into(),
+            IssuerSignedError::BadSignature => "signature".into(),
+            IssuerSignedError::Body(d) => format!("body/{}", d.label()),
+        }
+    }
 }
 
 impl IssuerSigned {
@@ -180,14 +195,14 @@ impl IssuerSigned {
         trusted: &[PublicKey],
     ) -> Result<B, IssuerSignedError> {
         let env: IssuerSigned = codec::decode("issuer-signed envelope", bytes, max)
-            .map_err(IssuerSignedError::Decode)?;
+            .map_err(IssuerSignedError::Envelope)?;
         if !trusted.contains(&env.issuer) {
             return Err(IssuerSignedError::UntrustedIssuer(env.issuer));
         }
         env.issuer
             .verify(B::CONTEXT, &env.body, env.sig.as_slice())
             .map_err(|_| IssuerSignedError::BadSignature)?;
-        decode_body::<B>(&env.body, max).map_err(IssuerSignedError::Decode)
+        decode_body::<B>(&env.body, max).map_err(IssuerSignedError::Body)
     }
 }
 
@@ -213,7 +228,19 @@ pub enum OpenError {
 }
 
 impl OpenError {
-    /// A short stable label for counters and logs.
+    /// The protocol's refusal label, naming the step that refused: `envelope/<decode
+    /// label>`, `credential/<credential label>`, `signature` or `body/<decode label>`
+    /// (PROTOCOL.md, "Refusal labels").
+    pub fn label(&self) -> String {
+        match self {
+            OpenError::Envelope(d) => format!("envelope/{}", d.label()),
+            OpenError::Credential(c) => format!("credential/{}", c.label()),
+            OpenError::BadSignature { .. } => "signature".into(),
+            OpenError::Body(d) => format!("body/{}", d.label()),
+        }
+    }
+
+    /// A short stable label for counters and logs (an agent's dead-letter reason).
     pub fn reason(&self) -> &'static str {
         match self {
             OpenError::Envelope(DecodeError::TooLarge { .. }) => "oversize",

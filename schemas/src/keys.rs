@@ -52,12 +52,31 @@ impl PublicKey {
         &self.0
     }
 
-    /// Verifies `sig` over `context ‖ body`.
+    /// Verifies `sig` over `context ‖ body`, strictly (PROTOCOL.md, "Signing"): the key
+    /// must not be [weak](PublicKey::is_weak), `R` (the signature's first half) must not
+    /// encode a point of small order, and then *ring* checks `S < L`, decodes the key and
+    /// compares `R` byte for byte with the encoding of `[S]B − [h]A` (cofactorless).
     pub fn verify(&self, ctx: Context, body: &[u8], sig: &[u8]) -> Result<(), BadSignature> {
+        if self.is_weak() {
+            return Err(BadSignature);
+        }
+        if sig.first_chunk::<32>().is_some_and(is_small_order_encoding) {
+            return Err(BadSignature);
+        }
         let msg = signed_message(ctx, body);
         UnparsedPublicKey::new(&ED25519, self.as_bytes())
             .verify(&msg, sig)
             .map_err(|_| BadSignature)
+    }
+
+    /// Whether the key is one no gearmq signature may be checked against: not a
+    /// canonical encoding (its `y`, the low 255 bits, is `p = 2^255 − 19` or more), or the
+    /// encoding of a point of small order (order 1, 2, 4 or 8), whatever its sign bit.
+    /// *ring* would accept signatures under such keys that anyone can make; credentials
+    /// holding one do not decode. A key that is no point at all is not weak by this
+    /// test: it verifies no signature.
+    pub fn is_weak(&self) -> bool {
+        !is_canonical_encoding(self.as_bytes()) || is_small_order_encoding(self.as_bytes())
     }
 
     /// Lower-case hex, the public key file format (without the newline).
@@ -83,6 +102,54 @@ impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
     }
+}
+
+/// The `y` coordinates, little-endian with the sign bit clear, of the Edwards25519
+/// points of small order — `0` (order 4), `1` (order 1), the two of order 8, `p − 1`
+/// (order 2) — and the non-canonical `p` and `p + 1`, which decode as `0` and `1`.
+const SMALL_ORDER_Y: [[u8; 32]; 7] = [
+    [0; 32],
+    {
+        let mut one = [0; 32];
+        one[0] = 1;
+        one
+    },
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    field_element(0xec),
+    field_element(0xed),
+    field_element(0xee),
+];
+
+/// `p − 19 + low`: the 32 little-endian bytes `low, ff × 30, 7f` (`p` for `low` = `ed`).
+const fn field_element(low: u8) -> [u8; 32] {
+    let mut b = [0xff; 32];
+    b[0] = low;
+    b[31] = 0x7f;
+    b
+}
+
+/// Whether `encoded` (a point, sign bit ignored) is one of [`SMALL_ORDER_Y`].
+fn is_small_order_encoding(encoded: &[u8; 32]) -> bool {
+    let mut y = *encoded;
+    y[31] &= 0x7f;
+    SMALL_ORDER_Y.contains(&y)
+}
+
+/// Whether the `y` of `encoded` (its low 255 bits) is below `p = 2^255 − 19`.
+fn is_canonical_encoding(encoded: &[u8; 32]) -> bool {
+    let at_least_p = encoded[0] >= 0xed
+        && encoded[1..31].iter().all(|b| *b == 0xff)
+        && encoded[31] & 0x7f == 0x7f;
+    !at_least_p
 }
 
 fn signed_message(ctx: Context, body: &[u8]) -> Vec<u8> {
@@ -209,6 +276,42 @@ mod tests {
         assert!(
             k.public_key()
                 .verify(Context::Request, b"bodY", &sig)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn weak_keys_are_the_small_order_and_non_canonical_encodings() {
+        let key = |b: [u8; 32]| PublicKey::from_bytes(b);
+        for y in SMALL_ORDER_Y {
+            let mut negative = y;
+            negative[31] |= 0x80;
+            assert!(key(y).is_weak() && key(negative).is_weak(), "{y:02x?}");
+        }
+        // y = p + 3 (3 is on the curve, of large order): not canonical.
+        assert!(key(field_element(0xf0)).is_weak());
+        let mut two = [0; 32];
+        two[0] = 2;
+        assert!(
+            !key(two).is_weak(),
+            "y = 2 is canonical; no point, but not weak"
+        );
+        assert!(!SigningKey::from_seed(&[1; 32]).public_key().is_weak());
+    }
+
+    #[test]
+    fn small_order_r_is_refused_before_ring() {
+        let k = SigningKey::from_seed(&[7; 32]);
+        let mut sig = k.sign(Context::Request, b"body");
+        assert!(
+            k.public_key()
+                .verify(Context::Request, b"body", &sig)
+                .is_ok()
+        );
+        sig[..32].copy_from_slice(&SMALL_ORDER_Y[1]);
+        assert!(
+            k.public_key()
+                .verify(Context::Request, b"body", &sig)
                 .is_err()
         );
     }

@@ -12,7 +12,6 @@ pub mod audit;
 pub mod codec;
 pub mod credential;
 pub mod envelope;
-pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;

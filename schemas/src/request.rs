@@ -1,14 +1,20 @@
 //! Requests: what an operator asks of hosts.
 
 use crate::envelope::{Body, Context};
-use crate::names::{ActionName, Name, check_label_key};
+use crate::names::{ActionName, Name, check_label_key, check_label_value};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+mod selector;
+
 /// Longest regex accepted in a label selector, in bytes.
-pub const MAX_SELECTOR_REGEX: usize = 256;
+pub const MAX_SELECTOR_REGEX: usize = selector::MAX_PATTERN_BYTES;
+/// Largest count (`{n}`, `{n,}`, `{n,m}`) in a selector regex.
+pub const MAX_SELECTOR_COUNT: u32 = selector::MAX_COUNT;
+/// Largest weight of a selector regex (PROTOCOL.md, "Selector regexes").
+pub const MAX_SELECTOR_WEIGHT: u64 = selector::MAX_WEIGHT;
 /// Most hosts a request may name explicitly.
 pub const MAX_TARGET_HOSTS: usize = 10_000;
 
@@ -45,7 +51,8 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Targets {
-    /// These hosts, by name.
+    /// These hosts, by name: 1 to [`MAX_TARGET_HOSTS`], strictly ascending (so each
+    /// once, and an agent finds itself by binary search). Build with [`Targets::hosts`].
     Hosts(Vec<Name>),
     /// Every host (discovery pings).
     All,
@@ -93,36 +100,33 @@ impl LabelMatch {
     }
 }
 
-/// Compiles a selector regex, anchored to the whole value, with bounded size.
+/// Compiles a selector regex: `pattern` must be in the protocol's regex language
+/// (PROTOCOL.md, "Selector regexes": grammar, at most 256 bytes, counts up to 128,
+/// weight up to 256); it then matches the whole label value.
 pub fn compile_selector_regex(pattern: &str) -> Result<regex::Regex, String> {
-    if pattern.len() > MAX_SELECTOR_REGEX {
-        return Err(format!(
-            "selector regex is {} bytes, over the limit of {MAX_SELECTOR_REGEX}",
-            pattern.len()
-        ));
-    }
-    let build = |p: &str| {
-        regex::RegexBuilder::new(p)
-            .size_limit(64 * 1024)
-            .dfa_size_limit(64 * 1024)
-            .build()
-            .map_err(|e| format!("invalid selector regex: {e}"))
-    };
-    // The pattern must be a regex on its own; otherwise an unbalanced ')' could close
-    // the anchoring group below and match more than the whole value.
-    build(pattern)?;
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(64 * 1024)
-        .dfa_size_limit(64 * 1024)
+    let parsed = selector::parse(pattern)?;
+    // Every pattern of the language compiles within this bound (tests/vectors check the
+    // heaviest); the bound only keeps the engine's own limit out of the rule.
+    regex::RegexBuilder::new(&parsed.regex())
+        .size_limit(64 << 20)
         .build()
-        .map_err(|e| format!("invalid selector regex: {e}"))
+        .map_err(|e| format!("selector regex {pattern:?} does not compile: {e}"))
 }
 
 impl Targets {
+    /// An explicit host list, sorted and without repeats as the wire requires.
+    pub fn hosts(names: impl IntoIterator<Item = Name>) -> Targets {
+        let mut v: Vec<Name> = names.into_iter().collect();
+        v.sort();
+        v.dedup();
+        Targets::Hosts(v)
+    }
+
     /// Whether the host `name` with `labels` is a target.
     pub fn includes(&self, name: &Name, labels: &BTreeMap<String, String>) -> bool {
         match self {
-            Targets::Hosts(hosts) => hosts.contains(name),
+            // Decoding made the list strictly ascending.
+            Targets::Hosts(hosts) => hosts.binary_search(name).is_ok(),
             Targets::All => true,
             Targets::Selector(clauses) => clauses.iter().all(|c| c.matches(labels)),
         }
@@ -134,19 +138,38 @@ impl Targets {
                 "targets name {} hosts, over the limit of {MAX_TARGET_HOSTS}",
                 h.len()
             )),
+            Targets::Hosts(h) if h.is_empty() => Err("targets name no host".into()),
+            Targets::Hosts(h) => match h.windows(2).find(|w| w[0] >= w[1]) {
+                Some(w) => Err(format!(
+                    "target hosts must be strictly ascending: {} then {}",
+                    w[0], w[1]
+                )),
+                None => Ok(()),
+            },
             Targets::Selector(c) => {
                 if c.is_empty() || c.len() > 16 {
                     return Err("a selector has 1 to 16 clauses".into());
                 }
                 for m in c {
                     check_label_key(&m.key).map_err(|e| e.to_string())?;
-                    if m.op == MatchOp::Regex {
-                        compile_selector_regex(&m.value)?;
+                    // A value is bounded like the labels it is compared with.
+                    match m.op {
+                        MatchOp::Regex => {
+                            compile_selector_regex(&m.value)?;
+                        }
+                        MatchOp::Eq | MatchOp::Ne => {
+                            if check_label_value(&m.value).is_err() {
+                                return Err(format!(
+                                    "selector value for {} is over 128 characters or holds a control character",
+                                    m.key
+                                ));
+                            }
+                        }
                     }
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            Targets::All => Ok(()),
         }
     }
 }
@@ -268,6 +291,39 @@ mod tests {
         assert!(!re.is_match("eu-1"));
         assert!(compile_selector_regex(&"a".repeat(300)).is_err());
         assert!(compile_selector_regex("(").is_err());
+    }
+
+    #[test]
+    fn host_lists_are_non_empty_strictly_ascending_and_found_by_search() {
+        let n = |s: &str| Name::new(s).unwrap();
+        let t = Targets::hosts([n("web2"), n("db1"), n("web2"), n("web10")]);
+        assert_eq!(t, Targets::Hosts(vec![n("db1"), n("web10"), n("web2")]));
+        assert!(t.validate().is_ok());
+        assert!(t.includes(&n("web10"), &BTreeMap::new()));
+        assert!(!t.includes(&n("web1"), &BTreeMap::new()));
+        for bad in [
+            vec![],
+            vec![n("b"), n("a")],
+            vec![n("a"), n("a")],
+            vec![n("a"), n("c"), n("b")],
+        ] {
+            assert!(Targets::Hosts(bad.clone()).validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn selector_values_are_bounded_like_label_values() {
+        let clause = |op, value: String| {
+            Targets::Selector(vec![LabelMatch {
+                key: "role".into(),
+                op,
+                value,
+            }])
+        };
+        assert!(clause(MatchOp::Eq, "x".repeat(128)).validate().is_ok());
+        assert!(clause(MatchOp::Eq, "x".repeat(129)).validate().is_err());
+        assert!(clause(MatchOp::Ne, "x".repeat(100_000)).validate().is_err());
+        assert!(clause(MatchOp::Ne, "a\nb".into()).validate().is_err());
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub struct RevocationList {
     pub issued_at: Millis,
     /// Revoked credential serials, ascending.
     pub serials: Vec<u64>,
-    /// Revoked names: every credential of the name valid from before `before`.
+    /// Revoked names, strictly ascending by name (each at most once): every credential
+    /// of the name valid from before `before`.
     pub names: Vec<RevokedName>,
 }
 
@@ -55,8 +56,9 @@ impl Body for RevocationList {
         if !self.serials.windows(2).all(|w| w[0] < w[1]) {
             return Err("serials are not strictly ascending".into());
         }
-        if !self.names.windows(2).all(|w| w[0] < w[1]) {
-            return Err("names are not strictly ascending".into());
+        // By name alone: one `before` per name, so no list says two things of a name.
+        if !self.names.windows(2).all(|w| w[0].name < w[1].name) {
+            return Err("names are not strictly ascending (each name at most once)".into());
         }
         Ok(())
     }
@@ -65,9 +67,12 @@ impl Body for RevocationList {
 /// Why a revocation list was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RevocationError {
-    /// It did not decode.
+    /// Its `IssuerSigned` envelope did not decode.
     #[error("revocation list: {0}")]
-    Decode(DecodeError),
+    Envelope(DecodeError),
+    /// Its body did not decode (checked after the issuer signature).
+    #[error("revocation list: {0}")]
+    Body(DecodeError),
     /// Not signed by a trusted issuer.
     #[error("revocation list signed by {issuer}, which is not a trusted issuer")]
     UntrustedIssuer {
@@ -85,6 +90,20 @@ pub enum RevocationError {
         /// The held list's sequence.
         held: u64,
     },
+}
+
+impl RevocationError {
+    /// The protocol's refusal label: `envelope/<decode label>`, `untrusted_issuer`,
+    /// `signature`, `body/<decode label>` or `stale`.
+    pub fn label(&self) -> String {
+        match self {
+            RevocationError::Envelope(d) => format!("envelope/{}", d.label()),
+            RevocationError::Body(d) => format!("body/{}", d.label()),
+            RevocationError::UntrustedIssuer { .. } => "untrusted_issuer".into(),
+            RevocationError::BadSignature => "signature".into(),
+            RevocationError::Stale { .. } => "stale".into(),
+        }
+    }
 }
 
 impl RevocationList {
@@ -139,7 +158,8 @@ pub fn verify_revocation(
 ) -> Result<RevocationList, RevocationError> {
     IssuerSigned::open::<RevocationList>(bytes, MAX_REVOCATION_BYTES, trusted).map_err(
         |e| match e {
-            IssuerSignedError::Decode(d) => RevocationError::Decode(d),
+            IssuerSignedError::Envelope(d) => RevocationError::Envelope(d),
+            IssuerSignedError::Body(d) => RevocationError::Body(d),
             IssuerSignedError::UntrustedIssuer(issuer) => {
                 RevocationError::UntrustedIssuer { issuer }
             }

@@ -52,7 +52,7 @@ impl CredentialVerifier {
     /// Decodes `bytes` as a credential and checks it chains to a trusted issuer.
     pub fn verify(&self, bytes: &[u8]) -> Result<Arc<Credential>, CredentialError> {
         if bytes.len() > crate::credential::MAX_CREDENTIAL_BYTES {
-            return Err(CredentialError::Decode(crate::DecodeError::TooLarge {
+            return Err(CredentialError::Envelope(crate::DecodeError::TooLarge {
                 what: "credential",
                 size: bytes.len(),
                 max: crate::credential::MAX_CREDENTIAL_BYTES,

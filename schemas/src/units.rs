@@ -33,8 +33,16 @@ fn field_err(field: impl Into<String>, reason: impl Into<String>) -> FieldError 
     }
 }
 
-/// Checks a unit name: `[a-z0-9][a-z0-9_.-]{0,62}` with no `..`. The unit file is
-/// `gearmq-<name>.service`, so a name is never a path.
+/// The suffix of every unit name gearmq acts on in systemd.
+pub const SERVICE_SUFFIX: &str = ".service";
+/// The prefix of the systemd name of every unit gearmq creates.
+pub const MANAGED_PREFIX: &str = "gearmq-";
+/// Longest systemd unit name (systemd's own limit).
+pub const MAX_SYSTEMD_UNIT_NAME: usize = 255;
+
+/// Checks the name of a unit gearmq creates: `[a-z0-9][a-z0-9_.-]{0,62}` with no `..`,
+/// not ending in `.service` (such a name is an existing unit's, [`UnitName`]). The unit
+/// file is `gearmq-<name>.service`, so a name is never a path.
 pub fn check_unit_name(unit: &str) -> Result<(), FieldError> {
     let b = unit.as_bytes();
     let ok = !b.is_empty()
@@ -43,22 +51,82 @@ pub fn check_unit_name(unit: &str) -> Result<(), FieldError> {
         && b.iter().all(|c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
         })
-        && !unit.contains("..");
+        && !unit.contains("..")
+        && !unit.ends_with(SERVICE_SUFFIX);
     if ok {
         Ok(())
     } else {
         Err(field_err(
             "unit",
             format!(
-                "{unit:?} is not a unit name: 1 to 63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit, no '..'"
+                "{unit:?} is not a unit name: 1 to 63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit, no '..', not ending in '.service'"
             ),
         ))
     }
 }
 
+/// Checks the full systemd name of an existing unit of the host (one gearmq did not
+/// create): 1 to 255 bytes of `A-Z a-z 0-9 : _ . @ -`, ending in `.service` with a
+/// non-empty stem that starts with a letter or digit, at most one `@`, and not
+/// `gearmq-…` (gearmq's own units are named without prefix and suffix). Never a path.
+pub fn check_existing_unit_name(unit: &str) -> Result<(), FieldError> {
+    let stem = unit.strip_suffix(SERVICE_SUFFIX).unwrap_or("");
+    let b = stem.as_bytes();
+    let ok = !b.is_empty()
+        && unit.len() <= MAX_SYSTEMD_UNIT_NAME
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'.' | b'@' | b'-'))
+        && b.iter().filter(|c| **c == b'@').count() <= 1
+        && !unit.contains("..")
+        && !unit.starts_with(MANAGED_PREFIX);
+    if ok {
+        Ok(())
+    } else {
+        Err(field_err(
+            "unit",
+            format!(
+                "{unit:?} is not an existing unit's name: up to 255 characters of A-Z, a-z, 0-9, ':', '_', '.', '@', '-', ending in '.service', starting with a letter or digit, at most one '@', not 'gearmq-…' (gearmq's own units are named without prefix and suffix)"
+            ),
+        ))
+    }
+}
+
+/// What a request's unit name denotes: one of gearmq's own units by its short name
+/// (`web` → `gearmq-web.service`), or an existing unit of the host by its full
+/// systemd name (`nginx.service`), which only a host's `[[existing]]` allowlist
+/// opens to gearmq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitName<'a> {
+    /// A unit gearmq creates.
+    Managed(&'a str),
+    /// An existing unit of the host.
+    Existing(&'a str),
+}
+
+impl<'a> UnitName<'a> {
+    /// Parses `unit`: a name ending in `.service` is an existing unit's full name, any
+    /// other a gearmq unit's; each checked by its own rule.
+    pub fn parse(unit: &'a str) -> Result<Self, FieldError> {
+        if unit.ends_with(SERVICE_SUFFIX) {
+            check_existing_unit_name(unit).map(|()| UnitName::Existing(unit))
+        } else {
+            check_unit_name(unit).map(|()| UnitName::Managed(unit))
+        }
+    }
+
+    /// The unit's name in systemd.
+    pub fn systemd_name(self) -> String {
+        match self {
+            UnitName::Managed(u) => unit_file_name(u),
+            UnitName::Existing(u) => u.to_string(),
+        }
+    }
+}
+
 /// The systemd unit file name for a gearmq unit name.
 pub fn unit_file_name(unit: &str) -> String {
-    format!("gearmq-{unit}.service")
+    format!("{MANAGED_PREFIX}{unit}{SERVICE_SUFFIX}")
 }
 
 fn check_text(field: &str, v: &str, max: usize) -> Result<(), FieldError> {
@@ -83,6 +151,65 @@ fn check_abs_path(field: &str, v: &str) -> Result<(), FieldError> {
         return Err(field_err(field, format!("{v:?} contains '..'")));
     }
     Ok(())
+}
+
+/// Environment variables that make a program load or run code other than the program
+/// named in `exec`: exact names. With [`LOADER_ENV_PREFIXES`] this is the list an agent
+/// refuses in a unit's `env` unless its `systemd.allowed_loader_env` names the variable
+/// ([`is_loader_env`]). It covers the C library and the common interpreters; a program
+/// with a plugin variable of its own is not covered (and `PATH`, which programs need,
+/// is left alone: `exec` is an absolute path).
+pub const LOADER_ENV: &[&str] = &[
+    // glibc: iconv modules are shared objects; tunables steer the dynamic loader.
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    // OpenSSL: a config file can load engines and providers (shared objects).
+    "OPENSSL_CONF",
+    "OPENSSL_ENGINES",
+    "OPENSSL_MODULES",
+    // bash: a file sourced by every non-interactive shell; options from the
+    // environment (xtrace), and the PS4 prompt whose expansions xtrace runs. (`ENV` is
+    // read by interactive shells only, and is a common application variable.)
+    "BASH_ENV",
+    "SHELLOPTS",
+    "PS4",
+    // Python: module search path, installation root, start-up file, user site (.pth
+    // files there run code).
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    // Perl: module path, `-M` options, debugger.
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5OPT",
+    "PERL5DB",
+    // Ruby: library path, `-r` options.
+    "RUBYLIB",
+    "RUBYOPT",
+    // Node.js: `--require`/`--import` options, module path.
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    // Java: `-javaagent:`/`-agentpath:` options, class path.
+    "JAVA_TOOL_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "_JAVA_OPTIONS",
+    "CLASSPATH",
+    // PHP: ini files (`auto_prepend_file`, extensions).
+    "PHPRC",
+    "PHP_INI_SCAN_DIR",
+];
+
+/// Prefixes of loader variables: every variable starting with one is one. `LD_` is
+/// the dynamic loader's family (`LD_PRELOAD`, `LD_LIBRARY_PATH`, `LD_AUDIT`,
+/// `LD_DEBUG_OUTPUT`, `LD_PROFILE`, …); Lua's come with version suffixes
+/// (`LUA_INIT_5_4`).
+pub const LOADER_ENV_PREFIXES: &[&str] = &["LD_", "LUA_INIT", "LUA_PATH", "LUA_CPATH"];
+
+/// Whether environment variable `key` changes what code a program loads (see
+/// [`LOADER_ENV`]). Names are case-sensitive, as the loader and interpreters read them.
+pub fn is_loader_env(key: &str) -> bool {
+    LOADER_ENV.contains(&key) || LOADER_ENV_PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
 /// When systemd restarts the program.
@@ -214,6 +341,47 @@ mod tests {
             let e = check_unit_name(bad).unwrap_err();
             assert_eq!(e.field, "unit");
         }
+        assert!(check_unit_name("nginx.service").is_err());
+    }
+
+    #[test]
+    fn existing_unit_names_are_full_systemd_names_and_never_paths() {
+        for ok in [
+            "nginx.service",
+            "postgresql@15-main.service",
+            "getty@tty1.service",
+            "systemd-journald.service",
+            "A:b_c.d-e.service",
+        ] {
+            assert_eq!(UnitName::parse(ok).unwrap(), UnitName::Existing(ok), "{ok}");
+            assert_eq!(UnitName::parse(ok).unwrap().systemd_name(), ok);
+        }
+        for bad in [
+            ".service",
+            "-x.service",
+            "../x.service",
+            "a/b.service",
+            "a..b.service",
+            "a@b@c.service",
+            "gearmq-web.service",
+            "a b.service",
+            "a\\x2d.service",
+            "nginx.socket",
+            &format!("{}.service", "x".repeat(248)),
+        ] {
+            let e = check_existing_unit_name(bad).unwrap_err();
+            assert_eq!(e.field, "unit", "{bad}");
+        }
+        assert_eq!(UnitName::parse("web").unwrap(), UnitName::Managed("web"));
+        assert_eq!(
+            UnitName::parse("web").unwrap().systemd_name(),
+            "gearmq-web.service"
+        );
+        // Only services are existing units; anything else is a gearmq unit's name.
+        assert_eq!(
+            UnitName::parse("a.socket").unwrap(),
+            UnitName::Managed("a.socket")
+        );
     }
 
     #[test]
@@ -242,5 +410,46 @@ mod tests {
         let mut s = ok;
         s.args = vec!["100%".into(), "$HOME".into(), "\"q\" \\".into()];
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn loader_variables_are_recognised_by_name_and_family() {
+        for k in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "LD_DEBUG_OUTPUT",
+            "LD_PROFILE",
+            "GCONV_PATH",
+            "GLIBC_TUNABLES",
+            "PYTHONPATH",
+            "PERL5OPT",
+            "NODE_OPTIONS",
+            "JAVA_TOOL_OPTIONS",
+            "BASH_ENV",
+            "LUA_INIT_5_4",
+            "OPENSSL_CONF",
+        ] {
+            assert!(is_loader_env(k), "{k}");
+        }
+        for k in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "RUST_LOG",
+            "ld_preload",
+            "OLD_PRELOAD",
+            "XLD_LIBRARY_PATH",
+            "PYTHONPATHX",
+            "LDFLAGS",
+        ] {
+            assert!(!is_loader_env(k), "{k}");
+        }
+        // Every listed name is itself a valid variable name a spec could carry.
+        for k in LOADER_ENV {
+            let mut s = UnitSpec::new("web", "/bin/echo");
+            s.env.insert((*k).to_string(), "x".into());
+            assert!(s.validate().is_ok(), "{k}");
+        }
     }
 }

@@ -125,8 +125,11 @@ fn reply(
     Signed::seal(&rep, key, cred)
 }
 
+/// An explicit host list, sorted as the wire requires.
 fn hosts(names: &[&str]) -> Targets {
-    Targets::Hosts(names.iter().map(|n| name(n)).collect())
+    let mut v: Vec<Name> = names.iter().map(|n| name(n)).collect();
+    v.sort();
+    Targets::Hosts(v)
 }
 
 fn verify(files: &[(String, Vec<u8>)]) -> Result<Summary, Broken> {
@@ -793,4 +796,674 @@ fn a_writer_refuses_entries_a_verifier_would_refuse() {
         "{err}"
     );
     assert_eq!(verify(&one_file(&path)).unwrap().records, 1);
+}
+
+/// A record signed with `key` and chained after the last record of `bytes`, built by
+/// hand so that nothing checks its entry first (as a buggy or hostile writer would).
+fn append_unchecked(bytes: &[u8], key: &SigningKey, credential: &[u8], entry: Entry) -> Vec<u8> {
+    let spans = frame_spans(bytes);
+    let (last_off, last_len) = *spans.last().unwrap();
+    let last = audit::read_record(&bytes[last_off + 4..last_off + last_len]).unwrap();
+    let record = AuditRecord::new(
+        *last.record.log_id,
+        last.record.index + 1,
+        last.hash,
+        RECORD_TIME,
+        entry,
+    );
+    let mut out = bytes.to_vec();
+    out.extend(frame(&Signed::seal(&record, key, credential)));
+    out
+}
+
+/// web1's log of one ping executed, answered with `ok`: (path, request, reply).
+fn one_ping_handled(dir: &Path) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    let path = dir.join("agent.log");
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+    let (r, q) = request(hosts(&["web1"]));
+    let ok = reply(&r, &q, "web1", &web1_key(), &web1_credential(), Status::Ok);
+    log.append(Entry::request_handled(&r, Some(&ok))).unwrap();
+    (path, r, ok)
+}
+
+#[test]
+fn a_request_repeated_with_the_logged_request_and_reply_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, r, ok) = one_ping_handled(dir.path());
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+    log.append(Entry::request_repeated(&r, &ok)).unwrap();
+    log.append(Entry::request_repeated(&r, &ok)).unwrap();
+    let s = verify(&one_file(&path)).unwrap();
+    assert_eq!(
+        (s.records, s.requests_handled, s.requests_repeated),
+        (4, 1, 2)
+    );
+}
+
+#[test]
+fn a_request_repeated_whose_request_is_not_in_the_chain_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, ok) = one_ping_handled(dir.path());
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+    // Another request, never logged in full: the repeat points at nothing.
+    let (other, _) = request(hosts(&["web1"]));
+    log.append(Entry::request_repeated(&other, &ok)).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 2);
+    assert!(
+        matches!(&broken.problem, Problem::RepeatOfUnknownRequest { request } if *request == hex::encode(sha256(&other))),
+        "{broken}"
+    );
+    assert!(broken.to_string().contains("record 2"), "{broken}");
+}
+
+#[test]
+fn a_request_repeated_logged_before_its_request_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.log");
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+    let (r, q) = request(hosts(&["web1"]));
+    let ok = reply(&r, &q, "web1", &web1_key(), &web1_credential(), Status::Ok);
+    log.append(Entry::request_repeated(&r, &ok)).unwrap();
+    log.append(Entry::request_handled(&r, Some(&ok))).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 1);
+    assert!(
+        matches!(broken.problem, Problem::RepeatOfUnknownRequest { .. }),
+        "{broken}"
+    );
+}
+
+#[test]
+fn a_request_repeated_with_another_reply_digest_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, r, _) = one_ping_handled(dir.path());
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+    // The same request, a reply that was never logged with it.
+    let (_, q) = request(hosts(&["web1"]));
+    let other = reply(&r, &q, "web1", &web1_key(), &web1_credential(), Status::Ok);
+    log.append(Entry::request_repeated(&r, &other)).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 2);
+    assert!(
+        matches!(&broken.problem, Problem::RepeatWithOtherReply { reply, .. } if *reply == hex::encode(sha256(&other))),
+        "{broken}"
+    );
+}
+
+#[test]
+fn a_request_repeated_reaches_back_across_rotated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.log");
+    let opts = AuditOptions {
+        max_bytes: 4000,
+        ..options()
+    };
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), opts).unwrap();
+    let (r, q) = request(hosts(&["web1"]));
+    let ok = reply(&r, &q, "web1", &web1_key(), &web1_credential(), Status::Ok);
+    log.append(Entry::request_handled(&r, Some(&ok))).unwrap();
+    for _ in 0..4 {
+        let (r2, q2) = request(hosts(&["web1"]));
+        let ok2 = reply(
+            &r2,
+            &q2,
+            "web1",
+            &web1_key(),
+            &web1_credential(),
+            Status::Ok,
+        );
+        log.append(Entry::request_handled(&r2, Some(&ok2))).unwrap();
+    }
+    log.append(Entry::request_repeated(&r, &ok)).unwrap();
+    let files = log_files(&path).unwrap();
+    assert!(files.len() >= 2, "{files:?}");
+    let s = verify(&read_files(&files)).unwrap();
+    assert_eq!((s.requests_handled, s.requests_repeated), (5, 1));
+}
+
+#[test]
+fn a_request_repeated_in_an_orchestrator_log_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = orchestrator_log(dir.path());
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    let (r, q) = request(hosts(&["web1"]));
+    let ok = reply(&r, &q, "web1", &web1_key(), &web1_credential(), Status::Ok);
+    log.append(Entry::request_repeated(&r, &ok)).unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 7);
+    assert!(
+        matches!(
+            broken.problem,
+            Problem::HandledByNonHost {
+                entry: "request_repeated",
+                role: Role::Operator,
+                ..
+            }
+        ),
+        "{broken}"
+    );
+}
+
+fn counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn replies_rejected_summaries_verify_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = orchestrator_log(dir.path());
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    let (_, q) = request(hosts(&["web1"]));
+    let per_call = Entry::replies_rejected(
+        Some(q.id),
+        &counts(&[("forged", 900), ("malformed", 99_100)]),
+        20_000_000,
+        RECORD_TIME - 5000,
+        RECORD_TIME,
+    )
+    .unwrap();
+    let no_call = Entry::replies_rejected(
+        None,
+        &counts(&[("unknown_request", 12)]),
+        4000,
+        RECORD_TIME,
+        RECORD_TIME,
+    )
+    .unwrap();
+    log.append_batch(vec![per_call, no_call]).unwrap();
+    let s = verify(&one_file(&path)).unwrap();
+    assert_eq!(
+        (
+            s.records,
+            s.replies_rejected,
+            s.rejection_summaries,
+            s.replies_summarised
+        ),
+        (9, 1, 2, 100_012)
+    );
+
+    // A host calling others under a delegation token keeps a client log: it may
+    // summarise the replies it refused, as it may log them one by one.
+    let host_log = dir.path().join("client.log");
+    let mut log = AuditLog::open(&host_log, db1_key(), &db1_credential(), options()).unwrap();
+    log.append(Entry::reply_rejected(b"junk", "malformed", None))
+        .unwrap();
+    log.append(
+        Entry::replies_rejected(None, &counts(&[("malformed", 3)]), 12, T0, T0 + 1).unwrap(),
+    )
+    .unwrap();
+    let s = verify(&one_file(&host_log)).unwrap();
+    assert_eq!((s.writer_role, s.replies_summarised), (Role::Host, 3));
+}
+
+#[test]
+fn a_replies_rejected_summary_that_does_not_add_up_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(orchestrator_log(dir.path())).unwrap();
+    let good = Entry::RepliesRejected {
+        request_id: None,
+        counts: counts(&[("forged", 2), ("late", 1)]),
+        messages: 3,
+        bytes: 30,
+        first_time: T0,
+        last_time: T0 + 10,
+    };
+    let b = append_unchecked(&bytes, &ops_key(), &ops_credential(), good.clone());
+    assert_eq!(
+        verify(&[("audit.log".into(), b)])
+            .unwrap()
+            .replies_summarised,
+        3
+    );
+
+    let mut wrong_sum = good.clone();
+    let mut bad_label = good.clone();
+    let mut backwards = good.clone();
+    let mut empty = good.clone();
+    if let Entry::RepliesRejected { messages, .. } = &mut wrong_sum {
+        *messages = 2;
+    }
+    if let Entry::RepliesRejected {
+        counts, messages, ..
+    } = &mut bad_label
+    {
+        counts.insert("Not-A-Label".into(), 1);
+        *messages = 4;
+    }
+    if let Entry::RepliesRejected {
+        first_time,
+        last_time,
+        ..
+    } = &mut backwards
+    {
+        (*first_time, *last_time) = (*last_time, *first_time);
+    }
+    if let Entry::RepliesRejected {
+        counts, messages, ..
+    } = &mut empty
+    {
+        counts.clear();
+        *messages = 0;
+    }
+    for e in [wrong_sum, bad_label, backwards, empty] {
+        let b = append_unchecked(&bytes, &ops_key(), &ops_credential(), e.clone());
+        let broken = broken_at(verify(&[("audit.log".into(), b)]), 7);
+        assert!(
+            matches!(broken.problem, Problem::Body(_)),
+            "{e:?}: {broken}"
+        );
+    }
+}
+
+/// A ping by `ops`, valid from `issued_at` to `expires_at`.
+fn request_valid(issued_at: Millis, expires_at: Millis) -> (Vec<u8>, Request) {
+    let (_, mut req) = request(hosts(&["web1"]));
+    req.issued_at = issued_at;
+    req.expires_at = expires_at;
+    (Signed::seal(&req, &ops_key(), &ops_credential()), req)
+}
+
+/// web1's reply to `req` with `status`, started at `started_at`.
+fn web1_reply_at(req_bytes: &[u8], req: &Request, status: Status, started_at: Millis) -> Vec<u8> {
+    let body = Signed::decode(req_bytes, 1 << 20).unwrap().body;
+    let rep = Reply::new(
+        req.id,
+        sha256(&body),
+        name("web1"),
+        status,
+        started_at,
+        started_at + 2,
+    );
+    Signed::seal(&rep, &web1_key(), &web1_credential())
+}
+
+/// web1's log holding one `request_handled` record of `request` answered `reply`.
+fn handled_once(dir: &Path, request: &[u8], reply: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let path = dir.join(format!("agent-{}.log", rand_suffix()));
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+    log.append(Entry::request_handled(request, Some(reply)))
+        .unwrap();
+    one_file(&path)
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// `req` (body as given) signed by `key` with `cred`.
+fn signed_by(req: &Request, key: &SigningKey, cred: &[u8]) -> Vec<u8> {
+    Signed::seal(req, key, cred)
+}
+
+#[test]
+fn a_request_its_signer_may_not_make_must_have_been_refused_whatever_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, base) = request(hosts(&["web1"]));
+    // db1 signs as itself with no delegation token; ops asks for an action its
+    // credential does not list; db1 claims to be ops; ops presents a token.
+    let mut host_signed = base.clone();
+    host_signed.caller = name("db1");
+    host_signed.reply_to = reply_queue_name(&name("db1"), "1");
+    let mut not_listed = base.clone();
+    not_listed.action = ActionName::new("restart").unwrap();
+    let mut token_by_operator = base.clone();
+    token_by_operator.token = Some(serde_bytes::ByteBuf::from(vec![1, 2, 3]));
+    let cases: [(&str, Vec<u8>, Request); 4] = [
+        (
+            "signed by a host without a token",
+            signed_by(&host_signed, &db1_key(), &db1_credential()),
+            host_signed.clone(),
+        ),
+        (
+            "action not in the credential",
+            signed_by(&not_listed, &ops_key(), &ops_credential()),
+            not_listed.clone(),
+        ),
+        (
+            "caller is not the signer",
+            signed_by(&base, &db1_key(), &db1_credential()),
+            base.clone(),
+        ),
+        (
+            "token presented by an operator",
+            signed_by(&token_by_operator, &ops_key(), &ops_credential()),
+            token_by_operator.clone(),
+        ),
+    ];
+    for (what, bytes, req) in cases {
+        // Refused: what the agent must do.
+        for status in [Status::Unauthorized, Status::Expired, Status::Replayed] {
+            let refused = web1_reply_at(&bytes, &req, status, RECORD_TIME);
+            let s = verify(&handled_once(dir.path(), &bytes, &refused))
+                .unwrap_or_else(|e| panic!("{what}, refused {status}: {e}"));
+            assert_eq!(s.handled_not_ok, 1);
+        }
+        // Answered with anything else, even a failure: it was acted on.
+        for status in [Status::Ok, Status::UnknownError, Status::Conflict] {
+            let acted = web1_reply_at(&bytes, &req, status, RECORD_TIME);
+            let broken = broken_at(verify(&handled_once(dir.path(), &bytes, &acted)), 1);
+            assert!(
+                matches!(broken.problem, Problem::UnauthorizedNotRefused { .. }),
+                "{what}, answered {status}: {broken}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_expired_credential_answered_with_a_failure_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.log");
+    let mut opts = options();
+    opts.clock = || T0 + 40 * DAY; // the operator credential ended at T0 + 30 days
+    let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), opts).unwrap();
+    let (r, q) = request_valid(T0 + 40 * DAY - 1000, T0 + 40 * DAY + 60_000);
+    let timed_out = web1_reply_at(&r, &q, Status::TimedOut, T0 + 40 * DAY);
+    log.append(Entry::request_handled(&r, Some(&timed_out)))
+        .unwrap();
+    let broken = broken_at(verify(&one_file(&path)), 1);
+    assert!(
+        matches!(&broken.problem, Problem::ExpiredNotRefused { answered, .. } if answered.starts_with("timed_out")),
+        "{broken}"
+    );
+}
+
+#[test]
+fn a_request_started_on_outside_its_window_must_have_been_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Expired ten minutes before the agent started on it (the skew allows five).
+    let (r, q) = request_valid(RECORD_TIME - 1_200_000, RECORD_TIME - 600_000);
+    let refused = web1_reply_at(&r, &q, Status::Expired, RECORD_TIME);
+    verify(&handled_once(dir.path(), &r, &refused)).unwrap();
+    for status in [Status::Ok, Status::NotFound] {
+        let acted = web1_reply_at(&r, &q, status, RECORD_TIME);
+        let broken = broken_at(verify(&handled_once(dir.path(), &r, &acted)), 1);
+        assert!(
+            matches!(broken.problem, Problem::OutsideRequestWindow { started_at, .. } if started_at == RECORD_TIME),
+            "{status}: {broken}"
+        );
+    }
+    // Issued in the future by more than the skew.
+    let (r, q) = request_valid(RECORD_TIME + 600_000, RECORD_TIME + 900_000);
+    let acted = web1_reply_at(&r, &q, Status::Ok, RECORD_TIME);
+    let broken = broken_at(verify(&handled_once(dir.path(), &r, &acted)), 1);
+    assert!(
+        matches!(broken.problem, Problem::OutsideRequestWindow { .. }),
+        "{broken}"
+    );
+    // Within the skew on both sides: fine.
+    let (r, q) = request_valid(RECORD_TIME + 60_000, RECORD_TIME + 120_000);
+    let acted = web1_reply_at(&r, &q, Status::Ok, RECORD_TIME);
+    verify(&handled_once(dir.path(), &r, &acted)).unwrap();
+}
+
+#[test]
+fn a_request_executed_twice_by_one_host_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, q) = request(hosts(&["web1"]));
+    let first = web1_reply_at(&r, &q, Status::Ok, RECORD_TIME);
+    let second = web1_reply_at(&r, &q, Status::Ok, RECORD_TIME + 1);
+    let write = |entries: Vec<Entry>| {
+        let path = dir.path().join(format!("agent-{}.log", rand_suffix()));
+        let mut log = AuditLog::open(&path, web1_key(), &web1_credential(), options()).unwrap();
+        for e in entries {
+            log.append(e).unwrap();
+        }
+        one_file(&path)
+    };
+
+    // The stored reply sent again, logged in full or as a repeat: one execution.
+    let s = verify(&write(vec![
+        Entry::request_handled(&r, Some(&first)),
+        Entry::request_handled(&r, Some(&first)),
+        Entry::request_repeated(&r, &first),
+    ]))
+    .unwrap();
+    assert_eq!((s.requests_handled, s.requests_repeated), (2, 1));
+
+    // Answered anew with another reply: executed twice.
+    let broken = broken_at(
+        verify(&write(vec![
+            Entry::request_handled(&r, Some(&first)),
+            Entry::request_handled(&r, Some(&second)),
+        ])),
+        2,
+    );
+    assert!(
+        matches!(broken.problem, Problem::ExecutedTwice { first_record: 1, id, .. } if id == q.id),
+        "{broken}"
+    );
+    // A failed execution counts as one too.
+    let failed = web1_reply_at(&r, &q, Status::TimedOut, RECORD_TIME + 2);
+    let broken = broken_at(
+        verify(&write(vec![
+            Entry::request_handled(&r, Some(&failed)),
+            Entry::request_handled(&r, Some(&first)),
+        ])),
+        2,
+    );
+    assert!(
+        matches!(broken.problem, Problem::ExecutedTwice { .. }),
+        "{broken}"
+    );
+
+    // Refusals are not executions: the same id with other bytes refused as replayed,
+    // a repeat refused as expired with a freshly signed reply.
+    let mut reused = q.clone();
+    reused.args = vec![0x81, 0xa1, b'x', 0x01];
+    let reused_bytes = signed_by(&reused, &ops_key(), &ops_credential());
+    let replayed = web1_reply_at(&reused_bytes, &reused, Status::Replayed, RECORD_TIME);
+    let expired = web1_reply_at(&r, &q, Status::Expired, RECORD_TIME + 3);
+    verify(&write(vec![
+        Entry::request_handled(&r, Some(&first)),
+        Entry::request_handled(&reused_bytes, Some(&replayed)),
+        Entry::request_handled(&r, Some(&expired)),
+    ]))
+    .unwrap();
+
+    // A stream (logged with its first reply, not final) started again after a
+    // broken session changes nothing: not reported.
+    let stream_start = |started_at: Millis| {
+        let body = Signed::decode(&r, 1 << 20).unwrap().body;
+        let mut rep = Reply::new(
+            q.id,
+            sha256(&body),
+            name("web1"),
+            Status::Ok,
+            started_at,
+            started_at,
+        );
+        rep.is_final = false;
+        Signed::seal(&rep, &web1_key(), &web1_credential())
+    };
+    verify(&write(vec![
+        Entry::request_handled(&r, Some(&stream_start(RECORD_TIME))),
+        Entry::request_handled(&r, Some(&stream_start(RECORD_TIME + 5))),
+    ]))
+    .unwrap();
+
+    // The same id used by another caller is another request.
+    let ops2_key = SigningKey::from_seed(&[5; 32]);
+    let mut c = Credential::new(
+        5,
+        name("ops2"),
+        Role::Operator,
+        ops2_key.public_key(),
+        T0,
+        T0 + 30 * DAY,
+    );
+    c.actions.push(ActionName::new("ping").unwrap());
+    let ops2_cred = c.issue(&issuer());
+    let mut same_id = q.clone();
+    same_id.caller = name("ops2");
+    same_id.reply_to = reply_queue_name(&name("ops2"), "1");
+    let same_id_bytes = signed_by(&same_id, &ops2_key, &ops2_cred);
+    let other_ok = web1_reply_at(&same_id_bytes, &same_id, Status::Ok, RECORD_TIME);
+    verify(&write(vec![
+        Entry::request_handled(&r, Some(&first)),
+        Entry::request_handled(&same_id_bytes, Some(&other_ok)),
+    ]))
+    .unwrap();
+}
+
+fn revocations(
+    serials: &[u64],
+    names: &[(&str, Millis)],
+    issued_at: Millis,
+) -> gearmq_schemas::revocation::RevocationList {
+    let names: Vec<_> = names
+        .iter()
+        .map(|(n, before)| gearmq_schemas::revocation::RevokedName {
+            name: name(n),
+            before: *before,
+        })
+        .collect();
+    gearmq_schemas::revocation::RevocationList::empty(issued_at).with(serials, &names, issued_at)
+}
+
+fn verify_with_revocations(
+    files: &[(String, Vec<u8>)],
+    lists: Vec<gearmq_schemas::revocation::RevocationList>,
+) -> Summary {
+    let opts = VerifyOptions {
+        revocations: lists,
+        ..VerifyOptions::default()
+    };
+    verify_log(files, &anchors(), &opts).unwrap()
+}
+
+#[test]
+fn records_signed_after_a_revocation_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = one_file(&orchestrator_log(dir.path()));
+    let ops_serial = 2;
+
+    // ops revoked (by serial) before its log was written: every record it signed.
+    let s = verify_with_revocations(
+        &orch,
+        vec![revocations(&[ops_serial], &[], RECORD_TIME - 1)],
+    );
+    assert_eq!(s.revoked_uses, 7, "{:#?}", s.revoked);
+    assert!(s.revoked.iter().all(|u| u.what == "writer"
+        && u.name.as_str() == "ops"
+        && u.serial == ops_serial
+        && u.revoked_since == RECORD_TIME - 1));
+    assert_eq!(
+        s.revoked.iter().map(|u| u.record).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<_>>()
+    );
+
+    // Revoked after the last record: nothing to list.
+    let later = revocations(&[ops_serial], &[], RECORD_TIME + 1);
+    assert_eq!(
+        verify_with_revocations(&orch, vec![later.clone()]).revoked_uses,
+        0
+    );
+
+    // A list keeps no time per serial: an older list that already names it narrows
+    // the moment down.
+    let older = revocations(&[ops_serial], &[], RECORD_TIME - 1);
+    assert_eq!(
+        verify_with_revocations(&orch, vec![later, older]).revoked_uses,
+        7
+    );
+
+    // web1 revoked by name just before the records, in a list issued a day later:
+    // the replies it signed that the orchestrator accepted (records 2 and 6).
+    let by_name = revocations(&[], &[("web1", RECORD_TIME - 1)], RECORD_TIME + DAY);
+    let s = verify_with_revocations(&orch, vec![by_name]);
+    assert_eq!(
+        s.revoked
+            .iter()
+            .map(|u| (u.record, u.what, u.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "reply", "web1"), (6, "reply", "web1")]
+    );
+    // A credential of that name issued after `before` (re-enrolled) is not revoked.
+    let s = verify_with_revocations(&orch, vec![revocations(&[], &[("web1", T0)], RECORD_TIME)]);
+    assert_eq!(s.revoked_uses, 0);
+
+    // On web1's log: the request it executed from ops is listed, the one it refused
+    // is not; web1's own records are not concerned.
+    let agent = one_file(&agent_log(dir.path()));
+    let s = verify_with_revocations(
+        &agent,
+        vec![revocations(&[ops_serial], &[], RECORD_TIME - 1)],
+    );
+    assert_eq!(
+        s.revoked
+            .iter()
+            .map(|u| (u.record, u.what, u.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "request", "ops")]
+    );
+    // The writer revoked: every record of the log.
+    let s = verify_with_revocations(&agent, vec![revocations(&[1], &[], T0)]);
+    assert_eq!(s.revoked_uses, 4);
+}
+
+/// A streamed reply (seq, final) signed by web1 for request `req`.
+fn stream_reply(req_bytes: &[u8], req: &Request, seq: u32, is_final: bool) -> Vec<u8> {
+    let body = Signed::decode(req_bytes, 1 << 20).unwrap().body;
+    let mut rep = Reply::new(
+        req.id,
+        sha256(&body),
+        name("web1"),
+        Status::Ok,
+        RECORD_TIME,
+        RECORD_TIME + 2,
+    );
+    rep.seq = seq;
+    rep.is_final = is_final;
+    Signed::seal(&rep, &web1_key(), &web1_credential())
+}
+
+#[test]
+fn streamed_replies_accepted_twice_out_of_order_or_after_the_final_are_caught() {
+    let (r1, q1) = request(hosts(&["web1"]));
+    let log_of = |seqs: &[(u32, bool)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+        log.append(Entry::request_sent(&r1)).unwrap();
+        for (seq, fin) in seqs {
+            log.append(Entry::reply_accepted(&stream_reply(&r1, &q1, *seq, *fin)))
+                .unwrap();
+        }
+        verify(&one_file(&path))
+    };
+    // In order, with a gap (a partial may be lost), then the final: fine.
+    let ok = log_of(&[(0, false), (1, false), (3, false), (4, true)]).unwrap();
+    assert_eq!(ok.replies_accepted, 4);
+    // seq 0 twice: the second is the duplicate.
+    let b = broken_at(log_of(&[(0, false), (0, false)]), 3);
+    assert!(
+        matches!(b.problem, Problem::DuplicateReply { seq: 0, .. }),
+        "{b}"
+    );
+    // seq 2 after seq 3.
+    let b = broken_at(log_of(&[(0, false), (3, false), (2, false)]), 4);
+    assert!(
+        matches!(
+            b.problem,
+            Problem::ReplyOutOfOrder {
+                seq: 2,
+                after: 3,
+                after_final: false,
+                ..
+            }
+        ),
+        "{b}"
+    );
+    // Anything after the final.
+    let b = broken_at(log_of(&[(0, false), (1, true), (2, false)]), 4);
+    assert!(
+        matches!(
+            b.problem,
+            Problem::ReplyOutOfOrder {
+                after_final: true,
+                ..
+            }
+        ),
+        "{b}"
+    );
 }

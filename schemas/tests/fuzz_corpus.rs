@@ -3,11 +3,12 @@
 //! the test. So the seeds, and every regression input added to them, are checked by
 //! `cargo test` without nightly or libFuzzer.
 //!
-//! The `seed-*` files are built from `vectors/` by `GEARMQ_REGEN_FUZZ_SEEDS=1 cargo test
+//! The `seed-*` files are built from `vectors/` (the audit seeds are the vector log
+//! families as they are) by `GEARMQ_REGEN_FUZZ_SEEDS=1 cargo test
 //! -p gearmq-schemas --test fuzz_corpus`; review the diff, then run again without it.
 
 use gearmq_schemas::actions::{InstallArgs, MAX_ARGS_BYTES};
-use gearmq_schemas::audit::{self, AuditLog, AuditOptions, Entry, VerifyOptions};
+use gearmq_schemas::audit::{self, VerifyOptions};
 use gearmq_schemas::credential::verify_credential;
 use gearmq_schemas::envelope::open;
 use gearmq_schemas::fuzzing::{self, ISSUER_SEED};
@@ -38,9 +39,6 @@ const TARGETS: &[(&str, Target)] = &[
 
 /// 2026-01-01T00:00:00Z, the start of the vector credentials' validity.
 const T0: Millis = 1_767_225_600_000;
-/// The audit seed's records are written one minute in, with the ping request's time.
-const RECORD_TIME: Millis = T0 + 60_000;
-const HOST_SEED: [u8; 32] = [2; 32];
 
 fn schemas_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -115,10 +113,29 @@ fn base_seeds_pass_every_check() {
     verify_credential(&read("credential/seed-host"), &[issuer]).unwrap();
     verify_credential(&read("credential/seed-operator"), &[issuer]).unwrap();
     verify_revocation(&read("revocation/seed-list"), &[issuer]).unwrap();
-    let log = read("audit_log/seed-agent");
-    let summary =
-        audit::verify_log(&[("agent.log", &log)], &anchors, &VerifyOptions::default()).unwrap();
-    assert_eq!(summary.requests_handled, 1);
+    // The audit seeds are the vector families: each first file verifies alone, and
+    // with its live file as a rotated family.
+    let verify = |files: &[(&str, Vec<u8>)]| {
+        audit::verify_log(files, &anchors, &VerifyOptions::default()).unwrap()
+    };
+    let agent = read("audit_log/seed-agent");
+    let agent_live = read("audit_log/seed-agent-live");
+    assert_eq!(verify(&[("audit.log", agent.clone())]).requests_handled, 2);
+    let s = verify(&[("audit.log.1", agent), ("audit.log", agent_live)]);
+    assert_eq!((s.requests_handled, s.requests_repeated), (3, 2));
+    let ops = read("audit_log/seed-orchestrator");
+    let ops_live = read("audit_log/seed-orchestrator-live");
+    assert_eq!(verify(&[("audit.log", ops.clone())]).requests_sent, 1);
+    let s = verify(&[("audit.log.1", ops), ("audit.log", ops_live)]);
+    assert_eq!(
+        (
+            s.requests_sent,
+            s.replies_accepted,
+            s.replies_rejected,
+            s.rejection_summaries
+        ),
+        (1, 1, 2, 2)
+    );
     let args: InstallArgs = codec::decode(
         "install args",
         &read("unit_spec/seed-install"),
@@ -160,27 +177,6 @@ fn must_refuse() -> Seeds {
         .collect()
 }
 
-fn audit_seed() -> Vec<u8> {
-    fn clock() -> Millis {
-        RECORD_TIME
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.log");
-    let options = AuditOptions {
-        clock,
-        sync_on_append: false,
-        ..AuditOptions::default()
-    };
-    let key = SigningKey::from_seed(&HOST_SEED);
-    let mut log = AuditLog::open(&path, key, &vector("credential-host.bin"), options).unwrap();
-    let (request, reply) = (vector("request-ping.bin"), vector("reply-ping.bin"));
-    log.append(Entry::request_handled(&request, Some(&reply)))
-        .unwrap();
-    log.flush().unwrap();
-    drop(log);
-    std::fs::read(&path).unwrap()
-}
-
 fn write_seeds() {
     let issuer = SigningKey::from_seed(&ISSUER_SEED);
     let request = vector("request-ping.bin");
@@ -206,14 +202,26 @@ fn write_seeds() {
     spec.memory_max = Some(64 << 20);
     spec.cpu_quota = Some(50);
     spec.description = Some("web server".into());
-    let install = codec::encode(&InstallArgs { spec, start: true });
+    let install = codec::encode(&InstallArgs {
+        spec,
+        start: true,
+        enable: true,
+        artifact: None,
+    });
     let relative = codec::encode(&InstallArgs {
         spec: UnitSpec::new("web", "python3"),
         start: false,
+        enable: false,
+        artifact: None,
     });
 
-    let log = audit_seed();
-    let first_record = audit::frames(&log).next().unwrap().unwrap().bytes.to_vec();
+    let agent_log = vector("audit-web1.log.1");
+    let first_record = audit::frames(&agent_log)
+        .next()
+        .unwrap()
+        .unwrap()
+        .bytes
+        .to_vec();
 
     let seeds: Vec<(&str, Seeds)> = vec![
         (
@@ -230,7 +238,16 @@ fn write_seeds() {
             .concat(),
         ),
         ("revocation", with_mutations("seed-list", &revocation)),
-        ("audit_log", with_mutations("seed-agent", &log)),
+        (
+            "audit_log",
+            [
+                with_mutations("seed-agent", &agent_log),
+                with_mutations("seed-agent-live", &vector("audit-web1.log")),
+                with_mutations("seed-orchestrator", &vector("audit-ops.log.1")),
+                with_mutations("seed-orchestrator-live", &vector("audit-ops.log")),
+            ]
+            .concat(),
+        ),
         (
             "unit_spec",
             [

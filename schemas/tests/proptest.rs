@@ -202,7 +202,7 @@ fn label_match() -> impl Strategy<Value = LabelMatch> {
 
 fn targets() -> impl Strategy<Value = Targets> {
     prop_oneof![
-        vec(name(), 0..8).prop_map(Targets::Hosts),
+        vec(name(), 1..8).prop_map(Targets::hosts),
         Just(Targets::All),
         vec(label_match(), 1..=16).prop_map(Targets::Selector),
     ]

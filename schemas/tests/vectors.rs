@@ -1,13 +1,30 @@
-//! Fixed test vectors under `schemas/vectors/`, built from fixed seeds.
+//! The protocol's test vectors under `schemas/vectors/`, built from fixed seeds, one
+//! module per area.
 //!
 //! Ed25519 is deterministic, so the same seeds, times and ids always give the same
 //! bytes. These tests rebuild every vector and compare it byte for byte with the
 //! checked-in file (a changed wire format shows up here first), then open the files with
-//! the schemas API and check every field, so another implementation can check itself
-//! against the same files and `vectors.json`.
+//! the schemas API and check every field and every refusal, so another implementation
+//! can check itself against the same files and their JSON listings.
 //!
 //! After an intended wire change: `GEARMQ_REGEN_VECTORS=1 cargo test -p gearmq-schemas
 //! --test vectors`, review the diff, run the tests again without the variable.
+
+// One file per area under `tests/vectors/`, sharing the fixtures of this root.
+#[path = "vectors/audit.rs"]
+mod audit;
+#[path = "vectors/decode.rs"]
+mod decode;
+#[path = "vectors/ed25519.rs"]
+mod ed25519;
+#[path = "vectors/revocation.rs"]
+mod revocation;
+#[path = "vectors/selector.rs"]
+mod selector;
+#[path = "vectors/spec.rs"]
+mod spec;
+#[path = "vectors/token.rs"]
+mod token;
 
 use gearmq_schemas::actions::{PingArgs, PingResult};
 use gearmq_schemas::codec;
@@ -15,8 +32,8 @@ use gearmq_schemas::credential::{Credential, Role, verify_credential};
 use gearmq_schemas::envelope::{self, Context, IssuerSigned, OpenError, Signed};
 use gearmq_schemas::request::{Request, Targets, is_reply_queue_of};
 use gearmq_schemas::{
-    ActionName, CredentialVerifier, DEFAULT_MAX_MESSAGE_BYTES, DecodeError, Name, Reply,
-    SigningKey, Status, TrustAnchors, VERSION, sha256,
+    ActionName, CredentialVerifier, DEFAULT_MAX_MESSAGE_BYTES, Name, Reply, SigningKey, Status,
+    TrustAnchors, VERSION, sha256,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -40,6 +57,9 @@ const SEALING_KEY: [u8; 32] = [
     0x0d, 0xbf, 0x3a, 0x0d, 0x26, 0x38, 0x1a, 0xf4, 0xeb, 0xa4, 0xa9, 0x8e, 0xaa, 0x9b, 0x4e, 0x6a,
 ];
 
+/// 2026-01-01T00:02:30Z: the time every vector is judged at (credential and request
+/// windows, tokens), unless its listing says otherwise.
+const NOW: u64 = T0 + 150_000;
 /// 2026-01-01T00:01:00Z: when the ping request was signed.
 const ISSUED_AT: u64 = T0 + 60_000;
 const EXPIRES_AT: u64 = ISSUED_AT + 300_000;
@@ -472,22 +492,7 @@ fn must_refuse(b: &Built) -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
 /// The step at which `open` refused a message, in the words of `must_refuse`.
 fn refusal(e: &OpenError) -> String {
-    fn decode(e: &DecodeError) -> &'static str {
-        match e {
-            DecodeError::TooLarge { .. } => "too_large",
-            DecodeError::Malformed { .. } => "malformed",
-            DecodeError::TrailingBytes { .. } => "trailing_bytes",
-            DecodeError::NotCanonical { .. } => "not_canonical",
-            DecodeError::WrongKind { .. } => "wrong_kind",
-            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
-        }
-    }
-    match e {
-        OpenError::Envelope(d) => format!("envelope/{}", decode(d)),
-        OpenError::Credential(_) => "credential".into(),
-        OpenError::BadSignature { .. } => "signature".into(),
-        OpenError::Body(d) => format!("body/{}", decode(d)),
-    }
+    e.label()
 }
 
 fn listing(b: &Built) -> Value {
@@ -560,6 +565,42 @@ fn read_listing() -> Value {
 
 fn regenerating() -> bool {
     std::env::var("GEARMQ_REGEN_VECTORS").is_ok_and(|v| v == "1")
+}
+
+/// Writes `bytes` to `vectors/<file>` when regenerating; otherwise the file must hold
+/// exactly these bytes.
+fn check_file(file: &str, bytes: &[u8]) {
+    let path = vectors_dir().join(file);
+    if regenerating() {
+        std::fs::write(&path, bytes).unwrap();
+        return;
+    }
+    let on_disk =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert!(
+        on_disk == bytes,
+        "vectors/{file} differs from what the seeds build now; if the protocol changed on \
+         purpose, rerun with GEARMQ_REGEN_VECTORS=1 and review the diff"
+    );
+}
+
+/// Writes `value` to `vectors/<file>` (pretty, keys sorted) when regenerating;
+/// otherwise the file must hold the same JSON value.
+fn check_json(file: &str, value: &Value) {
+    let path = vectors_dir().join(file);
+    if regenerating() {
+        std::fs::write(&path, format!("{value:#}\n")).unwrap();
+        return;
+    }
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let on_disk: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    assert!(
+        on_disk == *value,
+        "vectors/{file} differs from what the seeds build now; rerun with \
+         GEARMQ_REGEN_VECTORS=1 and review the diff"
+    );
 }
 
 fn verifier() -> CredentialVerifier {
@@ -778,14 +819,15 @@ fn must_refuse_vectors_are_refused_at_the_stated_step() {
 }
 
 #[test]
-fn protocol_doc_walks_through_the_current_request_vector() {
-    let doc =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("PROTOCOL.md"))
-            .unwrap();
-    let bytes = read_vector("request-ping.bin");
-    let digest = hex::encode(sha256(&bytes));
-    assert!(
-        doc.contains(&digest),
-        "PROTOCOL.md's walk-through does not name the SHA-256 of request-ping.bin ({digest}); update it"
-    );
+fn every_vector_window_contains_now() {
+    for c in [host_credential(), operator_credential()] {
+        assert!(c.check_window(NOW, 0).is_ok(), "{}", c.name);
+    }
+    let r = ping_request();
+    assert!(r.issued_at <= NOW && NOW <= r.expires_at);
+    // The token's window (token.json) is the ping request's.
+    let listing: Value = serde_json::from_slice(&read_vector("token.json")).unwrap();
+    let claims = &listing["claims"];
+    assert!(claims["not_before"].as_u64().unwrap() <= NOW);
+    assert!(NOW <= claims["not_after"].as_u64().unwrap());
 }

@@ -2,6 +2,8 @@
 //!
 //! Pure: bytes in, a summary or the first broken record out. Every credential is judged
 //! as of the record's time, so a log still verifies after its credentials expire.
+//! Revocation lists are not in the log: given some, the records that used a credential
+//! after its revocation are listed in the summary rather than breaking the chain.
 
 use super::{AuditRecord, Entry, FrameError, MAX_RECORD_BYTES, frames};
 use crate::codec::DecodeError;
@@ -10,9 +12,11 @@ use crate::envelope::{Body, Context, OpenError, Opened, Signed, decode_body, ope
 use crate::names::Name;
 use crate::reply::Reply;
 use crate::request::{Request, Targets};
+use crate::revocation::RevocationList;
 use crate::status::Status;
 use crate::time::Millis;
 use crate::trust::{CredentialVerifier, TrustAnchors};
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -27,6 +31,14 @@ pub struct VerifyOptions {
     pub expect_head: Option<[u8; 32]>,
     /// The name the log's writer must have.
     pub writer: Option<Name>,
+    /// Revocation lists, already verified against the trusted issuers (any number, in
+    /// any order). A credential counts as revoked from the earliest moment one of
+    /// them gives: for a revoked serial the list's `issued_at` (a list holds no
+    /// revocation time per serial, so give older lists too to narrow it), for a
+    /// revoked name its `before` (or the list's `issued_at` if that is earlier).
+    /// Records that used a credential from that moment on go in
+    /// [`Summary::revoked`].
+    pub revocations: Vec<RevocationList>,
 }
 
 impl Default for VerifyOptions {
@@ -35,8 +47,35 @@ impl Default for VerifyOptions {
             skew_ms: 5 * 60 * 1000,
             expect_head: None,
             writer: None,
+            revocations: Vec::new(),
         }
     }
+}
+
+/// Most [`RevokedUse`]s a [`Summary`] lists; the rest are only counted.
+pub const MAX_REVOKED_LISTED: usize = 1000;
+
+/// A record that used a credential at or after the moment a revocation list revokes
+/// it: written by it, or holding a request or reply it signed that was sent, accepted
+/// or executed (a request the agent refused is not listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedUse {
+    /// The file the record is in (as named by the caller).
+    pub file: String,
+    /// The record's index.
+    pub record: u64,
+    /// The record's time (ms since epoch).
+    pub time: Millis,
+    /// `writer`, `request` or `reply`: what the credential signed.
+    pub what: &'static str,
+    /// The credential's name.
+    pub name: Name,
+    /// The credential's role.
+    pub role: Role,
+    /// The credential's serial.
+    pub serial: u64,
+    /// The moment from which the lists revoke it (ms since epoch).
+    pub revoked_since: Millis,
 }
 
 /// What a clean log holds.
@@ -57,6 +96,17 @@ pub struct Summary {
     /// `request_handled` records whose reply is not `ok` (refused or failed), or
     /// that sent no reply.
     pub handled_not_ok: u64,
+    /// `request_repeated` records: requests answered again with the same reply.
+    pub requests_repeated: u64,
+    /// `replies_rejected` records: summaries of refused replies that were only counted.
+    pub rejection_summaries: u64,
+    /// Refused replies counted in those summaries (the sum of their `messages`).
+    pub replies_summarised: u64,
+    /// Records that used a revoked credential (with [`VerifyOptions::revocations`]),
+    /// the first [`MAX_REVOKED_LISTED`] of them.
+    pub revoked: Vec<RevokedUse>,
+    /// How many such uses there are in all.
+    pub revoked_uses: u64,
     /// SHA-256 of the last record: note it to check later with `expect_head`.
     pub head: [u8; 32],
     /// The chain's random id.
@@ -263,23 +313,86 @@ pub enum Problem {
         /// The reply's seq.
         seq: u32,
     },
-    /// A `request_handled` record by a writer that is not a host.
-    #[error("request_handled records are written by hosts, this one by {writer} ({role})")]
+    /// A streamed reply accepted after one with a higher seq, or after the final one.
+    #[error(
+        "reply {seq} from {host} to request {id} was accepted after reply {after}{}: a host's replies are accepted in strictly increasing seq, none after its final one",
+        if *after_final { " (its final one)" } else { "" }
+    )]
+    ReplyOutOfOrder {
+        /// The request id.
+        id: Uuid,
+        /// The host.
+        host: Name,
+        /// The reply's seq.
+        seq: u32,
+        /// The seq of the reply accepted before it.
+        after: u32,
+        /// Whether that reply was the host's final one.
+        after_final: bool,
+    },
+    /// A `request_handled` or `request_repeated` record by a writer that is not a host.
+    #[error("{entry} records are written by hosts, this one by {writer} ({role})")]
     HandledByNonHost {
+        /// The entry's name.
+        entry: &'static str,
         /// The writer.
         writer: Name,
         /// Its role.
         role: Role,
     },
-    /// A handled request executed although its credential was out of its window.
+    /// A handled request answered other than by a refusal although its credential
+    /// was out of its window.
     #[error(
-        "request {id} was handled with a credential not valid at the time ({error}) and not refused as expired"
+        "request {id} was handled with a credential not valid at the time ({error}) and answered {answered}, not refused as expired"
     )]
     ExpiredNotRefused {
         /// The request id.
         id: Uuid,
-        /// Why the credential was not valid.
-        error: CredentialError,
+        /// Why the credential was not valid (boxed: the rarest, largest problem).
+        error: Box<CredentialError>,
+        /// The reply's status (`ok`, `timed_out`, …), or `with no reply`.
+        answered: &'static str,
+    },
+    /// A handled request answered other than by a refusal although the agent started
+    /// on it outside the request's own window.
+    #[error(
+        "request {id} (valid {issued_at}..{expires_at} ms) was started on at {started_at} ms and answered {answered}, not refused as expired"
+    )]
+    OutsideRequestWindow {
+        /// The request id.
+        id: Uuid,
+        /// The request's `issued_at`.
+        issued_at: Millis,
+        /// The request's `expires_at`.
+        expires_at: Millis,
+        /// The reply's `started_at`.
+        started_at: Millis,
+        /// The reply's status (`ok`, `timed_out`, …).
+        answered: &'static str,
+    },
+    /// A handled request answered other than by a refusal although its signer may not
+    /// make it (role, caller, the credential's actions).
+    #[error("request {id} was answered {answered} although {reason}: the agent must refuse it")]
+    UnauthorizedNotRefused {
+        /// The request id.
+        id: Uuid,
+        /// The reply's status (`ok`, `timed_out`, …), or `with no reply`.
+        answered: &'static str,
+        /// What the signer may not do.
+        reason: String,
+    },
+    /// One request (caller and id) executed twice by the writer: two `request_handled`
+    /// records, neither a refusal nor a stream, whose replies are not the same bytes.
+    #[error(
+        "request {id} from {caller} was answered again with another reply (first at record {first_record}), not by a refusal: executed twice, where a repeat gets the stored reply"
+    )]
+    ExecutedTwice {
+        /// The request id.
+        id: Uuid,
+        /// Its caller.
+        caller: Name,
+        /// The index of the record of the first execution.
+        first_record: u64,
     },
     /// The reply logged with a handled request does not answer it.
     #[error("the reply logged with request {id} does not answer it (id or digest differs)")]
@@ -299,6 +412,25 @@ pub enum Problem {
         /// The log's writer.
         writer: Name,
     },
+    /// A `request_repeated` record whose request no earlier `request_handled` record
+    /// of the chain holds.
+    #[error(
+        "request_repeated names request sha256 {request}, which no earlier request_handled record of this log holds"
+    )]
+    RepeatOfUnknownRequest {
+        /// The request digest it names (hex).
+        request: String,
+    },
+    /// A `request_repeated` record whose reply is not the one logged with its request.
+    #[error(
+        "request_repeated says request sha256 {request} was answered again with reply sha256 {reply}, but no earlier request_handled record holds that reply to it"
+    )]
+    RepeatWithOtherReply {
+        /// The request digest (hex).
+        request: String,
+        /// The reply digest it names (hex).
+        reply: String,
+    },
     /// The last record's hash is not the one expected.
     #[error("the log ends with head {got}, expected {expected} (records were cut off or differ)")]
     HeadMismatch {
@@ -309,28 +441,154 @@ pub enum Problem {
     },
 }
 
+impl Problem {
+    /// A stable label for the problem (`index_mismatch`, `executed_twice`, …), as
+    /// PROTOCOL.md's audit log section lists them.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Problem::NoFiles => "no_files",
+            Problem::EmptyFile => "empty_file",
+            Problem::Frame(_) => "frame",
+            Problem::Envelope(_) => "envelope",
+            Problem::WriterCredential(_) => "writer_credential",
+            Problem::WriterSignature { .. } => "writer_signature",
+            Problem::Body(_) => "body",
+            Problem::WriterWindow(_) => "writer_window",
+            Problem::WriterChanged { .. } => "writer_changed",
+            Problem::UnexpectedWriter { .. } => "unexpected_writer",
+            Problem::LogIdChanged { .. } => "log_id_changed",
+            Problem::IndexMismatch { .. } => "index_mismatch",
+            Problem::PrevMismatch => "prev_mismatch",
+            Problem::NoGenesis { .. } => "no_genesis",
+            Problem::NoRotation { .. } => "no_rotation",
+            Problem::Misplaced { .. } => "misplaced",
+            Problem::RotationHeadMismatch => "rotation_head_mismatch",
+            Problem::Embedded { .. } => "embedded",
+            Problem::WrongRole { .. } => "wrong_role",
+            Problem::NotSigner { .. } => "not_signer",
+            Problem::EmbeddedWindow { .. } => "embedded_window",
+            Problem::RequestNotByWriter { .. } => "request_not_by_writer",
+            Problem::RequestIdReused { .. } => "request_id_reused",
+            Problem::UnknownRequest { .. } => "unknown_request",
+            Problem::DigestMismatch { .. } => "digest_mismatch",
+            Problem::NotATarget { .. } => "not_a_target",
+            Problem::DuplicateReply { .. } => "duplicate_reply",
+            Problem::ReplyOutOfOrder { .. } => "reply_out_of_order",
+            Problem::HandledByNonHost { .. } => "handled_by_non_host",
+            Problem::ExpiredNotRefused { .. } => "expired_not_refused",
+            Problem::OutsideRequestWindow { .. } => "outside_request_window",
+            Problem::UnauthorizedNotRefused { .. } => "unauthorized_not_refused",
+            Problem::ExecutedTwice { .. } => "executed_twice",
+            Problem::ReplyDoesNotAnswer { .. } => "reply_does_not_answer",
+            Problem::ReplyNotByWriter { .. } => "reply_not_by_writer",
+            Problem::RepeatOfUnknownRequest { .. } => "repeat_of_unknown_request",
+            Problem::RepeatWithOtherReply { .. } => "repeat_with_other_reply",
+            Problem::HeadMismatch { .. } => "head_mismatch",
+        }
+    }
+}
+
 struct SentRequest {
     digest: [u8; 32],
     targets: Targets,
 }
 
+/// What a `request_handled` record's reply says.
+#[derive(Clone, Copy)]
+struct Answer {
+    status: Status,
+    /// SHA-256 of the whole reply.
+    digest: [u8; 32],
+    started_at: Millis,
+    is_final: bool,
+}
+
+/// A request a host executed, as its first record shows.
+#[derive(Clone, Copy)]
+struct Execution {
+    /// SHA-256 of the reply logged, if one was.
+    reply: Option<[u8; 32]>,
+    /// The record's index.
+    record: u64,
+}
+
+/// When each revoked credential stops being trusted, from the lists given.
+#[derive(Default)]
+struct RevokedCredentials {
+    serials: HashMap<u64, Millis>,
+    /// (name, credentials with `not_before` before this are revoked, from when).
+    names: Vec<(Name, Millis, Millis)>,
+}
+
+impl RevokedCredentials {
+    fn new(lists: &[RevocationList]) -> Self {
+        let mut r = RevokedCredentials::default();
+        for list in lists {
+            for serial in &list.serials {
+                let since = r.serials.entry(*serial).or_insert(list.issued_at);
+                *since = (*since).min(list.issued_at);
+            }
+            for n in &list.names {
+                r.names
+                    .push((n.name.clone(), n.before, n.before.min(list.issued_at)));
+            }
+        }
+        r
+    }
+
+    fn is_empty(&self) -> bool {
+        self.serials.is_empty() && self.names.is_empty()
+    }
+
+    /// From when `c` is revoked, if it is.
+    fn since(&self, c: &Credential) -> Option<Millis> {
+        let by_name = self
+            .names
+            .iter()
+            .filter(|(name, before, _)| *name == c.name && c.not_before < *before)
+            .map(|(_, _, since)| *since);
+        self.serials
+            .get(&c.serial)
+            .copied()
+            .into_iter()
+            .chain(by_name)
+            .min()
+    }
+}
+
 struct Chain<'a> {
     options: &'a VerifyOptions,
+    revoked: RevokedCredentials,
+    /// Credentials embedded in the current record that a revocation may concern.
+    used: Vec<(&'static str, Arc<Credential>)>,
     verifier: CredentialVerifier,
     writer: Option<(Name, Role)>,
     log_id: Option<[u8; 16]>,
     next_index: u64,
     prev: [u8; 32],
     requests: HashMap<Uuid, SentRequest>,
-    accepted: HashSet<(Uuid, Name, u32)>,
+    /// Per (request, host): the last accepted reply's seq and whether it was final.
+    accepted: HashMap<(Uuid, Name), (u32, bool)>,
+    /// (SHA-256 of the request message, SHA-256 of the reply) of every
+    /// `request_handled` record with a reply: what a `request_repeated` may repeat.
+    answered: HashSet<([u8; 32], [u8; 32])>,
+    /// Callers of executed requests, numbered, so that `executed` keys stay small.
+    callers: HashMap<Name, u32>,
+    /// Executed requests by (caller number, id).
+    executed: HashMap<(u32, Uuid), Execution>,
     summary: Summary,
 }
 
 /// Verifies a chain given as files, oldest first, against the trusted issuers: the
 /// framing, every record's writer signature and credential (at the record's time), the
 /// hash chain and index across files, genesis and rotation placement, every embedded
-/// request and reply (signature, role, credential at the record's time), and that
-/// every accepted reply answers a logged request. Returns the first broken record.
+/// request and reply (signature, role, credential at the record's time), that every
+/// accepted reply answers a logged request, that a host refused every request its
+/// signer could not make or that was out of its window (whatever status it answered
+/// otherwise) and executed none twice, and that every repeat points to a logged
+/// answer. Returns the first broken record; uses of credentials revoked by
+/// [`VerifyOptions::revocations`] are listed in the summary. A tail cut after a whole
+/// record goes unseen without [`VerifyOptions::expect_head`].
 pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
     files: &[(N, B)],
     anchors: &TrustAnchors,
@@ -346,13 +604,18 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
     };
     let mut chain = Chain {
         options,
+        revoked: RevokedCredentials::new(&options.revocations),
+        used: Vec::new(),
         verifier: CredentialVerifier::new(anchors.clone(), 256),
         writer: None,
         log_id: None,
         next_index: 0,
         prev: [0; 32],
         requests: HashMap::new(),
-        accepted: HashSet::new(),
+        accepted: HashMap::new(),
+        answered: HashSet::new(),
+        callers: HashMap::new(),
+        executed: HashMap::new(),
         summary: Summary {
             files: files.len(),
             records: 0,
@@ -361,6 +624,11 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
             replies_rejected: 0,
             requests_handled: 0,
             handled_not_ok: 0,
+            requests_repeated: 0,
+            rejection_summaries: 0,
+            replies_summarised: 0,
+            revoked: Vec::new(),
+            revoked_uses: 0,
             head: [0; 32],
             log_id: [0; 16],
             writer: Name::new("unknown").unwrap_or_else(|_| unreachable!("a valid name")),
@@ -392,7 +660,7 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
                 }
             };
             chain
-                .record(file_no, pos, frame.bytes)
+                .record(name, file_no, pos, frame.bytes)
                 .map_err(|p| broken(&chain, frame.offset, p))?;
         }
     }
@@ -416,7 +684,13 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
 }
 
 impl Chain<'_> {
-    fn record(&mut self, file_no: usize, pos: usize, bytes: &[u8]) -> Result<(), Problem> {
+    fn record(
+        &mut self,
+        file: &str,
+        file_no: usize,
+        pos: usize,
+        bytes: &[u8],
+    ) -> Result<(), Problem> {
         let env = Signed::decode(bytes, MAX_RECORD_BYTES).map_err(Problem::Envelope)?;
         let writer = self
             .verifier
@@ -495,7 +769,11 @@ impl Chain<'_> {
         if *record.prev != self.prev {
             return Err(Problem::PrevMismatch);
         }
+        self.used.clear();
         self.entry(&record, &writer)?;
+        if !self.revoked.is_empty() {
+            self.note_revoked(file, &record, writer);
+        }
         self.summary.last_time = record.time;
         self.next_index += 1;
         self.prev = crate::sha256(bytes);
@@ -509,6 +787,7 @@ impl Chain<'_> {
             Entry::RequestSent { request } => {
                 let req = self.open_request(request)?;
                 self.in_window("request", &req, time)?;
+                self.used.push(("request", req.signer().clone()));
                 let body = req.body();
                 if body.caller != writer.name {
                     return Err(Problem::RequestNotByWriter {
@@ -537,6 +816,7 @@ impl Chain<'_> {
             Entry::ReplyAccepted { reply } => {
                 let rep = self.open_reply(reply)?;
                 self.in_window("reply", &rep, time)?;
+                self.used.push(("reply", rep.signer().clone()));
                 let body = rep.body();
                 let id = body.request_id;
                 let host = body.host.clone();
@@ -549,13 +829,26 @@ impl Chain<'_> {
                 if !sent.targets.includes(&host, &rep.signer().labels) {
                     return Err(Problem::NotATarget { id, host });
                 }
-                if !self.accepted.insert((id, host.clone(), body.seq)) {
-                    return Err(Problem::DuplicateReply {
-                        id,
-                        host,
-                        seq: body.seq,
-                    });
+                let stream = (id, host.clone());
+                if let Some(&(after, after_final)) = self.accepted.get(&stream) {
+                    if body.seq == after {
+                        return Err(Problem::DuplicateReply {
+                            id,
+                            host,
+                            seq: body.seq,
+                        });
+                    }
+                    if body.seq <= after || after_final {
+                        return Err(Problem::ReplyOutOfOrder {
+                            id,
+                            host,
+                            seq: body.seq,
+                            after,
+                            after_final,
+                        });
+                    }
                 }
+                self.accepted.insert(stream, (body.seq, body.is_final));
                 self.summary.replies_accepted += 1;
             }
             Entry::ReplyRejected { .. } => {
@@ -564,12 +857,7 @@ impl Chain<'_> {
                 self.summary.replies_rejected += 1;
             }
             Entry::RequestHandled { request, reply } => {
-                if writer.role != Role::Host {
-                    return Err(Problem::HandledByNonHost {
-                        writer: writer.name.clone(),
-                        role: writer.role,
-                    });
-                }
+                check_host_writer(record, writer)?;
                 // Signature and credential chain always; who may sign is judged below,
                 // once the reply says whether the agent executed it or refused it.
                 let req = open_embedded::<Request>("request", request, &self.verifier)?;
@@ -580,7 +868,7 @@ impl Chain<'_> {
                         host: writer.name.clone(),
                     });
                 }
-                let mut status = None;
+                let mut answer = None;
                 if let Some(reply) = reply {
                     let rep = self.open_reply(reply)?;
                     self.in_window("reply", &rep, time)?;
@@ -596,16 +884,23 @@ impl Chain<'_> {
                     {
                         return Err(Problem::ReplyDoesNotAnswer { id: body.id });
                     }
-                    status = Some(rep.body().status);
+                    let reply_digest = crate::sha256(reply);
+                    self.answered.insert((crate::sha256(request), reply_digest));
+                    answer = Some(Answer {
+                        status: rep.body().status,
+                        digest: reply_digest,
+                        started_at: rep.body().started_at,
+                        is_final: rep.body().is_final,
+                    });
                 }
-                // An agent logs the requests it refused too (wrong role, caller not the
-                // signer, expired or revoked credential): refusing them is correct, only
-                // executing them is not. A record without a reply is judged strictly.
-                let executed = status.is_none_or(|s| s == Status::Ok);
-                if executed {
-                    check_request_signer(&req)?;
-                    if let Err(error) = req.signer().check_window(time, self.options.skew_ms) {
-                        return Err(Problem::ExpiredNotRefused { id: body.id, error });
+                let status = answer.map(|a| a.status);
+                self.check_handled(&req, answer, time)?;
+                if status.is_none_or(|s| !is_refusal(s)) {
+                    self.used.push(("request", req.signer().clone()));
+                    // A stream (`logs --follow`, logged with its first, not final,
+                    // reply) changes nothing and starts again after a broken session.
+                    if answer.is_none_or(|a| a.is_final) {
+                        self.check_executed_once(body, answer.map(|a| a.digest))?;
                     }
                 }
                 self.summary.requests_handled += 1;
@@ -613,8 +908,144 @@ impl Chain<'_> {
                     self.summary.handled_not_ok += 1;
                 }
             }
+            Entry::RequestRepeated { request, reply } => {
+                check_host_writer(record, writer)?;
+                if !self.answered.contains(&(**request, **reply)) {
+                    // Rare (the log is broken): a scan to say which half is wrong.
+                    let known = self.answered.iter().any(|(q, _)| q == &**request);
+                    return Err(if known {
+                        Problem::RepeatWithOtherReply {
+                            request: hex::encode(**request),
+                            reply: hex::encode(**reply),
+                        }
+                    } else {
+                        Problem::RepeatOfUnknownRequest {
+                            request: hex::encode(**request),
+                        }
+                    });
+                }
+                self.summary.requests_repeated += 1;
+            }
+            Entry::RepliesRejected { messages, .. } => {
+                // Counts only, checked when the body decoded; any writer that may log
+                // a reply_rejected may log a summary of them.
+                self.summary.rejection_summaries += 1;
+                self.summary.replies_summarised =
+                    self.summary.replies_summarised.saturating_add(*messages);
+            }
         }
         Ok(())
+    }
+
+    /// The agent's checks before acting, whatever the reply says: a request failing
+    /// one must have been refused with a status the agent answers at that check or an
+    /// earlier one (PROTOCOL.md, "Receiver checks", steps 7 to 12). A record without a
+    /// reply is judged as executed.
+    fn check_handled(
+        &self,
+        req: &Opened<Request>,
+        answer: Option<Answer>,
+        time: Millis,
+    ) -> Result<(), Problem> {
+        let body = req.body();
+        let status = answer.map(|a| a.status);
+        let answered = || status.map_or("with no reply", Status::as_str);
+        let skew = self.options.skew_ms;
+        if let Err(error) = req.signer().check_window(time, skew)
+            && !status.is_some_and(refused_at_screening)
+        {
+            return Err(Problem::ExpiredNotRefused {
+                id: body.id,
+                error: Box::new(error),
+                answered: answered(),
+            });
+        }
+        if let Some(a) = answer
+            && !refused_at_screening(a.status)
+            && (a.started_at.saturating_add(skew) < body.issued_at
+                || a.started_at > body.expires_at.saturating_add(skew))
+        {
+            return Err(Problem::OutsideRequestWindow {
+                id: body.id,
+                issued_at: body.issued_at,
+                expires_at: body.expires_at,
+                started_at: a.started_at,
+                answered: answered(),
+            });
+        }
+        if let Err(reason) = agent_authorizes(req)
+            && !status.is_some_and(refused_before_acting)
+        {
+            return Err(Problem::UnauthorizedNotRefused {
+                id: body.id,
+                answered: answered(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// A request runs at most once per host: a second execution record for the same
+    /// caller and id must carry the very reply bytes of the first (a resend of the
+    /// stored reply).
+    fn check_executed_once(
+        &mut self,
+        body: &Request,
+        reply_digest: Option<[u8; 32]>,
+    ) -> Result<(), Problem> {
+        let next = u32::try_from(self.callers.len()).unwrap_or(u32::MAX);
+        let caller = *self.callers.entry(body.caller.clone()).or_insert(next);
+        match self.executed.entry((caller, body.id)) {
+            MapEntry::Occupied(first) => {
+                let first = *first.get();
+                if first.reply.is_none() || first.reply != reply_digest {
+                    return Err(Problem::ExecutedTwice {
+                        id: body.id,
+                        caller: body.caller.clone(),
+                        first_record: first.record,
+                    });
+                }
+            }
+            MapEntry::Vacant(v) => {
+                v.insert(Execution {
+                    reply: reply_digest,
+                    record: self.next_index,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the record if its writer, or a credential it holds a use of, was revoked
+    /// by the record's time.
+    fn note_revoked(&mut self, file: &str, record: &AuditRecord, writer: Arc<Credential>) {
+        let mut seen: Vec<u64> = Vec::new();
+        let used = std::mem::take(&mut self.used);
+        for (what, cred) in std::iter::once(("writer", writer)).chain(used) {
+            if seen.contains(&cred.serial) {
+                continue;
+            }
+            seen.push(cred.serial);
+            let Some(since) = self.revoked.since(&cred) else {
+                continue;
+            };
+            if record.time < since {
+                continue;
+            }
+            self.summary.revoked_uses += 1;
+            if self.summary.revoked.len() < MAX_REVOKED_LISTED {
+                self.summary.revoked.push(RevokedUse {
+                    file: file.to_string(),
+                    record: record.index,
+                    time: record.time,
+                    what,
+                    name: cred.name.clone(),
+                    role: cred.role,
+                    serial: cred.serial,
+                    revoked_since: since,
+                });
+            }
+        }
     }
 
     fn open_request(&self, bytes: &[u8]) -> Result<Opened<Request>, Problem> {
@@ -650,12 +1081,74 @@ impl Chain<'_> {
     }
 }
 
+/// Entries only an agent writes: the writer must be a host.
+fn check_host_writer(record: &AuditRecord, writer: &Credential) -> Result<(), Problem> {
+    if writer.role != Role::Host {
+        return Err(Problem::HandledByNonHost {
+            entry: record.entry.name(),
+            writer: writer.name.clone(),
+            role: writer.role,
+        });
+    }
+    Ok(())
+}
+
 fn open_embedded<B: Body>(
     what: &'static str,
     bytes: &[u8],
     verifier: &CredentialVerifier,
 ) -> Result<Opened<B>, Problem> {
     open::<B>(bytes, MAX_RECORD_BYTES, verifier).map_err(|error| Problem::Embedded { what, error })
+}
+
+/// Statuses an agent answers, without acting, at the checks on the signer credential
+/// and the request window (revoked, expired, lifetime over the cap).
+fn refused_at_screening(s: Status) -> bool {
+    matches!(
+        s,
+        Status::Unauthorized | Status::Expired | Status::InvalidData
+    )
+}
+
+/// Statuses an agent answers, without acting, at any check up to role and policy
+/// (those of [`refused_at_screening`], and a replayed id).
+fn refused_before_acting(s: Status) -> bool {
+    refused_at_screening(s) || s == Status::Replayed
+}
+
+/// Statuses that say the agent refused the request rather than executed it: those of
+/// [`refused_before_acting`] and the refusals of undecodable arguments.
+fn is_refusal(s: Status) -> bool {
+    refused_before_acting(s) || matches!(s, Status::UnknownAction | Status::MissingData)
+}
+
+/// The agent's role and policy check on the signer, as far as a log shows it: without
+/// a token an operator, as itself, with the action in its credential; with a token a
+/// host, as itself (the token is sealed to the host and not judged here).
+fn agent_authorizes(req: &Opened<Request>) -> Result<(), String> {
+    let signer = req.signer();
+    let body = req.body();
+    if body.caller != signer.name {
+        return Err(format!(
+            "its caller {} is not its signer {}",
+            body.caller, signer.name
+        ));
+    }
+    match &body.token {
+        None if signer.role != Role::Operator => Err(format!(
+            "it is signed by {}, a {}, without a delegation token",
+            signer.name, signer.role
+        )),
+        None if !signer.allows(&body.action) => Err(format!(
+            "the credential of {} does not list the action {}",
+            signer.name, body.action
+        )),
+        Some(_) if signer.role != Role::Host => Err(format!(
+            "it carries a delegation token but is signed by {}, a {} (tokens are presented by hosts)",
+            signer.name, signer.role
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Operators sign requests; a host only with a delegation token (which only the
