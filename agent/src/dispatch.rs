@@ -7,11 +7,13 @@
 
 use crate::actions::cancel::Cancel;
 use crate::actions::delete::Delete;
+use crate::actions::enable::{Disable, Enable};
 use crate::actions::facts::Facts;
 use crate::actions::install::Install;
 use crate::actions::list::List;
 use crate::actions::logs::{self, FollowStart, Logs};
 use crate::actions::ping::Ping;
+use crate::actions::reload::Reload;
 use crate::actions::restart::Restart;
 use crate::actions::revocation::Revocation;
 use crate::actions::start::Start;
@@ -38,7 +40,10 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     Start::NAME,
     Stop::NAME,
     Restart::NAME,
+    Reload::NAME,
     Delete::NAME,
+    Enable::NAME,
+    Disable::NAME,
     UnitStatus::NAME,
     List::NAME,
     Logs::NAME,
@@ -61,8 +66,14 @@ pub enum Call {
     Stop(UnitArgs),
     /// `restart`.
     Restart(UnitArgs),
+    /// `reload`.
+    Reload(UnitArgs),
     /// `delete`.
     Delete(UnitArgs),
+    /// `enable`.
+    Enable(UnitArgs),
+    /// `disable`.
+    Disable(UnitArgs),
     /// `status`.
     Status(StatusArgs),
     /// `list`.
@@ -84,7 +95,13 @@ impl Call {
     pub fn unit(&self) -> Option<&str> {
         match self {
             Call::Install(a) => Some(&a.spec.unit),
-            Call::Start(a) | Call::Stop(a) | Call::Restart(a) | Call::Delete(a) => Some(&a.unit),
+            Call::Start(a)
+            | Call::Stop(a)
+            | Call::Restart(a)
+            | Call::Reload(a)
+            | Call::Delete(a)
+            | Call::Enable(a)
+            | Call::Disable(a) => Some(&a.unit),
             Call::Status(a) => a.unit.as_deref(),
             Call::Logs(a) => Some(&a.unit),
             Call::Ping(_)
@@ -154,7 +171,10 @@ pub fn parse(request: &VerifiedRequest) -> Result<Call, Refusal> {
         Start::NAME => decode_args::<Start>(args).map(Call::Start),
         Stop::NAME => decode_args::<Stop>(args).map(Call::Stop),
         Restart::NAME => decode_args::<Restart>(args).map(Call::Restart),
+        Reload::NAME => decode_args::<Reload>(args).map(Call::Reload),
         Delete::NAME => decode_args::<Delete>(args).map(Call::Delete),
+        Enable::NAME => decode_args::<Enable>(args).map(Call::Enable),
+        Disable::NAME => decode_args::<Disable>(args).map(Call::Disable),
         UnitStatus::NAME => decode_args::<UnitStatus>(args).map(Call::Status),
         List::NAME => decode_args::<List>(args).map(Call::List),
         Logs::NAME => decode_args::<Logs>(args).map(Call::Logs),
@@ -181,7 +201,10 @@ pub async fn execute(call: Call, ctx: &ActionContext, timeout: Duration) -> Exec
         Call::Start(a) => run::<Start>(a, ctx, timeout).await,
         Call::Stop(a) => run::<Stop>(a, ctx, timeout).await,
         Call::Restart(a) => run::<Restart>(a, ctx, timeout).await,
+        Call::Reload(a) => run::<Reload>(a, ctx, timeout).await,
         Call::Delete(a) => run::<Delete>(a, ctx, timeout).await,
+        Call::Enable(a) => run::<Enable>(a, ctx, timeout).await,
+        Call::Disable(a) => run::<Disable>(a, ctx, timeout).await,
         Call::Status(a) => run::<UnitStatus>(a, ctx, timeout).await,
         Call::List(a) => run::<List>(a, ctx, timeout).await,
         Call::Logs(a) if a.follow => {
@@ -306,7 +329,12 @@ mod tests {
         let mut spec = gearmq_schemas::units::UnitSpec::new("web", "/bin/sleep");
         spec.args = vec!["600".into()];
         let ctx = testing::context(services.clone(), "install");
-        let call = Call::Install(Box::new(InstallArgs { spec, start: true }));
+        let call = Call::Install(Box::new(InstallArgs {
+            spec,
+            start: true,
+            enable: true,
+            artifact: None,
+        }));
         let Execution::Done(o) = execute(call, &ctx, Duration::from_secs(5)).await else {
             panic!("not a stream")
         };

@@ -1,4 +1,5 @@
-//! Background upkeep: rotating unit output files past their size cap, pruning
+//! Background upkeep: rotating unit output files past their size cap, removing shipped
+//! programs no unit runs any more, pruning
 //! intent/outcome records no redelivery can need any more, and warning (at start and
 //! daily) when the host credential nears its end.
 
@@ -38,6 +39,13 @@ pub async fn run(services: Arc<Services>, shutdown: CancellationToken) {
                 if removed > 0 {
                     debug!(removed, "pruned old request records");
                 }
+                let s = services.clone();
+                let removed = tokio::task::spawn_blocking(move || remove_unused_artifacts(&s))
+                    .await
+                    .unwrap_or(0);
+                if removed > 0 {
+                    info!(removed, "removed shipped programs no unit runs any more");
+                }
             }
         }
     }
@@ -57,6 +65,30 @@ fn warn_of_expiry(services: &Services) {
             "the host credential has expired: orchestrators refuse this host's replies; renew it (gearmq renew) and restart the agent"
         ),
     }
+}
+
+/// Removes stored artifacts no managed unit's file names (after a grace period).
+pub fn remove_unused_artifacts(services: &Services) -> usize {
+    let units = match services.units.list() {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, "cannot list units for artifact cleanup");
+            return 0;
+        }
+    };
+    let mut texts = Vec::with_capacity(units.len());
+    for unit in units {
+        match services.units.read(&unit) {
+            Ok(Some(t)) => texts.push(t),
+            Ok(None) => {}
+            // Unsure what a unit runs: keep everything this time.
+            Err(e) => {
+                warn!(unit, error = %e, "cannot read a unit file; artifact cleanup skipped");
+                return 0;
+            }
+        }
+    }
+    services.artifacts.remove_unused(&texts, SystemTime::now())
 }
 
 fn rotate_outputs(services: &Services) {

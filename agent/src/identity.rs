@@ -4,6 +4,7 @@
 //! with a credential that no receiver would accept for its replies.
 
 use crate::config::AgentConfig;
+use gearmq_io::files::{self, NamedFileError};
 use gearmq_schemas::credential::{CredentialError, verify_credential};
 use gearmq_schemas::token::SealingKey;
 use gearmq_schemas::{Credential, Name, PublicKey, Role, SigningKey, TrustAnchors};
@@ -13,26 +14,10 @@ use std::sync::Arc;
 /// Why the identity could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// A file could not be read.
-    #[error("cannot read {what} {path}: {reason}")]
-    Read {
-        /// What the file holds (`host key`, …).
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The system's reason.
-        reason: String,
-    },
-    /// A file was read but its content is not valid.
-    #[error("{what} {path} is not valid: {reason}")]
-    Invalid {
-        /// What the file holds.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A key or credential file could not be read, is open to others, or holds
+    /// something else.
+    #[error(transparent)]
+    File(#[from] NamedFileError),
     /// The credential does not chain to a trusted issuer.
     #[error("host credential {path} does not verify against the trusted issuers: {source}")]
     Untrusted {
@@ -76,11 +61,8 @@ impl HostIdentity {
         let mut issuers = Vec::with_capacity(cfg.trusted_issuers.len());
         for path in &cfg.trusted_issuers {
             let text = read_text("trusted issuer key", path)?;
-            let pk = PublicKey::from_hex(&text).map_err(|e| IdentityError::Invalid {
-                what: "trusted issuer key",
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let pk = PublicKey::from_hex(&text)
+                .map_err(|e| NamedFileError::invalid("trusted issuer key", path, e.to_string()))?;
             issuers.push(pk);
         }
         let credential_bytes = read_bytes("host credential", &cfg.credential_file)?;
@@ -111,19 +93,15 @@ impl HostIdentity {
     }
 }
 
-/// Reads the sealing key and checks it is the one the credential publishes. A
-/// credential that publishes none (re-enrolled without `--sealing-pubkey`) gives
+/// Reads the sealing key (through the shared private key loader, which refuses a
+/// file group or others can read) and checks it is the one the credential publishes.
+/// A credential that publishes none (re-enrolled without `--sealing-pubkey`) gives
 /// `None`: the agent runs and refuses every token, rather than not starting.
 fn load_sealing_key(
     path: &Path,
     credential: &Credential,
 ) -> Result<Option<SealingKey>, IdentityError> {
-    let text = read_text("sealing key", path)?;
-    let key = SealingKey::from_pem(&text).map_err(|e| IdentityError::Invalid {
-        what: "sealing key",
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let key = files::load_sealing_key(path).map_err(|e| e.named("sealing key"))?;
     match credential.sealing_key {
         None => Ok(None),
         Some(pk) if pk.into_array() != key.public() => Err(IdentityError::Mismatch {
@@ -134,15 +112,11 @@ fn load_sealing_key(
     }
 }
 
-/// Reads the host's private key (PEM PKCS#8). The audit log writer gets a key of its
-/// own this way (a key pair cannot be copied).
+/// Reads the host's private key (PEM PKCS#8) through the shared private key loader,
+/// which refuses a file group or others can read. The audit log writer gets a key of
+/// its own this way (a key pair cannot be copied).
 pub fn load_host_key(path: &Path) -> Result<SigningKey, IdentityError> {
-    let key_text = read_text("host key", path)?;
-    SigningKey::from_pem(&key_text).map_err(|e| IdentityError::Invalid {
-        what: "host key",
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    Ok(files::load_signing_key(path).map_err(|e| e.named("host key"))?)
 }
 
 /// How close the host credential is to its end.
@@ -200,29 +174,14 @@ fn check_fits(credential: &Credential, name: &Name, key: &PublicKey) -> Result<(
 }
 
 fn read_text(what: &'static str, path: &Path) -> Result<String, IdentityError> {
-    std::fs::read_to_string(path).map_err(|e| IdentityError::Read {
-        what,
-        path: path.to_path_buf(),
-        reason: io_reason(&e),
-    })
+    Ok(std::fs::read_to_string(path).map_err(|e| NamedFileError::read(what, path, &e))?)
 }
 
 fn read_bytes(what: &'static str, path: &Path) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path).map_err(|e| IdentityError::Read {
-        what,
-        path: path.to_path_buf(),
-        reason: io_reason(&e),
-    })
+    Ok(std::fs::read(path).map_err(|e| NamedFileError::read(what, path, &e))?)
 }
 
-/// The system's message for an I/O error without the trailing `(os error N)`.
-pub fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
+pub use gearmq_io::io_reason;
 
 #[cfg(test)]
 mod tests {
@@ -261,5 +220,43 @@ mod tests {
     fn io_reason_drops_the_os_error_number() {
         let e = std::fs::read("/nonexistent/x").unwrap_err();
         assert_eq!(io_reason(&e), "No such file or directory");
+    }
+
+    #[test]
+    fn host_and_sealing_keys_open_to_others_are_refused_naming_the_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (k, der) = SigningKey::generate().unwrap();
+        let host = dir.path().join("host.key");
+        files::write_signing_key(&host, &der, false).unwrap();
+        let sealing = dir.path().join("sealing.key");
+        let public =
+            files::make_sealing_key_pair(&sealing, &dir.path().join("s.pub"), false).unwrap();
+        let mut cred = cred(Role::Host, "web1", &k);
+        cred.sealing_key = Some(serde_bytes::ByteArray::new(public));
+        assert_eq!(load_host_key(&host).unwrap().public_key(), k.public_key());
+        assert!(load_sealing_key(&sealing, &cred).unwrap().is_some());
+        for p in [&host, &sealing] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let e = load_host_key(&host).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "refusing host key {p}: mode 0644 lets other users read or change it (chmod 600 {p})",
+                p = host.display()
+            )
+        );
+        let e = load_sealing_key(&sealing, &cred).unwrap_err().to_string();
+        assert!(e.starts_with("refusing sealing key "), "{e}");
+        assert!(
+            e.contains(&format!("chmod 600 {}", sealing.display())),
+            "{e}"
+        );
+        let e = load_host_key(&dir.path().join("none.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cannot read host key "), "{e}");
+        assert!(e.ends_with("none.key: No such file or directory"), "{e}");
     }
 }

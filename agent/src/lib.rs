@@ -1,5 +1,6 @@
 //! gearmq-agent: the host daemon. It consumes signed requests from its broker queue,
-//! verifies them in DESIGN.md's order, runs the action, and publishes a signed reply.
+//! verifies them in the order of docs/DESIGN.md, Request lifecycle step 2, runs the
+//! action, and publishes a signed reply.
 //!
 //! Flow of one message: [`server`] (consume, concurrency, reconnect) → [`handler`]
 //! (one delivery) → [`verifier`] (signature, target, windows, policy) → [`replay`]
@@ -7,25 +8,30 @@
 //! confirms) → ack, each answered request recorded in the audit log before its reply
 //! goes out. Unit actions go through [`systemd`] (D-Bus), [`unit_files`],
 //! [`unit_output`] and [`records`]; `logs --follow` streams are tracked in [`streams`].
-//! Revocation lists are held in [`revocation`]; TLS and password files are read by
-//! [`broker_conn`].
+//! Health for the host's own tooling (a Prometheus endpoint, a status file) is in
+//! [`metrics`]. Revocation lists are held in [`revocation`]; the broker's config section, TLS and
+//! password files and topology come from `gearmq-io`, shared with the orchestrator.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod actions;
-pub mod broker_conn;
+pub mod artifacts;
 pub mod config;
 pub mod dispatch;
-pub mod emulate;
 pub mod fault;
 pub mod handler;
 pub mod housekeeping;
 pub mod identity;
+pub mod journal;
+pub mod local;
+pub mod metrics;
 pub mod records;
+pub mod repeats;
 pub mod replay;
 pub mod revocation;
 pub mod server;
 pub mod session;
+pub mod state_lock;
 pub mod stats;
 pub mod streams;
 pub mod systemd;

@@ -7,16 +7,16 @@
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use gearmq_agent::actions::Services;
-use gearmq_agent::broker_conn::ConnectFiles;
 use gearmq_agent::config::AgentConfig;
 use gearmq_agent::fault::Fault;
 use gearmq_agent::handler::Handler;
 use gearmq_agent::identity::{Expiry, HostIdentity, expiry, load_host_key};
+use gearmq_agent::metrics::Health;
 use gearmq_agent::replay::ReplayStore;
 use gearmq_agent::revocation::{Revocations, Update};
 use gearmq_agent::server::{Server, ServerSettings};
 use gearmq_agent::session::Endpoint;
-use gearmq_agent::verifier::{RequestVerifier, now_ms, rfc3339};
+use gearmq_agent::verifier::{now_ms, rfc3339};
 use gearmq_schemas::audit::{AuditOptions, AuditSink, SinkOptions};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -44,21 +44,15 @@ enum LogFormat {
 #[command(name = "gearmq-agent", version)]
 struct Args {
     /// The agent configuration file (TOML).
-    #[arg(long, value_name = "FILE", required_unless_present = "emulate")]
+    #[arg(long, value_name = "FILE", required_unless_present = "generate_docs")]
     config: Option<PathBuf>,
-    /// Run every host under DIR (DIR/<host>/agent.toml, as `gearmq init --hosts-count
-    /// N` writes them) in this one process, for scale measurements: each with its own
-    /// key, credential, queue and request handling; shared broker connections (so the
-    /// orchestrator's user_id check must be off) and no systemd: a no-op unit backend
-    /// on which unit jobs succeed at once and nothing runs.
-    #[arg(long, value_name = "DIR", conflicts_with = "config")]
-    emulate: Option<PathBuf>,
-    /// With --emulate: virtual hosts per broker connection.
-    #[arg(long, value_name = "N", default_value_t = 250, requires = "emulate")]
-    hosts_per_connection: usize,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Write the man page and shell completions to DIR and exit (for packaging:
+    /// deploy/package.sh).
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    generate_docs: Option<PathBuf>,
 }
 
 /// A failure that ends the process, with its exit code.
@@ -71,32 +65,26 @@ enum Failure {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // The emulator logs only its own progress and problems by default: a line per
-    // request of thousands of hosts would be most of what it does.
-    let default_filter = if args.emulate.is_some() {
-        "warn,gearmq_agent::emulate=info"
-    } else {
-        "info"
-    };
-    init_logging(args.log_format, default_filter);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if args.emulate.is_some() {
-        // Thousands of virtual hosts each write their own journal on a blocking
-        // thread: without a bound a 1,000-host fan-out starts hundreds of threads, each
-        // with its stack and malloc arena, for no more disk throughput.
-        builder.max_blocking_threads(EMULATOR_BLOCKING_THREADS);
+    if let Some(dir) = &args.generate_docs {
+        return match write_docs(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gearmq-agent: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
-    let runtime = match builder.build() {
+    init_logging(args.log_format, "info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gearmq-agent: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    if let Some(dir) = args.emulate.clone() {
-        return emulate(&runtime, dir, args.hosts_per_connection);
-    }
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
@@ -105,29 +93,6 @@ fn main() -> ExitCode {
         }
         Err(Failure::Runtime(e)) => {
             eprintln!("gearmq-agent: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// `--emulate DIR`: every host under DIR in this process (see `emulate.rs`).
-/// Blocking threads of the emulator's runtime (journal writes and other file work).
-const EMULATOR_BLOCKING_THREADS: usize = 32;
-
-fn emulate(runtime: &tokio::runtime::Runtime, hosts_dir: PathBuf, per: usize) -> ExitCode {
-    let opts = gearmq_agent::emulate::EmulateOptions {
-        hosts_dir,
-        hosts_per_connection: per,
-    };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        spawn_signal_watch(shutdown.clone())?;
-        gearmq_agent::emulate::run(opts, shutdown).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gearmq-agent --emulate: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -147,12 +112,27 @@ fn init_logging(format: LogFormat, default_filter: &str) {
     }
 }
 
+/// `DIR/man/gearmq-agent.1` and `DIR/completions/` for bash, zsh and fish, from the
+/// clap definition above (the .deb package ships them).
+fn write_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    Ok(gearmq_io::docs::write_docs(
+        Args::command(),
+        "gearmq-agent",
+        dir,
+    )?)
+}
+
 async fn run(args: Args) -> Result<(), Failure> {
-    let config = args.config.unwrap_or_default();
+    // clap requires --config unless --generate-docs, which returned before.
+    let Some(config) = args.config else {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "--config FILE is required"
+        )));
+    };
     let cfg = AgentConfig::load(&config).map_err(|e| Failure::Config(e.into()))?;
     let systemd = cfg
-        .systemd
-        .resolve(|k| std::env::var(k).ok())
+        .systemd_settings(|k| std::env::var(k).ok())
         .map_err(|e| Failure::Config(anyhow::anyhow!("config file {}: {e}", config.display())))?;
     let fault = Fault::from_env().map_err(|e| Failure::Config(anyhow::anyhow!(e)))?;
     if fault != Fault::None {
@@ -177,7 +157,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             r.message
         );
     }
-    let files = ConnectFiles::from_config(&cfg.broker);
+    let files = cfg.broker.files();
     files.check().map_err(|e| Failure::Config(e.into()))?;
     let endpoints = cfg
         .broker
@@ -185,6 +165,11 @@ async fn run(args: Args) -> Result<(), Failure> {
         .iter()
         .map(|u| Endpoint::new(u, cfg.broker.user_id.as_deref(), files.clone()))
         .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Config(e.into()))?;
+    // One owner per state dir: never two agents, nor an agent and `gearmq local`.
+    gearmq_agent::replay::ensure_state_dir(&cfg.state_dir)
+        .map_err(|e| Failure::Config(e.into()))?;
+    let _state_lock = gearmq_agent::state_lock::StateLock::acquire(&cfg.state_dir)
         .map_err(|e| Failure::Config(e.into()))?;
     let (store, report) =
         ReplayStore::open(&cfg.state_dir, cfg.limits.max_stored_reply_bytes, now_ms())
@@ -235,14 +220,8 @@ async fn run(args: Args) -> Result<(), Failure> {
     if let Err(r) = revocations.check(&identity.credential) {
         warn!("this host's own credential is revoked; orchestrators will reject its replies: {r}");
     }
-    let services = Arc::new(Services::new(
-        &systemd,
-        &state_dir,
-        &cfg.limits,
-        identity.credential.labels.clone(),
-        identity.credential.not_after,
-        revocations.clone(),
-    ));
+    let (sd, dir, revs) = (&systemd, &state_dir, revocations.clone());
+    let services = Arc::new(Services::for_agent(&cfg, sd, dir, &identity, revs));
     info!(
         bus = %services.systemd.describe(),
         unit_dir = %systemd.unit_dir.display(),
@@ -251,7 +230,6 @@ async fn run(args: Args) -> Result<(), Failure> {
     let audit_path = cfg.audit.path(&state_dir);
     let audit = open_audit_log(&cfg, &identity, &audit_path).map_err(Failure::Config)?;
     info!(file = %audit_path.display(), max_bytes = cfg.audit.max_bytes(), "audit log open");
-    let verifier = RequestVerifier::for_host(&identity, &cfg.limits, revocations.clone());
     match (&identity.sealing, &cfg.sealing_key_file) {
         (Some(_), _) => info!(
             max_token_ttl = %humantime::format_duration(cfg.limits.max_token_ttl),
@@ -263,15 +241,30 @@ async fn run(args: Args) -> Result<(), Failure> {
         (None, None) => info!("no sealing_key_file: delegation tokens are refused"),
     }
     let stats = services.stats.clone();
-    let handler = Arc::new(Handler::new(
-        identity,
-        verifier,
-        store,
+    let health = Arc::new(Health::new(
         stats.clone(),
+        cfg.name.clone(),
+        now,
+        identity.credential.not_after,
+    ));
+    // Bound before connecting to the broker: a port in use is a configuration error.
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => {
+            let l = gearmq_agent::metrics::bind(addr)
+                .await
+                .map_err(Failure::Config)?;
+            info!(listen = %addr, "metrics: serving GET /metrics");
+            Some(l)
+        }
+        None => None,
+    };
+    let status_path = cfg.metrics.status_path(&state_dir);
+    let handler = Arc::new(Handler::for_host(
+        identity,
+        store,
         services.clone(),
         audit.clone(),
-        cfg.limits.action_timeout,
-        cfg.limits.clock_skew,
+        &cfg.limits,
         fault,
     ));
     let server = Server::new(
@@ -280,8 +273,9 @@ async fn run(args: Args) -> Result<(), Failure> {
             host: cfg.name.clone(),
             endpoints,
             provisioned: cfg.broker.provisioned,
-            prefetch: cfg.broker.prefetch,
+            prefetch: cfg.broker.prefetch(),
             drain_timeout: cfg.limits.action_timeout + DRAIN_GRACE,
+            reconnect_initial: cfg.broker.reconnect_initial,
             reconnect_max: cfg.broker.reconnect_max,
         },
     );
@@ -292,7 +286,24 @@ async fn run(args: Args) -> Result<(), Failure> {
         services.clone(),
         shutdown.clone(),
     ));
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(gearmq_agent::metrics::serve(
+            listener,
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+    // Stopped after the server, so the last write says "not connected".
+    let status_stop = CancellationToken::new();
+    let status = tokio::spawn(gearmq_agent::metrics::write_status_file(
+        status_path,
+        health,
+        status_stop.clone(),
+    ));
     server.run(shutdown).await;
+    stats.broker_disconnected();
+    status_stop.cancel();
+    let _ = status.await;
     let _ = upkeep.await;
     let flushed = tokio::task::spawn_blocking(move || audit.flush()).await;
     if !matches!(flushed, Ok(Ok(()))) {

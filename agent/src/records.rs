@@ -1,4 +1,4 @@
-//! Intent and outcome records (DESIGN.md, request lifecycle step 3).
+//! Intent and outcome records (docs/DESIGN.md, Request lifecycle step 3).
 //!
 //! Before an action changes anything it writes an intent record — request id, digest,
 //! action, unit, the state it wants and the state it found — and after it has acted

@@ -1,5 +1,6 @@
 //! Revoked credentials: the issuer-signed revocation list the verifier checks every
-//! signer against (DESIGN.md's step 4, after "am I a target").
+//! signer against (docs/DESIGN.md, Request lifecycle step 2, check 7: right after
+//! "am I a target").
 //!
 //! A list comes from three places: `revocation_file` (read at start and on SIGHUP),
 //! `state_dir/revocations.bin` (the last list pushed by a `revocation` request, kept

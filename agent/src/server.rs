@@ -5,6 +5,7 @@
 use crate::handler::Handler;
 use crate::session::{Endpoint, Session, host_queue};
 use futures_util::StreamExt;
+use gearmq_io::broker::backoff_delay;
 use gearmq_schemas::Name;
 use lapin::Consumer;
 use std::sync::Arc;
@@ -14,27 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// First reconnect delay.
-pub const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// A session that lasted this long resets the backoff; one that broke sooner (say a
 /// reply the broker refuses every time) keeps backing off.
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// How long shutdown waits for log streams to send their final reply.
 const STREAM_DRAIN: Duration = Duration::from_secs(5);
-
-/// Default longest reconnect delay (`broker.reconnect_max`).
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// The delay before reconnect attempt `attempt` (0-based): 100 ms doubling up to `max`,
-/// then a random point in its upper half, so a fleet does not reconnect in lockstep.
-pub fn backoff_delay(attempt: u32, max: Duration) -> Duration {
-    let base = BACKOFF_INITIAL
-        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-        .min(max.max(BACKOFF_INITIAL));
-    let half = base / 2;
-    let jitter_ms = rand::random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter_ms)
-}
 
 /// Settings of the main loop.
 #[derive(Debug, Clone)]
@@ -49,6 +34,8 @@ pub struct ServerSettings {
     pub prefetch: u16,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// First delay before reconnecting (doubling, with jitter, up to `reconnect_max`).
+    pub reconnect_initial: Duration,
     /// Longest delay between reconnect attempts.
     pub reconnect_max: Duration,
 }
@@ -88,6 +75,7 @@ impl Server {
             match opened {
                 Ok((session, consumer)) => {
                     let since = tokio::time::Instant::now();
+                    self.handler.stats().broker_connected();
                     if ready_once {
                         self.handler.stats().reconnected();
                         info!(broker = endpoint.redacted(), "reconnected to the broker");
@@ -100,7 +88,9 @@ impl Server {
                             "agent ready"
                         );
                     }
-                    match self.serve(&session, consumer, &shutdown).await {
+                    let end = self.serve(&session, consumer, &shutdown).await;
+                    self.handler.stats().broker_disconnected();
+                    match end {
                         SessionEnd::Shutdown => return,
                         SessionEnd::Lost(why) => {
                             warn!(broker = endpoint.redacted(), error = %why, "broker session lost; reconnecting");
@@ -112,10 +102,15 @@ impl Server {
                     }
                 }
                 Err(e) => {
+                    self.handler.stats().connect_failed();
                     warn!(broker = endpoint.redacted(), error = %e, "cannot open a broker session");
                 }
             }
-            let delay = backoff_delay(attempt, self.settings.reconnect_max);
+            let delay = backoff_delay(
+                attempt,
+                self.settings.reconnect_initial,
+                self.settings.reconnect_max,
+            );
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 biased;
@@ -143,6 +138,7 @@ impl Server {
         shutdown: &CancellationToken,
     ) -> SessionEnd {
         let publisher = session.publisher();
+        self.handler.session_started(&publisher);
         let permits = Arc::new(Semaphore::new(usize::from(self.settings.prefetch)));
         let mut tasks = JoinSet::new();
         let end = loop {
@@ -211,27 +207,5 @@ impl Server {
             }
         }
         end
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
-        for (attempt, base_ms) in [
-            (0, 100),
-            (1, 200),
-            (2, 400),
-            (6, 6400),
-            (7, 10_000),
-            (40, 10_000),
-        ] {
-            for _ in 0..20 {
-                let d = backoff_delay(attempt, BACKOFF_MAX).as_millis() as u64;
-                assert!(d >= base_ms / 2 && d <= base_ms, "attempt {attempt}: {d}");
-            }
-        }
     }
 }

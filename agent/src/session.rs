@@ -5,44 +5,36 @@
 //! a publish not confirmed); then the server opens a new one. Any failure marks the
 //! session broken through its [`CancellationToken`], so every task using it stops.
 
-use crate::broker_conn::{BrokerFileError, ConnectFiles};
-use crate::config::redact_url;
+use gearmq_io::broker::{BrokerFileError, BrokerFiles, redact_url};
+use gearmq_io::topology;
+pub use gearmq_io::topology::{
+    CONTENT_TYPE, DEAD_EXCHANGE, DEAD_MAX_LENGTH, DEAD_MESSAGE_TTL_MS, DEAD_QUEUE,
+    HOST_QUEUE_MAX_LENGTH, REPLIES_EXCHANGE, REQUESTS_EXCHANGE, dead_queue_arguments, host_queue,
+    host_queue_arguments,
+};
 use gearmq_schemas::Name;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Topic exchange requests are published to (routing key `host.<name>` or `all`).
-pub const REQUESTS_EXCHANGE: &str = "gearmq.requests";
-/// Topic exchange replies are published to (routing key = reply queue name).
-pub const REPLIES_EXCHANGE: &str = "gearmq.replies";
-/// Fanout exchange host queues dead-letter to.
-pub const DEAD_EXCHANGE: &str = "gearmq.dead";
-/// Queue holding dead-lettered requests.
-pub const DEAD_QUEUE: &str = "gearmq.dead";
-/// Most messages kept in the dead-letter queue.
-pub const DEAD_MAX_LENGTH: i64 = 10_000;
-/// How long a dead-lettered message is kept (7 days), in ms.
-pub const DEAD_MESSAGE_TTL_MS: i64 = 604_800_000;
-/// Content type of every gearmq message.
-pub const CONTENT_TYPE: &str = "application/x-gearmq";
+/// The AMQP frame size the agent asks for. lapin keeps send and receive buffers of 32
+/// frames each, zero-filled: at RabbitMQ's default of 128 KiB that is 8 MiB per
+/// connection, most of an idle agent's memory. Requests and replies are a few KiB (a
+/// larger message is simply split into more frames), so 16 KiB frames cost nothing
+/// and keep the buffers at 1 MiB.
+pub const AGENT_FRAME_MAX: u32 = 16 * 1024;
 
 /// How long connecting (TCP, TLS, AMQP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a broker operation (declare, qos, publish confirm) may take.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The queue of host `name`.
-pub fn host_queue(name: &Name) -> String {
-    format!("gearmq.host.{name}")
-}
 
 /// Why a broker operation failed. Every variant breaks the session.
 #[derive(Debug, thiserror::Error)]
@@ -55,22 +47,9 @@ pub enum SessionError {
         /// Why.
         reason: String,
     },
-    /// The broker refused or failed an operation.
-    #[error("{what} failed: {source}")]
-    Broker {
-        /// The operation.
-        what: String,
-        /// lapin's error.
-        source: lapin::Error,
-    },
-    /// An operation did not finish in time.
-    #[error("{what} timed out after {}", humantime::format_duration(*.after))]
-    Timeout {
-        /// The operation.
-        what: String,
-        /// The limit.
-        after: Duration,
-    },
+    /// The broker refused or failed an operation, or it did not finish in time.
+    #[error(transparent)]
+    Operation(#[from] topology::BrokerOpError),
     /// The broker did not accept a published reply (nack).
     #[error("broker refused (nacked) the reply to {reply_to}")]
     Nacked {
@@ -91,17 +70,13 @@ pub struct Endpoint {
     url: String,
     redacted: String,
     user_id: String,
-    files: ConnectFiles,
+    files: BrokerFiles,
 }
 
 impl Endpoint {
     /// Parses `url`; replies carry `user_id` if given, else the URL's user name.
     /// `files` (TLS, password) are read at every connect.
-    pub fn new(
-        url: &str,
-        user_id: Option<&str>,
-        files: ConnectFiles,
-    ) -> Result<Self, SessionError> {
+    pub fn new(url: &str, user_id: Option<&str>, files: BrokerFiles) -> Result<Self, SessionError> {
         let parsed: AMQPUri = url.parse().map_err(|reason| SessionError::BadUrl {
             broker: redact_url(url),
             reason,
@@ -132,12 +107,7 @@ async fn timed<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, lapin::Error>>,
 ) -> Result<T, SessionError> {
-    let what = what.into();
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(SessionError::Broker { what, source }),
-        Err(_) => Err(SessionError::Timeout { what, after: limit }),
-    }
+    Ok(topology::timed(what, limit, fut).await?)
 }
 
 /// An open broker session.
@@ -162,11 +132,16 @@ impl Session {
             .with_connection_name(LongString::from(format!("gearmq-agent {host}")));
         let tls = endpoint.files.tls_config()?;
         // Holds the password: never logged, never put in an error.
-        let url = endpoint.files.connect_url(&endpoint.url)?;
+        let url = gearmq_io::broker::with_frame_max(
+            &endpoint.files.connect_url(&endpoint.url)?,
+            AGENT_FRAME_MAX,
+        );
         let what = format!("connecting to {}", endpoint.redacted);
-        let runtime = lapin::runtime::default_runtime().map_err(|source| SessionError::Broker {
-            what: what.clone(),
-            source,
+        let runtime = lapin::runtime::default_runtime().map_err(|source| {
+            topology::BrokerOpError::Broker {
+                what: what.clone(),
+                source,
+            }
         })?;
         let conn = timed(
             what,
@@ -207,7 +182,7 @@ impl Session {
         })
     }
 
-    /// Declares the topology host `host` needs (DESIGN.md "Broker topology"), or only
+    /// Declares the topology host `host` needs (docs/DESIGN.md, Broker topology), or only
     /// checks it with passive declares when `provisioned`.
     pub async fn declare_topology(
         &self,
@@ -215,73 +190,8 @@ impl Session {
         provisioned: bool,
     ) -> Result<(), SessionError> {
         let ch = &self.consume_channel;
-        let passive = provisioned;
-        for (name, kind) in [
-            (REQUESTS_EXCHANGE, lapin::ExchangeKind::Topic),
-            (REPLIES_EXCHANGE, lapin::ExchangeKind::Topic),
-            (DEAD_EXCHANGE, lapin::ExchangeKind::Fanout),
-        ] {
-            timed(
-                format!("declaring exchange {name}"),
-                OPERATION_TIMEOUT,
-                ch.exchange_declare(
-                    name.into(),
-                    kind,
-                    ExchangeDeclareOptions {
-                        passive,
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-        }
-        let queue_opts = QueueDeclareOptions {
-            passive,
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let (dead_args, host_args) = if passive {
-            (FieldTable::default(), FieldTable::default())
-        } else {
-            (dead_queue_arguments(), host_queue_arguments())
-        };
-        timed(
-            format!("declaring queue {DEAD_QUEUE}"),
-            OPERATION_TIMEOUT,
-            ch.queue_declare(DEAD_QUEUE.into(), queue_opts, dead_args),
-        )
-        .await?;
-        let queue = host_queue(host);
-        timed(
-            format!("declaring queue {queue}"),
-            OPERATION_TIMEOUT,
-            ch.queue_declare(queue.as_str().into(), queue_opts, host_args),
-        )
-        .await?;
-        if provisioned {
-            return Ok(());
-        }
-        let bindings = [
-            (DEAD_QUEUE.to_string(), DEAD_EXCHANGE, String::new()),
-            (queue.clone(), REQUESTS_EXCHANGE, format!("host.{host}")),
-            (queue.clone(), REQUESTS_EXCHANGE, "all".to_string()),
-        ];
-        for (q, exchange, key) in bindings {
-            timed(
-                format!("binding queue {q} to {exchange} with key {key:?}"),
-                OPERATION_TIMEOUT,
-                ch.queue_bind(
-                    q.as_str().into(),
-                    exchange.into(),
-                    key.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-        }
+        topology::declare_shared(ch, provisioned, OPERATION_TIMEOUT).await?;
+        topology::declare_host_queue(ch, host, provisioned, OPERATION_TIMEOUT).await?;
         Ok(())
     }
 
@@ -342,30 +252,6 @@ impl Session {
     }
 }
 
-/// Arguments of the dead-letter queue (DESIGN.md "Broker topology").
-pub fn dead_queue_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(DEAD_MAX_LENGTH),
-    );
-    args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(DEAD_MESSAGE_TTL_MS),
-    );
-    args
-}
-
-/// Arguments of a host queue: it dead-letters to `gearmq.dead`.
-pub fn host_queue_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(DEAD_EXCHANGE.into()),
-    );
-    args
-}
-
 /// What became of a published reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
@@ -373,7 +259,13 @@ pub enum Published {
     Delivered,
     /// Confirmed but returned unroutable (the reply queue is gone).
     Unroutable,
+    /// Refused by the broker (a nack): the reply queue is full, as under a flood of
+    /// junk into it. The session is fine; the same reply may be tried again.
+    Refused,
 }
+
+/// How long to wait before trying a refused reply again.
+const REFUSED_RETRY: Duration = Duration::from_millis(200);
 
 /// Publishes signed replies with confirms on one session.
 #[derive(Debug, Clone)]
@@ -394,6 +286,11 @@ impl ReplyPublisher {
         }
     }
 
+    /// Whether the session of this publisher broke (a publish failed or it closed).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_cancelled()
+    }
+
     /// Publishes `bytes` to `gearmq.replies` with routing key `reply_to` (mandatory,
     /// `user_id`, `correlation_id` = `request_id`) and waits for the broker's confirm.
     /// Any failure marks the session broken.
@@ -411,6 +308,27 @@ impl ReplyPublisher {
             self.broken.cancel();
         }
         result
+    }
+
+    /// [`ReplyPublisher::publish_reply`], trying a refused reply again (every 200 ms)
+    /// until `until` (ms since the epoch): a full reply queue drains as its consumer
+    /// catches up.
+    pub async fn publish_reply_until(
+        &self,
+        reply_to: &str,
+        request_id: Uuid,
+        bytes: &[u8],
+        until: gearmq_schemas::time::Millis,
+    ) -> Result<Published, SessionError> {
+        loop {
+            let published = self.publish_reply(reply_to, request_id, bytes).await;
+            if !matches!(published, Ok(Published::Refused))
+                || gearmq_schemas::time::now_ms() >= until
+            {
+                return published;
+            }
+            tokio::time::sleep(REFUSED_RETRY).await;
+        }
     }
 
     async fn publish(
@@ -442,7 +360,8 @@ impl ReplyPublisher {
         match timed(what, OPERATION_TIMEOUT, confirm).await? {
             Confirmation::Ack(None) => Ok(Published::Delivered),
             Confirmation::Ack(Some(_returned)) => Ok(Published::Unroutable),
-            Confirmation::Nack(_) | Confirmation::NotRequested => Err(SessionError::Nacked {
+            Confirmation::Nack(_) => Ok(Published::Refused),
+            Confirmation::NotRequested => Err(SessionError::Nacked {
                 reply_to: reply_to.to_string(),
             }),
         }
@@ -455,26 +374,11 @@ mod tests {
 
     #[test]
     fn user_id_defaults_to_the_percent_decoded_url_user() {
-        let none = ConnectFiles::default;
+        let none = BrokerFiles::default;
         let e = Endpoint::new("amqp://web%2D1:pw@h:5672/%2f", None, none()).unwrap();
         assert_eq!(e.user_id(), "web-1");
         assert_eq!(e.redacted(), "amqp://web-1@h:5672/%2f");
         let e = Endpoint::new("amqp://guest:guest@h:5672/%2f", Some("web1"), none()).unwrap();
         assert_eq!(e.user_id(), "web1");
-    }
-
-    #[test]
-    fn topology_arguments_match_the_design() {
-        let dead = dead_queue_arguments();
-        let inner = dead.inner();
-        assert_eq!(
-            inner.get(&ShortString::from("x-max-length")),
-            Some(&AMQPValue::LongLongInt(10_000))
-        );
-        assert_eq!(
-            inner.get(&ShortString::from("x-message-ttl")),
-            Some(&AMQPValue::LongLongInt(604_800_000))
-        );
-        assert_eq!(host_queue(&Name::new("web1").unwrap()), "gearmq.host.web1");
     }
 }

@@ -1,10 +1,10 @@
 //! Counters of what the agent did with the requests it received.
 //!
 //! Plain atomics, updated from every handler task without locks; read as a snapshot
-//! for logs.
+//! for logs, the metrics endpoint and the status file ([`crate::metrics`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Why a request was refused. Labels are stable: they appear in logs and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,7 +126,36 @@ pub struct Stats {
     audited: AtomicU64,
     not_audited: AtomicU64,
     audit_failures: AtomicU64,
+    audited_repeats: AtomicU64,
     refused: [AtomicU64; Reason::ALL.len()],
+    /// The replay store, for its size in snapshots.
+    replay: std::sync::OnceLock<crate::replay::ReplayStore>,
+    /// Whether a broker session is open and consuming.
+    connected: AtomicBool,
+    /// When `connected` last changed (ms since the epoch; 0: never connected).
+    connection_since: AtomicU64,
+    /// When the last delivery arrived (ms since the epoch; 0: none yet).
+    last_request_at: AtomicU64,
+    /// Attempts to open a broker session that failed.
+    connect_failures: AtomicU64,
+    /// Woken when the connection state changes (the status file is rewritten).
+    changed: tokio::sync::Notify,
+}
+
+/// The broker connection as last seen, for health reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionHealth {
+    /// A broker session is open and consuming.
+    pub connected: bool,
+    /// When `connected` last changed (ms since the epoch); `None` before the first
+    /// attempt ended.
+    pub since: Option<u64>,
+    /// When the last delivery arrived (ms since the epoch); `None` if none did.
+    pub last_request_at: Option<u64>,
+    /// Broker sessions re-established after a loss.
+    pub reconnects: u64,
+    /// Attempts to open a broker session that failed.
+    pub connect_failures: u64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -155,6 +184,12 @@ pub struct StatsSnapshot {
     pub not_audited: u64,
     /// Audit writes that failed (the request was requeued to be answered again).
     pub audit_failures: u64,
+    /// Of `audited`, repeats of a request already on record, recorded by digest.
+    pub audited_repeats: u64,
+    /// Requests held in the replay store now.
+    pub replay_entries: u64,
+    /// Bytes the replay store holds now (what counts against its cap).
+    pub replay_bytes: u64,
     /// Refusals by reason (only non-zero ones).
     pub refused: BTreeMap<&'static str, u64>,
 }
@@ -164,9 +199,53 @@ fn bump(c: &AtomicU64) {
 }
 
 impl Stats {
-    /// A delivery arrived.
+    /// A delivery arrived (also the last request time).
     pub fn received(&self) {
-        bump(&self.received)
+        bump(&self.received);
+        self.last_request_at
+            .store(gearmq_schemas::time::now_ms(), Ordering::Relaxed);
+    }
+    /// A broker session is open and consuming.
+    pub fn broker_connected(&self) {
+        self.set_connected(true)
+    }
+    /// The broker session ended (lost, or closed at shutdown).
+    pub fn broker_disconnected(&self) {
+        self.set_connected(false)
+    }
+    /// An attempt to open a broker session failed.
+    pub fn connect_failed(&self) {
+        bump(&self.connect_failures);
+        if self.connection_since.load(Ordering::Relaxed) == 0 {
+            // Not connected since start: the state is known now.
+            self.set_connected(false);
+        } else {
+            self.changed.notify_one();
+        }
+    }
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.connection_since
+            .store(gearmq_schemas::time::now_ms(), Ordering::Relaxed);
+        // One waiter (the status file writer); a stored permit is not lost.
+        self.changed.notify_one();
+    }
+    /// Resolves at the next connection state change (or at once if one happened since
+    /// the last call returned).
+    pub async fn connection_changed(&self) {
+        self.changed.notified().await
+    }
+    /// The broker connection as last seen.
+    pub fn connection(&self) -> ConnectionHealth {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        ConnectionHealth {
+            connected: self.connected.load(Ordering::Relaxed),
+            since: nonzero(get(&self.connection_since)),
+            last_request_at: nonzero(get(&self.last_request_at)),
+            reconnects: get(&self.reconnects),
+            connect_failures: get(&self.connect_failures),
+        }
     }
     /// A request's signature verified.
     pub fn verified(&self) {
@@ -200,6 +279,14 @@ impl Stats {
     pub fn audited(&self) {
         bump(&self.audited)
     }
+    /// A repeated request was recorded by digest (also counted as audited).
+    pub fn audited_repeat(&self) {
+        bump(&self.audited_repeats)
+    }
+    /// Lets snapshots report the size of `store`.
+    pub fn attach_replay_store(&self, store: crate::replay::ReplayStore) {
+        let _ = self.replay.set(store);
+    }
     /// A request was answered without an audit record.
     pub fn not_audited(&self) {
         bump(&self.not_audited)
@@ -230,6 +317,9 @@ impl Stats {
             audited: get(&self.audited),
             not_audited: get(&self.not_audited),
             audit_failures: get(&self.audit_failures),
+            audited_repeats: get(&self.audited_repeats),
+            replay_entries: self.replay.get().map_or(0, |s| s.len() as u64),
+            replay_bytes: self.replay.get().map_or(0, |s| s.stored_bytes() as u64),
             refused: Reason::ALL
                 .iter()
                 .filter_map(|r| {
@@ -264,5 +354,25 @@ mod tests {
         assert_eq!(snap.refused.get("expired"), Some(&2));
         assert_eq!(snap.refused.get("bad_signature"), Some(&1));
         assert_eq!(snap.refused.len(), 2);
+    }
+
+    #[test]
+    fn connection_state_follows_the_session() {
+        let s = Stats::default();
+        assert_eq!(s.connection(), ConnectionHealth::default());
+        s.connect_failed();
+        let h = s.connection();
+        assert!(!h.connected);
+        assert!(h.since.is_some());
+        assert_eq!(h.connect_failures, 1);
+        s.broker_connected();
+        s.received();
+        let h = s.connection();
+        assert!(h.connected);
+        assert!(h.last_request_at.is_some());
+        s.broker_disconnected();
+        s.reconnected();
+        assert!(!s.connection().connected);
+        assert_eq!(s.connection().reconnects, 1);
     }
 }

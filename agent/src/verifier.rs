@@ -1,4 +1,5 @@
-//! The request verification pipeline, in DESIGN.md's order.
+//! The request verification pipeline, in the order of docs/DESIGN.md, Request
+//! lifecycle step 2.
 //!
 //! `open` (size → envelope → credential chain → signature → body) gives an
 //! [`OpenedRequest`] or an [`Unproven`] (never answered: the sender is unknown).
@@ -166,7 +167,7 @@ pub struct VerifierSettings {
     pub max_token_ttl: Duration,
 }
 
-/// Runs the checks of DESIGN.md's request lifecycle, step 2.
+/// Runs the checks of docs/DESIGN.md, Request lifecycle step 2.
 #[derive(Debug)]
 pub struct RequestVerifier {
     credentials: CredentialVerifier,

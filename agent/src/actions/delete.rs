@@ -1,5 +1,5 @@
-//! `delete`: stop a unit, remove its file, spec and output, daemon-reload. Deleting a
-//! unit that is not there is fine (`absent`).
+//! `delete`: stop a unit, disable it, remove its file, spec and output, daemon-reload.
+//! Deleting a unit that is not there is fine (`absent`).
 
 use super::{Action, ActionContext, ActionError, before_of, blocking, check_unit};
 use crate::records::Desired;
@@ -47,6 +47,10 @@ impl Action for Delete {
             .await?;
         if props.is_active() {
             services.systemd.run_job(Job::Stop, &file).await?;
+        }
+        // Disabled first: no link to the file is left behind for the next boot.
+        if props.unit_file_state == "enabled" && text.is_some() {
+            services.systemd.disable(&file).await?;
         }
         let s = services.clone();
         let u = unit.clone();

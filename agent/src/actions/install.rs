@@ -1,10 +1,12 @@
-//! `install`: write a unit file from a spec (atomically), daemon-reload, and start it
-//! if asked — restarting it when it was running and its file changed.
+//! `install`: write a unit file from a spec (atomically), daemon-reload, enable it (or
+//! disable it with `enable: false`), and start it if asked — restarting it when it was
+//! running and its file changed.
 
-use super::{Action, ActionContext, ActionError, before_of, blocking, unit_state};
+use super::{Action, ActionContext, ActionError, before_of, blocking, check_unit, unit_state};
+use crate::artifacts::ArtifactError;
 use crate::records::Desired;
 use crate::systemd::Job;
-use crate::systemd::render::{RenderSettings, render_unit};
+use crate::systemd::render::render_unit;
 use crate::unit_files::UnitFileError;
 use gearmq_schemas::Status;
 use gearmq_schemas::actions::{Change, InstallArgs, UnitChangeResult};
@@ -23,19 +25,54 @@ impl Action for Install {
         args: InstallArgs,
         ctx: &ActionContext,
     ) -> Result<UnitChangeResult, ActionError> {
-        let InstallArgs { spec, start } = args;
+        // An existing unit's name: gearmq never writes a unit it did not create (6).
+        check_unit(&args.spec.unit)?;
         // Checked again here whatever the CLI did: status 4 naming the field.
-        spec.validate()?;
+        args.validate()?;
+        let InstallArgs {
+            mut spec,
+            start,
+            enable,
+            artifact,
+        } = args;
         let services = &ctx.services;
-        services.policy.check_exec(&spec.exec)?;
+        if let Some(a) = artifact {
+            // The program comes with the request: stored by digest once it matches
+            // what the request signs, before anything else is written; the unit runs
+            // the stored file.
+            services
+                .policy
+                .check_artifact_dir(services.artifacts.dir())?;
+            let store = services.artifacts.clone();
+            let path = store.ensure(&a).await.map_err(|e| {
+                let status = match e {
+                    ArtifactError::Mismatch { .. } | ArtifactError::TooLarge { .. } => {
+                        Status::InvalidData
+                    }
+                    ArtifactError::Fetch { .. } | ArtifactError::Io { .. } => Status::UnknownError,
+                };
+                ActionError::new(status, e.to_string())
+            })?;
+            spec.exec = match gearmq_schemas::actions::artifact_tree_path(&spec.exec) {
+                // A .tar.gz tree: unpacked beside the archive, PATH in it runs.
+                Some(rel) => {
+                    let (store, a, rel) = (services.artifacts.clone(), a.clone(), rel.to_string());
+                    let tree = blocking(move || store.unpack(&a))
+                        .await?
+                        .map_err(|e| ActionError::new(Status::InvalidData, e.to_string()))?;
+                    tree.join(rel).to_string_lossy().into_owned()
+                }
+                None => path.to_string_lossy().into_owned(),
+            };
+        }
+        // The host's policy, before anything is written: no loader variable it does
+        // not allow, no program whose resolved path is outside its prefixes.
+        services.policy.check_env(spec.env.keys())?;
+        let policy = services.policy.clone();
+        let exec = spec.exec.clone();
+        blocking(move || policy.check_exec(&exec)).await??;
         let output_file = services.output.path(&spec.unit);
-        let text = render_unit(
-            &spec,
-            &RenderSettings {
-                run_as: services.policy.run_as.clone(),
-                output_file: &output_file,
-            },
-        )?;
+        let text = render_unit(&spec, &services.policy.render_settings(&output_file))?;
         let unit = spec.unit.clone();
         let _lock = services.locks.lock(&unit).await;
         let s = services.clone();
@@ -87,6 +124,14 @@ impl Action for Install {
         } else if services.units.spec(&unit).is_none() {
             let s = services.clone();
             blocking(move || s.units.save_spec(&spec)).await??;
+        }
+        // Enabled at boot, or not, as asked: idempotent, so a redelivery does it again.
+        let loaded = services.systemd.unit_props(&file).await?;
+        let enabled = loaded.unit_file_state == "enabled";
+        if enable && !enabled {
+            services.systemd.enable(&file).await?;
+        } else if !enable && enabled {
+            services.systemd.disable(&file).await?;
         }
         let then = if start {
             let now = services.systemd.unit_props(&file).await?;

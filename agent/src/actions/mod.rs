@@ -11,11 +11,13 @@
 
 pub mod cancel;
 pub mod delete;
+pub mod enable;
 pub mod facts;
 pub mod install;
 pub mod list;
 pub mod logs;
 pub mod ping;
+pub mod reload;
 pub mod restart;
 pub mod revocation;
 pub mod start;
@@ -23,23 +25,24 @@ pub mod stats;
 pub mod status;
 pub mod stop;
 
-use crate::config::{BusKind, Limits, SystemdSettings};
+use crate::config::{Allowlist, BusKind, EXISTING_ACTIONS, Limits, Output, SystemdSettings};
+use crate::identity::io_reason;
 use crate::records::{Before, Desired, Intent, RecordError, Records};
 use crate::revocation::Revocations;
 use crate::stats::Stats;
 use crate::streams::Streams;
-use crate::systemd::render::RunAs;
-use crate::systemd::{Systemd, SystemdError, UnitProps, cgroup};
+use crate::systemd::render::{RenderSettings, RunAs};
+use crate::systemd::{Systemd, SystemdError, UnitBackend, UnitProps, cgroup};
 use crate::unit_files::{UnitFileError, UnitFiles};
 use crate::unit_output::UnitOutput;
 use gearmq_schemas::actions::UnitState;
 use gearmq_schemas::time::Millis;
-use gearmq_schemas::units::{FieldError, check_unit_name, unit_file_name};
+use gearmq_schemas::units::{FieldError, UnitName, is_loader_env, unit_file_name};
 use gearmq_schemas::{Name, Status};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -51,11 +54,16 @@ pub struct Services {
     /// When the agent process started (for uptime).
     pub agent_started: Instant,
     /// The systemd manager units run in.
-    pub systemd: Systemd,
+    pub systemd: Arc<dyn UnitBackend>,
     /// The unit files gearmq manages.
     pub units: UnitFiles,
     /// The units' output files.
     pub output: UnitOutput,
+    /// Programs shipped with installs, by digest.
+    pub artifacts: crate::artifacts::ArtifactStore,
+    /// The journal, where units' output goes in journal mode (and existing units'
+    /// always); `None` in file mode.
+    pub journal: Option<crate::journal::Journal>,
     /// Intent and outcome records.
     pub records: Records,
     /// Open `logs --follow` streams.
@@ -77,6 +85,46 @@ pub struct Services {
 }
 
 impl Services {
+    /// Services for `identity`'s host (its labels answer `facts`, its credential's end
+    /// is reported), as the agent, local mode and the emulator start them.
+    pub fn for_host(
+        settings: &SystemdSettings,
+        state_dir: &Path,
+        limits: &Limits,
+        identity: &crate::identity::HostIdentity,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        Services::new(
+            settings,
+            state_dir,
+            limits,
+            identity.credential.labels.clone(),
+            identity.credential.not_after,
+            revocations,
+        )
+    }
+
+    /// [`Services::for_host`] of an agent configured by `cfg`, reading shipped
+    /// programs without a URL from their broker stream with the agent's own login.
+    pub fn for_agent(
+        cfg: &crate::config::AgentConfig,
+        systemd: &SystemdSettings,
+        state_dir: &Path,
+        identity: &crate::identity::HostIdentity,
+        revocations: Arc<Revocations>,
+    ) -> Self {
+        let mut s = Services::for_host(systemd, state_dir, &cfg.limits, identity, revocations);
+        s.artifacts = s
+            .artifacts
+            .clone()
+            .with_streams(crate::artifacts::StreamSource {
+                urls: cfg.broker.urls.clone(),
+                files: cfg.broker.files(),
+                name: format!("gearmq-agent {}", identity.name),
+            });
+        s
+    }
+
     /// Services for units managed through `systemd` settings, with state (specs,
     /// output, records) under `state_dir`, which must be absolute.
     pub fn new(
@@ -92,9 +140,22 @@ impl Services {
         let keep = limits.max_request_lifetime + 2 * limits.clock_skew;
         Services {
             agent_started: Instant::now(),
-            systemd: Systemd::new(settings, limits.action_timeout),
+            systemd: Arc::new(Systemd::new(settings, limits.action_timeout)),
             units: UnitFiles::new(&settings.unit_dir, state_dir),
             output: UnitOutput::new(state_dir, limits.unit_log_max_bytes),
+            artifacts: crate::artifacts::ArtifactStore::new(
+                &settings
+                    .artifact_dir
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join("artifacts")),
+                limits.max_artifact_bytes,
+            ),
+            journal: match &settings.output {
+                Output::Journal { dir } => {
+                    Some(crate::journal::Journal::new(dir.clone(), settings.bus))
+                }
+                Output::File => None,
+            },
             records: Records::new(state_dir, keep),
             streams: Streams::new(limits.max_streams),
             locks: UnitLocks::default(),
@@ -114,13 +175,22 @@ impl Services {
     }
 }
 
-/// Who units run as, and which programs they may run.
+/// Who units run as, and which programs and loader variables they may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitPolicy {
     /// The user lines of every unit file.
     pub run_as: RunAs,
     /// Allowed program path prefixes; empty allows any.
     pub allowed_exec_prefixes: Vec<String>,
+    /// Loader environment variables units may set (`systemd.allowed_loader_env`).
+    pub allowed_loader_env: Vec<String>,
+    /// The target an enabled unit is wanted by: `multi-user.target` (system bus) or
+    /// `default.target` (user manager).
+    pub wanted_by: &'static str,
+    /// The host's own units gearmq may act on, and how (`[[existing]]`).
+    pub existing: Allowlist,
+    /// Where units' output goes and `logs` reads it.
+    pub output: Output,
 }
 
 impl UnitPolicy {
@@ -136,32 +206,135 @@ impl UnitPolicy {
         UnitPolicy {
             run_as,
             allowed_exec_prefixes: settings.allowed_exec_prefixes.clone(),
+            allowed_loader_env: settings.allowed_loader_env.clone(),
+            wanted_by: match settings.bus {
+                BusKind::System => "multi-user.target",
+                BusKind::User => "default.target",
+            },
+            existing: settings.existing.clone(),
+            output: settings.output.clone(),
         }
     }
 
-    /// Refuses (status 6) a program outside the allowed prefixes. Prefixes match
-    /// whole path components; `..` never reaches here (the spec refuses it).
-    pub fn check_exec(&self, exec: &str) -> Result<(), ActionError> {
+    /// What besides the spec goes into a unit file under this policy, with its output
+    /// appended to `output_file` (in file mode) or sent to the journal.
+    pub fn render_settings<'a>(&self, output_file: &'a std::path::Path) -> RenderSettings<'a> {
+        RenderSettings {
+            run_as: self.run_as.clone(),
+            output_file: match self.output {
+                Output::File => Some(output_file),
+                Output::Journal { .. } => None,
+            },
+            wanted_by: self.wanted_by,
+        }
+    }
+
+    /// Refuses (status 6) an environment variable that changes what code the program
+    /// loads (`LD_PRELOAD`, `PYTHONPATH`, …: [`is_loader_env`]) unless
+    /// `systemd.allowed_loader_env` lists it: otherwise a caller allowed to install
+    /// `/usr/bin/x` could make it run a library of the caller's choosing.
+    pub fn check_env<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), ActionError> {
+        for k in keys {
+            if is_loader_env(k) && !self.allowed_loader_env.iter().any(|a| a == k) {
+                return Err(ActionError::new(
+                    Status::Unauthorized,
+                    format!(
+                        "environment variable {k} changes what code the program loads; this host refuses it unless its systemd.allowed_loader_env lists {k}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// With `allowed_exec_prefixes` set, refuses (6) to ship programs into an artifact
+    /// store `dir` that is not below an allowed prefix (the stored file is what the
+    /// unit runs), before anything is fetched.
+    pub fn check_artifact_dir(&self, dir: &Path) -> Result<(), ActionError> {
         if self.allowed_exec_prefixes.is_empty() {
             return Ok(());
         }
-        let allowed = self.allowed_exec_prefixes.iter().any(|p| {
-            let p = p.trim_end_matches('/');
-            exec.strip_prefix(p)
-                .is_some_and(|rest| rest.starts_with('/') || (p.is_empty() && !rest.is_empty()))
+        let _ = std::fs::create_dir_all(dir);
+        let resolved = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let inside = self.allowed_exec_prefixes.iter().any(|p| {
+            let prefix = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+            resolved == prefix || is_below(&resolved, &prefix)
         });
-        if allowed {
+        if inside {
             Ok(())
         } else {
             Err(ActionError::new(
                 Status::Unauthorized,
                 format!(
-                    "program {exec} is outside this host's allowed_exec_prefixes ({})",
-                    self.allowed_exec_prefixes.join(", ")
+                    "shipped programs are stored in {}, which is not below this host's \
+                     systemd.allowed_exec_prefixes; list it there (or set \
+                     systemd.artifact_dir below one) to allow installs with an artifact",
+                    resolved.display()
                 ),
             ))
         }
     }
+
+    /// With `allowed_exec_prefixes` set, resolves `exec` on this host (symlinks
+    /// followed) and refuses a program whose resolved path is not below an allowed
+    /// prefix (status 6; prefixes are resolved too and match whole components), that
+    /// does not exist (7) or that is not a regular file (4). Reads the file system:
+    /// run it off the async threads.
+    pub fn check_exec(&self, exec: &str) -> Result<(), ActionError> {
+        if self.allowed_exec_prefixes.is_empty() {
+            return Ok(());
+        }
+        let resolved = std::fs::canonicalize(exec).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => ActionError::new(
+                Status::NotFound,
+                format!(
+                    "program {exec} does not exist on this host (allowed_exec_prefixes is checked on the program's resolved path, so the program must be in place before install)"
+                ),
+            ),
+            _ => ActionError::new(
+                Status::Unauthorized,
+                format!(
+                    "cannot resolve program {exec} on this host to check allowed_exec_prefixes: {}",
+                    io_reason(&e)
+                ),
+            ),
+        })?;
+        let shown = if resolved == Path::new(exec) {
+            exec.to_string()
+        } else {
+            format!("{exec} (resolved: {})", resolved.display())
+        };
+        let allowed = self.allowed_exec_prefixes.iter().any(|p| {
+            // A prefix that is itself a link (/bin -> usr/bin) is compared resolved.
+            let p = std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+            is_below(&resolved, &p)
+        });
+        if !allowed {
+            return Err(ActionError::new(
+                Status::Unauthorized,
+                format!(
+                    "program {shown} is outside this host's allowed_exec_prefixes ({})",
+                    self.allowed_exec_prefixes.join(", ")
+                ),
+            ));
+        }
+        match std::fs::metadata(&resolved) {
+            Ok(m) if m.is_file() => Ok(()),
+            _ => Err(ActionError::new(
+                Status::InvalidData,
+                format!("invalid exec: program {shown} is not a regular file"),
+            )),
+        }
+    }
+}
+
+/// Whether `path` lies below `prefix`, whole components compared (`/opt/app` is not
+/// below `/opt/ap`, nor below itself).
+pub fn is_below(path: &Path, prefix: &Path) -> bool {
+    path != prefix && path.starts_with(prefix)
 }
 
 /// One async lock per unit name.
@@ -314,9 +487,109 @@ where
         .map_err(|e| ActionError::new(Status::UnknownError, format!("file task failed: {e}")))
 }
 
-/// Checks a unit name from a request (status 4 naming `unit`).
+/// Checks that `unit` names a unit gearmq creates: the name of an existing unit of the
+/// host is refused (6), since gearmq never installs, rewrites, enables, disables or
+/// deletes those; any other bad name is invalid (4, naming the field).
 pub fn check_unit(unit: &str) -> Result<(), ActionError> {
-    check_unit_name(unit).map_err(ActionError::from)
+    match UnitName::parse(unit)? {
+        UnitName::Managed(_) => Ok(()),
+        UnitName::Existing(u) => Err(ActionError::new(
+            Status::Unauthorized,
+            format!(
+                "{u} is not a unit gearmq created: gearmq never installs, rewrites, enables, \
+                 disables or deletes those (a host's [[existing]] allowlist can open only {})",
+                EXISTING_ACTIONS.join(", ")
+            ),
+        )),
+    }
+}
+
+/// The unit a unit action acts on, found and allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One of gearmq's own units, with its file's text.
+    Managed {
+        /// Its gearmq name (`web`).
+        unit: String,
+        /// Its unit file.
+        text: String,
+    },
+    /// An existing unit of the host that the `[[existing]]` allowlist opens to the
+    /// action.
+    Existing {
+        /// Its systemd name (`nginx.service`).
+        unit: String,
+    },
+}
+
+impl Target {
+    /// Resolves `unit` for `action`: a gearmq unit must be installed (7 otherwise); an
+    /// existing unit must be allowed `action` by the host's allowlist (6, naming what it
+    /// allows) and loaded in the manager (7).
+    pub async fn resolve(
+        services: &Arc<Services>,
+        unit: &str,
+        action: &str,
+    ) -> Result<Target, ActionError> {
+        match UnitName::parse(unit)? {
+            UnitName::Managed(u) => Ok(Target::Managed {
+                unit: u.to_string(),
+                text: managed_unit_text(services, u).await?,
+            }),
+            UnitName::Existing(u) => {
+                if !services.policy.existing.allows(u, action) {
+                    return Err(ActionError::new(
+                        Status::Unauthorized,
+                        services.policy.existing.refusal(u, action),
+                    ));
+                }
+                let props = services.systemd.unit_props(u).await?;
+                if props.load_state != "loaded" {
+                    return Err(ActionError::new(
+                        Status::NotFound,
+                        format!("unit {u} is not loaded on this host ({})", props.load_state),
+                    ));
+                }
+                Ok(Target::Existing {
+                    unit: u.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The name the request used (and records and replies use).
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Managed { unit, .. } | Target::Existing { unit } => unit,
+        }
+    }
+
+    /// The unit's name in systemd.
+    pub fn systemd_name(&self) -> String {
+        match self {
+            Target::Managed { unit, .. } => unit_file_name(unit),
+            Target::Existing { unit } => unit.clone(),
+        }
+    }
+
+    /// The unit file's text, for gearmq's own units.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Target::Managed { text, .. } => Some(text),
+            Target::Existing { .. } => None,
+        }
+    }
+
+    /// The unit's wire state now.
+    pub async fn state(&self, services: &Services) -> Result<UnitState, ActionError> {
+        match self {
+            Target::Managed { unit, text } => unit_state(services, unit, text).await,
+            Target::Existing { unit } => {
+                let props = services.systemd.unit_props(unit).await?;
+                Ok(wire_state(unit, &props, None))
+            }
+        }
+    }
 }
 
 /// The text of unit `unit`'s file; a unit gearmq does not manage is "not found".
@@ -378,6 +651,7 @@ pub fn wire_state(unit: &str, props: &UnitProps, limits_enforced: Option<bool>) 
         memory_bytes: (props.memory_current != u64::MAX).then_some(props.memory_current),
         restarts: props.n_restarts,
         limits_enforced,
+        unit_file_state: props.unit_file_state.clone(),
     }
 }
 
@@ -403,14 +677,10 @@ pub(crate) mod testing {
 
     /// Services on a bus that does not exist, state in `dir`.
     pub fn services(dir: &Path) -> Arc<Services> {
-        let settings = SystemdSettings {
-            bus: BusKind::User,
-            address: Some(format!("unix:path={}/no-bus", dir.display())),
-            unit_dir: dir.join("units"),
-            run_as: None,
-            allow_root: false,
-            allowed_exec_prefixes: Vec::new(),
-        };
+        let settings = SystemdSettings::user(
+            dir.join("units"),
+            Some(format!("unix:path={}/no-bus", dir.display())),
+        );
         Arc::new(Services::new(
             &settings,
             &dir.join("state"),
@@ -445,34 +715,130 @@ mod tests {
         UnitPolicy {
             run_as: RunAs::DynamicUser,
             allowed_exec_prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            allowed_loader_env: Vec::new(),
+            wanted_by: "multi-user.target",
+            existing: Allowlist::default(),
+            output: Output::File,
         }
     }
 
     #[test]
-    fn exec_prefixes_match_whole_components() {
-        assert!(policy(&[]).check_exec("/anything").is_ok());
-        let p = policy(&["/opt/apps", "/usr/local/bin/"]);
-        assert!(p.check_exec("/opt/apps/web/run").is_ok());
-        assert!(p.check_exec("/usr/local/bin/x").is_ok());
-        let e = p.check_exec("/opt/appsevil/run").unwrap_err();
+    fn artifact_store_must_be_below_an_allowed_prefix_when_prefixes_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("artifacts");
+        // No prefixes: any store.
+        assert!(policy(&[]).check_artifact_dir(&store).is_ok());
+        let inside = policy(&[dir.path().to_str().unwrap()]);
+        assert!(inside.check_artifact_dir(&store).is_ok());
+        let e = policy(&["/opt/apps"])
+            .check_artifact_dir(&store)
+            .unwrap_err();
         assert_eq!(e.status, Status::Unauthorized);
         assert!(e.message.contains("allowed_exec_prefixes"), "{}", e.message);
-        assert!(p.check_exec("/opt/apps").is_err());
-        assert!(p.check_exec("/bin/sh").is_err());
-        assert!(policy(&["/"]).check_exec("/bin/sh").is_ok());
+    }
+
+    #[test]
+    fn prefixes_match_whole_components() {
+        let below = |p: &str, prefix: &str| is_below(Path::new(p), Path::new(prefix));
+        assert!(below("/opt/apps/web/run", "/opt/apps"));
+        assert!(below("/usr/local/bin/x", "/usr/local/bin/"));
+        assert!(below("/bin/sh", "/"));
+        assert!(!below("/opt/appsevil/run", "/opt/apps"));
+        assert!(!below("/opt/apple", "/opt/app"));
+        assert!(!below("/opt/apps", "/opt/apps"));
+        assert!(!below("/bin/sh", "/opt/apps"));
+    }
+
+    /// A tree: `allowed/prog` (a program), `allowed/link-out` -> `outside/prog`,
+    /// `allowed/link-in` -> `prog`, `allowed-evil/prog`, `outside/link-in` ->
+    /// `allowed/prog`, `allowed/dir/`, `alias` -> `allowed` (a prefix that is a link).
+    fn tree() -> tempfile::TempDir {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        for sub in ["allowed/dir", "allowed-evil", "outside"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for f in ["allowed/prog", "allowed-evil/prog", "outside/prog"] {
+            std::fs::write(d.join(f), "#!/bin/sh\n").unwrap();
+        }
+        symlink(d.join("outside/prog"), d.join("allowed/link-out")).unwrap();
+        symlink("prog", d.join("allowed/link-in")).unwrap();
+        symlink(d.join("allowed/prog"), d.join("outside/link-in")).unwrap();
+        symlink(d.join("allowed"), d.join("alias")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn exec_is_checked_on_its_resolved_path() {
+        assert!(policy(&[]).check_exec("/no/such/program").is_ok());
+        let dir = tree();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let path = |rel: &str| d.join(rel).display().to_string();
+        let p = policy(&[&path("allowed")]);
+        assert!(p.check_exec(&path("allowed/prog")).is_ok());
+        assert!(p.check_exec(&path("allowed/link-in")).is_ok());
+        // Reached from outside, but what runs is inside.
+        assert!(p.check_exec(&path("outside/link-in")).is_ok());
+        // A link inside the prefix to a program outside it.
+        let e = p.check_exec(&path("allowed/link-out")).unwrap_err();
+        assert_eq!(e.status, Status::Unauthorized);
+        assert!(e.message.contains("allowed_exec_prefixes"), "{}", e.message);
+        assert!(
+            e.message
+                .contains(&format!("resolved: {}", path("outside/prog"))),
+            "{}",
+            e.message
+        );
+        // A string prefix is not a path prefix.
+        let e = p.check_exec(&path("allowed-evil/prog")).unwrap_err();
+        assert_eq!(e.status, Status::Unauthorized, "{}", e.message);
+        let e = p.check_exec(&path("allowed/missing")).unwrap_err();
+        assert_eq!(e.status, Status::NotFound, "{}", e.message);
+        assert!(e.message.contains("does not exist"), "{}", e.message);
+        let e = p.check_exec(&path("allowed/prog/x")).unwrap_err();
+        assert_eq!(e.status, Status::NotFound, "{}", e.message);
+        let e = p.check_exec(&path("allowed/dir")).unwrap_err();
+        assert_eq!(e.status, Status::InvalidData, "{}", e.message);
+        // A prefix written as a link is compared resolved.
+        let p = policy(&[&path("alias")]);
+        assert!(p.check_exec(&path("allowed/prog")).is_ok());
+        assert!(p.check_exec(&path("outside/prog")).is_err());
+    }
+
+    #[test]
+    fn loader_env_is_refused_unless_allowed_by_name() {
+        let keys = |ks: &[&str]| -> Vec<String> { ks.iter().map(|k| k.to_string()).collect() };
+        let p = policy(&[]);
+        assert!(p.check_env(&keys(&["PATH", "HOME", "RUST_LOG"])).is_ok());
+        for k in ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH"] {
+            let e = p.check_env(&keys(&["PATH", k])).unwrap_err();
+            assert_eq!(e.status, Status::Unauthorized);
+            assert!(e.message.contains(k), "{}", e.message);
+            assert!(
+                e.message.contains("systemd.allowed_loader_env"),
+                "{}",
+                e.message
+            );
+        }
+        let p = UnitPolicy {
+            allowed_loader_env: vec!["LD_LIBRARY_PATH".into()],
+            ..policy(&[])
+        };
+        assert!(p.check_env(&keys(&["LD_LIBRARY_PATH"])).is_ok());
+        let e = p
+            .check_env(&keys(&["LD_LIBRARY_PATH", "LD_PRELOAD"]))
+            .unwrap_err();
+        assert!(e.message.contains("LD_PRELOAD"), "{}", e.message);
     }
 
     #[test]
     fn run_as_follows_bus_and_settings() {
-        let mut s = SystemdSettings {
-            bus: BusKind::System,
-            address: None,
-            unit_dir: "/etc/systemd/system".into(),
-            run_as: None,
-            allow_root: false,
-            allowed_exec_prefixes: Vec::new(),
-        };
+        let mut s = SystemdSettings::user("/etc/systemd/system".into(), None);
+        s.bus = BusKind::System;
+        s.allowed_loader_env = vec!["LD_LIBRARY_PATH".into()];
         assert_eq!(UnitPolicy::new(&s).run_as, RunAs::DynamicUser);
+        assert_eq!(UnitPolicy::new(&s).allowed_loader_env, ["LD_LIBRARY_PATH"]);
         s.run_as = Some("svc".into());
         assert_eq!(UnitPolicy::new(&s).run_as, RunAs::User("svc".into()));
         s.run_as = None;
@@ -492,6 +858,7 @@ mod tests {
             active_enter_us: 0,
             memory_current: u64::MAX,
             n_restarts: 2,
+            unit_file_state: "enabled".into(),
         };
         let s = wire_state("web", &props, None);
         assert_eq!(s.since_ms, None);

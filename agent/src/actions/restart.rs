@@ -1,12 +1,9 @@
 //! `restart`: restart a unit (starting it if stopped) and wait for its job.
 
-use super::{
-    Action, ActionContext, ActionError, before_of, check_unit, managed_unit_text, unit_state,
-};
+use super::{Action, ActionContext, ActionError, Target, before_of};
 use crate::records::Desired;
 use crate::systemd::Job;
 use gearmq_schemas::actions::{Change, UnitArgs, UnitChangeResult};
-use gearmq_schemas::units::unit_file_name;
 
 /// The `restart` action.
 #[derive(Debug)]
@@ -18,11 +15,10 @@ impl Action for Restart {
     type Output = UnitChangeResult;
 
     async fn apply(args: UnitArgs, ctx: &ActionContext) -> Result<UnitChangeResult, ActionError> {
-        check_unit(&args.unit)?;
         let services = &ctx.services;
         let _lock = services.locks.lock(&args.unit).await;
-        let text = managed_unit_text(services, &args.unit).await?;
-        let file = unit_file_name(&args.unit);
+        let target = Target::resolve(services, &args.unit, Self::NAME).await?;
+        let file = target.systemd_name();
         let props = services.systemd.unit_props(&file).await?;
         // An interrupted run of this request restarted it if it runs now with another
         // main process or a later activation than the run found.
@@ -35,7 +31,7 @@ impl Action for Restart {
             ctx.record_intent(
                 &args.unit,
                 Desired::Restarted,
-                before_of(Some(&text), &props),
+                before_of(target.text(), &props),
             )
             .await?;
             services.systemd.run_job(Job::Restart, &file).await?;
@@ -43,7 +39,7 @@ impl Action for Restart {
         Ok(UnitChangeResult {
             change: Change::Restarted,
             then: None,
-            state: Some(unit_state(services, &args.unit, &text).await?),
+            state: Some(target.state(services).await?),
         })
     }
 }

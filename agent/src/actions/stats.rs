@@ -28,6 +28,10 @@ impl Action for Stats {
                 .map(|(reason, n)| (reason.to_string(), n))
                 .collect(),
             audited: s.audited,
+            audited_repeats: s.audited_repeats,
+            resent: s.resent,
+            replay_entries: s.replay_entries,
+            replay_bytes: s.replay_bytes,
         })
     }
 }

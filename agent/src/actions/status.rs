@@ -1,8 +1,8 @@
-//! `status`: one unit's state, or every managed unit's.
+//! `status`: one unit's state (gearmq's own, or an allowlisted existing one), or
+//! every unit gearmq manages.
 
 use super::{
-    Action, ActionContext, ActionError, Services, blocking, check_unit, managed_unit_text,
-    unit_state,
+    Action, ActionContext, ActionError, Services, Target, blocking, managed_unit_text, unit_state,
 };
 use gearmq_schemas::actions::{StatusArgs, UnitsResult};
 use std::sync::Arc;
@@ -19,10 +19,9 @@ impl Action for UnitStatus {
     async fn apply(args: StatusArgs, ctx: &ActionContext) -> Result<UnitsResult, ActionError> {
         match args.unit {
             Some(unit) => {
-                check_unit(&unit)?;
-                let text = managed_unit_text(&ctx.services, &unit).await?;
+                let target = Target::resolve(&ctx.services, &unit, Self::NAME).await?;
                 Ok(UnitsResult {
-                    units: vec![unit_state(&ctx.services, &unit, &text).await?],
+                    units: vec![target.state(&ctx.services).await?],
                 })
             }
             None => all_units(&ctx.services).await,

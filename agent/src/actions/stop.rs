@@ -1,12 +1,9 @@
 //! `stop`: stop a unit and wait for its job; a stopped unit is left alone.
 
-use super::{
-    Action, ActionContext, ActionError, before_of, check_unit, managed_unit_text, unit_state,
-};
+use super::{Action, ActionContext, ActionError, Target, before_of};
 use crate::records::Desired;
 use crate::systemd::Job;
 use gearmq_schemas::actions::{Change, UnitArgs, UnitChangeResult};
-use gearmq_schemas::units::unit_file_name;
 
 /// The `stop` action.
 #[derive(Debug)]
@@ -18,11 +15,10 @@ impl Action for Stop {
     type Output = UnitChangeResult;
 
     async fn apply(args: UnitArgs, ctx: &ActionContext) -> Result<UnitChangeResult, ActionError> {
-        check_unit(&args.unit)?;
         let services = &ctx.services;
         let _lock = services.locks.lock(&args.unit).await;
-        let text = managed_unit_text(services, &args.unit).await?;
-        let file = unit_file_name(&args.unit);
+        let target = Target::resolve(services, &args.unit, Self::NAME).await?;
+        let file = target.systemd_name();
         let props = services.systemd.unit_props(&file).await?;
         let change = match ctx.previous_intent() {
             Some(i) if i.before.active && !props.is_active() => Change::Stopped,
@@ -31,7 +27,7 @@ impl Action for Stop {
                 ctx.record_intent(
                     &args.unit,
                     Desired::Inactive,
-                    before_of(Some(&text), &props),
+                    before_of(target.text(), &props),
                 )
                 .await?;
                 services.systemd.run_job(Job::Stop, &file).await?;
@@ -41,7 +37,7 @@ impl Action for Stop {
         Ok(UnitChangeResult {
             change,
             then: None,
-            state: Some(unit_state(services, &args.unit, &text).await?),
+            state: Some(target.state(services).await?),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod render;
 
 use crate::config::{BusKind, SystemdSettings};
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use std::time::Duration;
 use zbus_systemd::systemd1::{ManagerProxy, ServiceProxy, UnitProxy};
 use zbus_systemd::zbus::{self, Connection, proxy::CacheProperties};
@@ -67,14 +68,18 @@ pub enum Job {
     Stop,
     /// RestartUnit.
     Restart,
+    /// ReloadUnit (the unit's `ExecReload=`; its main process stays).
+    Reload,
 }
 
 impl Job {
-    fn verb(self) -> &'static str {
+    /// The job as a verb, for messages (`start`).
+    pub fn verb(self) -> &'static str {
         match self {
             Job::Start => "start",
             Job::Stop => "stop",
             Job::Restart => "restart",
+            Job::Reload => "reload",
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct UnitProps {
     pub memory_current: u64,
     /// NRestarts.
     pub n_restarts: u32,
+    /// UnitFileState (enabled, disabled, static, …; empty when not known).
+    pub unit_file_state: String,
 }
 
 impl UnitProps {
@@ -115,95 +122,65 @@ pub struct Systemd {
     address: Option<String>,
     job_timeout: Duration,
     conn: tokio::sync::Mutex<Option<Connection>>,
-    /// The emulator's no-op backend instead of a bus, when set.
-    emulated: Option<Emulated>,
 }
 
-/// The no-op unit backend of `gearmq-agent --emulate`: no systemd and no process
-/// behind it, only each unit's state as the jobs asked for it would leave it, so that
-/// unit actions answer as on a host where every job succeeds. Never used by a real
-/// agent.
-#[derive(Debug)]
-struct Emulated {
-    /// Where the unit files are: `reload` loads what is there.
-    unit_dir: std::path::PathBuf,
-    units: std::sync::Mutex<std::collections::HashMap<String, UnitProps>>,
-    next_pid: std::sync::atomic::AtomicU32,
+/// Where unit jobs go: [`Systemd`] (the manager over D-Bus) in the agent and in
+/// `gearmq local`; the scale emulator has a no-op one of its own. Actions see only this.
+pub trait UnitBackend: Send + Sync + std::fmt::Debug {
+    /// What this is, for messages: `the user bus at unix:path=/run/user/1000/bus`.
+    fn describe(&self) -> String;
+    /// Checks the manager answers (connecting if needed).
+    fn ensure_connected(&self) -> BoxFuture<'_, Result<(), SystemdError>>;
+    /// daemon-reload: the manager rereads unit files; returns once it has.
+    fn reload(&self) -> BoxFuture<'_, Result<(), SystemdError>>;
+    /// The state of unit file `unit` (e.g. `gearmq-web.service`), loading it if needed.
+    fn unit_props<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<UnitProps, SystemdError>>;
+    /// Runs `job` on `unit` and waits for it to finish successfully.
+    fn run_job<'a>(&'a self, job: Job, unit: &'a str) -> BoxFuture<'a, Result<(), SystemdError>>;
+    /// Forgets a failed state of `unit` (best effort).
+    fn reset_failed<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, ()>;
+    /// Whether `unit` can reload (it has an `ExecReload=`).
+    fn can_reload<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>>;
+    /// Enables `unit` (its `[Install]` section: started at boot) and reloads; whether
+    /// anything changed.
+    fn enable<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>>;
+    /// Disables `unit` and reloads; whether anything changed.
+    fn disable<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>>;
+    /// The manager's own control group (`""` for the root), to see which cgroup
+    /// controllers its units get.
+    fn manager_cgroup(&self) -> BoxFuture<'_, Result<String, SystemdError>>;
 }
 
-impl Emulated {
-    fn units(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, UnitProps>> {
-        self.units.lock().unwrap_or_else(|p| p.into_inner())
+impl UnitBackend for Systemd {
+    fn describe(&self) -> String {
+        Systemd::describe(self)
     }
-
-    /// daemon-reload: units whose files exist are loaded (inactive when new), units
-    /// whose files are gone are forgotten.
-    fn reload(&self) {
-        let present: std::collections::HashSet<String> = std::fs::read_dir(&self.unit_dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.ends_with(".service"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut units = self.units();
-        units.retain(|name, _| present.contains(name));
-        for name in present {
-            units.entry(name).or_insert_with(|| UnitProps {
-                load_state: "loaded".into(),
-                ..Emulated::not_found()
-            });
-        }
+    fn ensure_connected(&self) -> BoxFuture<'_, Result<(), SystemdError>> {
+        Box::pin(Systemd::ensure_connected(self))
     }
-
-    fn not_found() -> UnitProps {
-        UnitProps {
-            load_state: "not-found".into(),
-            active_state: "inactive".into(),
-            sub_state: "dead".into(),
-            main_pid: 0,
-            active_enter_us: 0,
-            memory_current: u64::MAX,
-            n_restarts: 0,
-        }
+    fn reload(&self) -> BoxFuture<'_, Result<(), SystemdError>> {
+        Box::pin(Systemd::reload(self))
     }
-
-    fn props(&self, unit: &str) -> UnitProps {
-        self.units()
-            .get(unit)
-            .cloned()
-            .unwrap_or_else(Emulated::not_found)
+    fn unit_props<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<UnitProps, SystemdError>> {
+        Box::pin(Systemd::unit_props(self, unit))
     }
-
-    fn run_job(&self, job: Job, unit: &str) -> Result<(), SystemdError> {
-        let mut units = self.units();
-        let Some(u) = units.get_mut(unit) else {
-            return Err(SystemdError::Call {
-                what: format!("{} {unit}", job.verb()),
-                reason: format!("Unit {unit} not found."),
-            });
-        };
-        let start = |u: &mut UnitProps| {
-            u.active_state = "active".into();
-            u.sub_state = "running".into();
-            u.main_pid = self
-                .next_pid
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            u.active_enter_us = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
-        };
-        match job {
-            Job::Start if u.is_active() => {}
-            Job::Start | Job::Restart => start(u),
-            Job::Stop => {
-                u.active_state = "inactive".into();
-                u.sub_state = "dead".into();
-                u.main_pid = 0;
-            }
-        }
-        Ok(())
+    fn run_job<'a>(&'a self, job: Job, unit: &'a str) -> BoxFuture<'a, Result<(), SystemdError>> {
+        Box::pin(Systemd::run_job(self, job, unit))
+    }
+    fn reset_failed<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(Systemd::reset_failed(self, unit))
+    }
+    fn can_reload<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>> {
+        Box::pin(Systemd::can_reload(self, unit))
+    }
+    fn enable<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>> {
+        Box::pin(Systemd::enable(self, unit))
+    }
+    fn disable<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<bool, SystemdError>> {
+        Box::pin(Systemd::disable(self, unit))
+    }
+    fn manager_cgroup(&self) -> BoxFuture<'_, Result<String, SystemdError>> {
+        Box::pin(Systemd::manager_cgroup(self))
     }
 }
 
@@ -216,31 +193,11 @@ impl Systemd {
             address: settings.address.clone(),
             job_timeout,
             conn: tokio::sync::Mutex::new(None),
-            emulated: None,
-        }
-    }
-
-    /// The emulator's no-op backend for unit files in `unit_dir`: every job succeeds
-    /// at once and only changes the state this keeps; nothing runs.
-    pub fn emulated(unit_dir: &std::path::Path) -> Self {
-        Systemd {
-            bus: BusKind::User,
-            address: None,
-            job_timeout: Duration::ZERO,
-            conn: tokio::sync::Mutex::new(None),
-            emulated: Some(Emulated {
-                unit_dir: unit_dir.to_path_buf(),
-                units: Default::default(),
-                next_pid: std::sync::atomic::AtomicU32::new(1000),
-            }),
         }
     }
 
     /// The bus, for messages: `the user bus at unix:path=/run/user/1000/bus`.
     pub fn describe(&self) -> String {
-        if self.emulated.is_some() {
-            return "the emulator's no-op unit backend".into();
-        }
         match &self.address {
             Some(a) => format!("the {} bus at {a}", self.bus.as_str()),
             None => format!("the {} bus", self.bus.as_str()),
@@ -308,18 +265,11 @@ impl Systemd {
 
     /// Checks the manager answers (connecting if needed).
     pub async fn ensure_connected(&self) -> Result<(), SystemdError> {
-        if self.emulated.is_some() {
-            return Ok(());
-        }
         self.connection().await.map(|_| ())
     }
 
     /// daemon-reload: systemd rereads unit files; returns once it has.
     pub async fn reload(&self) -> Result<(), SystemdError> {
-        if let Some(e) = &self.emulated {
-            e.reload();
-            return Ok(());
-        }
         let conn = self.connection().await?;
         let result = async { manager(&conn).await?.reload().await }.await;
         match result {
@@ -330,9 +280,6 @@ impl Systemd {
 
     /// The state of unit file `unit` (e.g. `gearmq-web.service`), loading it if needed.
     pub async fn unit_props(&self, unit: &str) -> Result<UnitProps, SystemdError> {
-        if let Some(e) = &self.emulated {
-            return Ok(e.props(unit));
-        }
         let conn = self.connection().await?;
         match read_props(&conn, unit).await {
             Ok(p) => Ok(p),
@@ -342,9 +289,6 @@ impl Systemd {
 
     /// Runs `job` on `unit` and waits for it to finish successfully.
     pub async fn run_job(&self, job: Job, unit: &str) -> Result<(), SystemdError> {
-        if let Some(e) = &self.emulated {
-            return e.run_job(job, unit);
-        }
         let conn = self.connection().await?;
         let what = format!("{} {unit}", job.verb());
         let manager = match manager(&conn).await {
@@ -362,6 +306,7 @@ impl Systemd {
             Job::Start => manager.start_unit(name, mode).await,
             Job::Stop => manager.stop_unit(name, mode).await,
             Job::Restart => manager.restart_unit(name, mode).await,
+            Job::Reload => manager.reload_unit(name, mode).await,
         };
         let job_path = match asked {
             Ok(p) => p,
@@ -401,9 +346,6 @@ impl Systemd {
     /// Forgets a failed state of `unit` (best effort: a unit that is not failed or no
     /// longer loaded is fine).
     pub async fn reset_failed(&self, unit: &str) {
-        if self.emulated.is_some() {
-            return;
-        }
         if let Ok(conn) = self.connection().await
             && let Ok(m) = manager(&conn).await
         {
@@ -411,12 +353,67 @@ impl Systemd {
         }
     }
 
+    /// Whether `unit` can reload (its `CanReload` property).
+    pub async fn can_reload(&self, unit: &str) -> Result<bool, SystemdError> {
+        let conn = self.connection().await?;
+        let result = async {
+            let path = manager(&conn).await?.load_unit(unit.to_string()).await?;
+            UnitProxy::builder(&conn)
+                .path(path)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?
+                .can_reload()
+                .await
+        }
+        .await;
+        match result {
+            Ok(b) => Ok(b),
+            Err(e) => Err(self.call_failed(format!("reading {unit}"), e).await),
+        }
+    }
+
+    /// Enables unit file `unit` (`EnableUnitFiles`, not runtime, forcing links that
+    /// point elsewhere) and reloads; whether any link changed.
+    pub async fn enable(&self, unit: &str) -> Result<bool, SystemdError> {
+        let conn = self.connection().await?;
+        let result = async {
+            manager(&conn)
+                .await?
+                .enable_unit_files(vec![unit.to_string()], false, true)
+                .await
+        }
+        .await;
+        let changed = match result {
+            Ok((_, changes)) => !changes.is_empty(),
+            Err(e) => return Err(self.call_failed(format!("enabling {unit}"), e).await),
+        };
+        self.reload().await?;
+        Ok(changed)
+    }
+
+    /// Disables unit file `unit` (`DisableUnitFiles`, not runtime) and reloads;
+    /// whether any link changed.
+    pub async fn disable(&self, unit: &str) -> Result<bool, SystemdError> {
+        let conn = self.connection().await?;
+        let result = async {
+            manager(&conn)
+                .await?
+                .disable_unit_files(vec![unit.to_string()], false)
+                .await
+        }
+        .await;
+        let changed = match result {
+            Ok(changes) => !changes.is_empty(),
+            Err(e) => return Err(self.call_failed(format!("disabling {unit}"), e).await),
+        };
+        self.reload().await?;
+        Ok(changed)
+    }
+
     /// The manager's own control group (`""` for the root), to see which cgroup
     /// controllers its units get.
     pub async fn manager_cgroup(&self) -> Result<String, SystemdError> {
-        if self.emulated.is_some() {
-            return Ok(String::new());
-        }
         let conn = self.connection().await?;
         let result = async { manager(&conn).await?.control_group().await }.await;
         match result {
@@ -449,6 +446,7 @@ async fn read_props(conn: &Connection, unit: &str) -> zbus::Result<UnitProps> {
         active_enter_us: u.active_enter_timestamp().await?,
         memory_current: u64::MAX,
         n_restarts: 0,
+        unit_file_state: u.unit_file_state().await.unwrap_or_default(),
     };
     if props.load_state == "loaded" {
         let s = ServiceProxy::builder(conn)

@@ -33,8 +33,11 @@ pub enum RunAs {
 pub struct RenderSettings<'a> {
     /// Who the program runs as.
     pub run_as: RunAs,
-    /// The file the program's output is appended to (absolute).
-    pub output_file: &'a Path,
+    /// The file the program's output is appended to (absolute); `None`: the journal.
+    pub output_file: Option<&'a Path>,
+    /// The target that pulls the unit in at boot when it is enabled:
+    /// `multi-user.target` on the system bus, `default.target` on a user manager.
+    pub wanted_by: &'a str,
 }
 
 /// The unit file for `spec`. Fails (naming the field) only for values the unit syntax
@@ -63,6 +66,8 @@ pub fn render_unit(spec: &UnitSpec, settings: &RenderSettings<'_>) -> Result<Str
         exec.push_str(&quote_exec_word(a));
     }
     line(format!("ExecStart={exec}"));
+    // `reload` sends SIGHUP to the main process, the usual "reread your config".
+    line("ExecReload=/bin/kill -HUP $MAINPID".into());
     for (k, v) in &spec.env {
         line(format!("Environment={}", quote_environment(k, v)));
     }
@@ -76,17 +81,25 @@ pub fn render_unit(spec: &UnitSpec, settings: &RenderSettings<'_>) -> Result<Str
     if let Some(q) = spec.cpu_quota {
         line(format!("CPUQuota={q}%"));
     }
-    let output = settings.output_file.to_string_lossy();
-    line(format!(
-        "StandardOutput=append:{}",
-        plain_value("output file", &output)?
-    ));
+    match settings.output_file {
+        Some(f) => {
+            let output = f.to_string_lossy();
+            line(format!(
+                "StandardOutput=append:{}",
+                plain_value("output file", &output)?
+            ));
+        }
+        None => line("StandardOutput=journal".into()),
+    }
     line("StandardError=inherit".into());
     match &settings.run_as {
         RunAs::ManagerUser | RunAs::Root => {}
         RunAs::DynamicUser => line("DynamicUser=yes".into()),
         RunAs::User(u) => line(format!("User={u}")),
     }
+    line(String::new());
+    line("[Install]".into());
+    line(format!("WantedBy={}", settings.wanted_by));
     Ok(out)
 }
 
@@ -153,7 +166,8 @@ mod tests {
     fn settings(run_as: RunAs) -> RenderSettings<'static> {
         RenderSettings {
             run_as,
-            output_file: Path::new("/var/lib/gearmq/web1/logs/web.log"),
+            output_file: Some(Path::new("/var/lib/gearmq/web1/logs/web.log")),
+            wanted_by: "multi-user.target",
         }
     }
 
@@ -198,6 +212,7 @@ mod tests {
              [Service]\n\
              Type=exec\n\
              ExecStart=\"/usr/bin/python3\" \"-m\" \"http.server\" \"8080\"\n\
+             ExecReload=/bin/kill -HUP $MAINPID\n\
              Environment=\"GREETING=50%% off\"\n\
              WorkingDirectory=/srv/web\n\
              Restart=on-failure\n\
@@ -205,8 +220,24 @@ mod tests {
              CPUQuota=50%\n\
              StandardOutput=append:/var/lib/gearmq/web1/logs/web.log\n\
              StandardError=inherit\n\
-             DynamicUser=yes\n"
+             DynamicUser=yes\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n"
         );
+    }
+
+    #[test]
+    fn journal_mode_sends_output_to_the_journal() {
+        let spec = UnitSpec::new("web", "/bin/true");
+        let mut s = settings(RunAs::DynamicUser);
+        s.output_file = None;
+        let t = render_unit(&spec, &s).unwrap();
+        assert!(
+            t.contains("\nStandardOutput=journal\nStandardError=inherit\n"),
+            "{t}"
+        );
+        assert!(!t.contains("append:"), "{t}");
     }
 
     #[test]

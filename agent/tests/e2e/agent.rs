@@ -1,22 +1,26 @@
 //! The real agent binary against the real RabbitMQ on 127.0.0.1:5672, each test in a
 //! vhost of its own, the test playing the orchestrator with lapin.
 
-mod common;
-
-use common::*;
 use gearmq_schemas::actions::PingResult;
 use gearmq_schemas::time::now_ms;
-use gearmq_schemas::{ActionName, Name, Role, Status, Targets, codec};
+use gearmq_schemas::{ActionName, Name, Request, Role, Status, codec};
+use gearmq_testkit::raw::{QUIET, REPLY_TIMEOUT};
+use gearmq_testkit::{Agent, AgentFiles, AgentWorld, Pki, Vhost, run_program};
 use std::time::Duration;
+
+/// SHA-256 of a request's body bytes, as the agent computes it.
+fn digest_of(req: &Request) -> [u8; 32] {
+    gearmq_schemas::sha256(&codec::encode(req))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_ping_gets_one_signed_reply_with_user_id_and_correlation_id() {
-    let mut w = World::start().await;
+    let mut w = AgentWorld::start().await;
     let req = w.ping();
-    w.orch.publish(&w.host_key(), &sign(&req, &w.ops)).await;
-    let d = w.orch.reply().await;
+    w.send(&req).await;
+    let d = w.ops.delivery().await;
 
-    let reply = open_reply(&w.pki, &d.data);
+    let reply = w.pki.open_reply(&d.data);
     let body = reply.body();
     assert_eq!(reply.signer().role, Role::Host);
     assert_eq!(reply.signer().name, w.host.name);
@@ -39,71 +43,74 @@ async fn valid_ping_gets_one_signed_reply_with_user_id_and_correlation_id() {
         Some("application/x-gearmq")
     );
     // Exactly one reply.
-    assert!(w.orch.next_reply(QUIET).await.is_none());
+    assert!(w.ops.next_delivery(QUIET).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_with_flipped_signature_byte_is_dead_lettered_not_answered() {
-    let mut w = World::start().await;
-    let mut bytes = sign(&w.ping(), &w.ops);
+    let mut w = AgentWorld::start().await;
+    let mut bytes = w.ops.seal(&w.ping());
     // The signature is the envelope's last field: its last byte is the message's.
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
-    w.orch.publish(&w.host_key(), &bytes).await;
+    w.ops.send(&bytes, w.host_name()).await;
 
-    assert!(w.orch.next_reply(QUIET).await.is_none(), "no reply");
+    assert!(w.ops.next_delivery(QUIET).await.is_none(), "no reply");
     let dead = w
-        .orch
+        .ops
         .dead_letter(REPLY_TIMEOUT)
         .await
         .expect("message in gearmq.dead");
     assert_eq!(dead.delivery.data, bytes);
-    w.agent.wait_for_log("bad_signature", REPLY_TIMEOUT).await;
+    w.agent.wait_for_log("bad_signature", REPLY_TIMEOUT);
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_bytes_and_oversized_requests_are_dead_lettered() {
-    let mut w = World::start_with("max_message_bytes = 4096").await;
-    let random: Vec<u8> = (0..512).map(|_| rand::random::<u8>()).collect();
-    w.orch.publish(&w.host_key(), &random).await;
+    let mut w = AgentWorld::builder()
+        .limits("max_message_bytes = 4096")
+        .start()
+        .await;
+    let random = gearmq_testkit::random_bytes(512);
+    w.ops.send(&random, w.host_name()).await;
     let dead = w
-        .orch
+        .ops
         .dead_letter(REPLY_TIMEOUT)
         .await
         .expect("dead-lettered");
     assert_eq!(dead.delivery.data, random);
 
     // A correctly signed request, refused only for its size.
-    let mut hosts = vec![w.host.name.clone()];
-    hosts.extend((0..600).map(|i| Name::new(format!("filler-{i}")).unwrap()));
-    let big = common::ping_request(&w.ops.name, &w.orch.reply_queue, Targets::Hosts(hosts));
-    let bytes = sign(&big, &w.ops);
+    let mut hosts = vec![&w.host.name];
+    let fillers: Vec<Name> = (0..600)
+        .map(|i| Name::new(format!("filler-{i}")).unwrap())
+        .collect();
+    hosts.extend(&fillers);
+    let bytes = w.ops.seal(&w.ops.ping(&hosts));
     assert!(bytes.len() > 4096);
-    w.orch.publish(&w.host_key(), &bytes).await;
+    w.ops.send(&bytes, w.host_name()).await;
     let dead = w
-        .orch
+        .ops
         .dead_letter(REPLY_TIMEOUT)
         .await
         .expect("dead-lettered");
     assert_eq!(dead.delivery.data, bytes);
-    w.agent.wait_for_log("oversize", REPLY_TIMEOUT).await;
+    w.agent.wait_for_log("oversize", REPLY_TIMEOUT);
 
-    assert!(w.orch.next_reply(QUIET).await.is_none(), "never answered");
+    assert!(w.ops.next_delivery(QUIET).await.is_none(), "never answered");
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_request_gets_signed_expired_reply_naming_the_skew() {
-    let mut w = World::start().await;
+    let mut w = AgentWorld::start().await;
     let mut req = w.ping();
     let now = now_ms();
     req.issued_at = now - 2 * 3_600_000;
     req.expires_at = now - 3_600_000;
-    w.orch.publish(&w.host_key(), &sign(&req, &w.ops)).await;
-    let d = w.orch.reply().await;
-    let reply = open_reply(&w.pki, &d.data);
-    let body = reply.body();
+    w.send(&req).await;
+    let body = w.reply().await;
     assert_eq!(body.request_id, req.id);
     assert_eq!(body.status, Status::Expired);
     let err = body.error.as_deref().unwrap();
@@ -114,55 +121,52 @@ async fn expired_request_gets_signed_expired_reply_naming_the_skew() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_id_with_different_bytes_is_replayed() {
-    let mut w = World::start().await;
+    let mut w = AgentWorld::start().await;
     let first = w.ping();
-    w.orch.publish(&w.host_key(), &sign(&first, &w.ops)).await;
-    let r1 = open_reply(&w.pki, &w.orch.reply().await.data);
-    assert_eq!(r1.body().status, Status::Ok);
+    w.send(&first).await;
+    assert_eq!(w.reply().await.status, Status::Ok);
 
     let mut second = first.clone();
     second.expires_at += 1;
-    w.orch.publish(&w.host_key(), &sign(&second, &w.ops)).await;
-    let r2 = open_reply(&w.pki, &w.orch.reply().await.data);
-    assert_eq!(r2.body().request_id, first.id);
-    assert_eq!(r2.body().request_digest.into_array(), digest_of(&second));
-    assert_eq!(r2.body().status, Status::Replayed, "{:?}", r2.body().error);
+    w.send(&second).await;
+    let r2 = w.reply().await;
+    assert_eq!(r2.request_id, first.id);
+    assert_eq!(r2.request_digest.into_array(), digest_of(&second));
+    assert_eq!(r2.status, Status::Replayed, "{:?}", r2.error);
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_identical_redelivery_gets_the_byte_identical_reply() {
-    let mut w = World::start().await;
-    let req = w.ping();
-    let bytes = sign(&req, &w.ops);
-    w.orch.publish(&w.host_key(), &bytes).await;
-    w.orch.publish(&w.host_key(), &bytes).await;
-    let a = w.orch.reply().await;
-    let b = w.orch.reply().await;
+    let mut w = AgentWorld::start().await;
+    let bytes = w.ops.seal(&w.ping());
+    w.ops.send(&bytes, w.host_name()).await;
+    w.ops.send(&bytes, w.host_name()).await;
+    let a = w.ops.delivery().await;
+    let b = w.ops.delivery().await;
     assert_eq!(a.data, b.data, "second reply is the stored one");
-    assert_eq!(open_reply(&w.pki, &a.data).body().status, Status::Ok);
-    assert!(w.orch.next_reply(QUIET).await.is_none());
+    assert_eq!(w.pki.open_reply(&a.data).body().status, Status::Ok);
+    assert!(w.ops.next_delivery(QUIET).await.is_none());
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_reply_survives_an_agent_restart() {
-    let mut w = World::start().await;
-    let req = w.ping();
-    let bytes = sign(&req, &w.ops);
-    w.orch.publish(&w.host_key(), &bytes).await;
-    let first = w.orch.reply().await;
+    let mut w = AgentWorld::start().await;
+    let bytes = w.ops.seal(&w.ping());
+    w.ops.send(&bytes, w.host_name()).await;
+    let first = w.ops.delivery().await;
 
     // Crash (no drain), start again on the same state dir, redeliver.
     w.agent.signal("KILL");
-    w.agent.wait_exit(Duration::from_secs(10)).await;
-    w.agent = AgentProcess::start(&w.files.config).await;
-    w.orch.publish(&w.host_key(), &bytes).await;
-    let again = w.orch.reply().await;
+    w.agent.wait_exit(Duration::from_secs(10));
+    w.start_agent(&[]);
+    w.ops.send(&bytes, w.host_name()).await;
+    let again = w.ops.delivery().await;
     assert_eq!(first.data, again.data);
     // If the kill landed before the first ack reached the broker, the original delivery
     // comes back too and is answered with the same stored reply: never anything else.
-    while let Some(extra) = w.orch.next_reply(Duration::from_millis(500)).await {
+    while let Some(extra) = w.ops.next_delivery(Duration::from_millis(500)).await {
         assert_eq!(
             extra.data, first.data,
             "only the stored reply may come again"
@@ -171,59 +175,51 @@ async fn stored_reply_survives_an_agent_restart() {
     w.assert_ping_ok().await;
 }
 
+/// `caller`'s ping of `w`'s host, and the reply's status and error.
+async fn ping_by(w: &AgentWorld, name: &str, role: Role, actions: &[&str]) -> (Status, String) {
+    let mut caller = w.caller(name, role, actions).await;
+    let req = caller.ping(&[&w.host.name]);
+    caller.send(&caller.seal(&req), w.host_name()).await;
+    let reply = w.pki.open_reply(&caller.delivery().await.data);
+    let body = reply.body();
+    (body.status, body.error.clone().unwrap_or_default())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_signed_by_a_host_credential_is_unauthorized() {
-    let mut w = World::start().await;
-    let evil = w.pki.party("evil", Role::Host, &["ping"]);
-    let mut orch = Orch::connect(&w.vhost, &evil.name).await;
-    let req = ping_request(
-        &evil.name,
-        &orch.reply_queue,
-        Targets::Hosts(vec![w.host.name.clone()]),
-    );
-    orch.publish(&w.host_key(), &sign(&req, &evil)).await;
-    let reply = open_reply(&w.pki, &orch.reply().await.data);
-    assert_eq!(reply.body().status, Status::Unauthorized);
-    let err = reply.body().error.as_deref().unwrap();
+    let mut w = AgentWorld::start().await;
+    let (status, err) = ping_by(&w, "evil", Role::Host, &["ping"]).await;
+    assert_eq!(status, Status::Unauthorized);
     assert!(err.contains("operator credential"), "{err}");
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_without_ping_in_its_actions_is_unauthorized() {
-    let mut w = World::start().await;
-    let intern = w.pki.party("intern", Role::Operator, &["status"]);
-    let mut orch = Orch::connect(&w.vhost, &intern.name).await;
-    let req = ping_request(
-        &intern.name,
-        &orch.reply_queue,
-        Targets::Hosts(vec![w.host.name.clone()]),
-    );
-    orch.publish(&w.host_key(), &sign(&req, &intern)).await;
-    let reply = open_reply(&w.pki, &orch.reply().await.data);
-    assert_eq!(reply.body().status, Status::Unauthorized);
-    let err = reply.body().error.as_deref().unwrap();
+    let mut w = AgentWorld::start().await;
+    let (status, err) = ping_by(&w, "intern", Role::Operator, &["status"]).await;
+    assert_eq!(status, Status::Unauthorized);
     assert!(err.contains("not allowed action ping"), "{err}");
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_action_and_bad_arguments_are_refused_by_name() {
-    let mut w = World::start().await;
-    let ops2 = w.pki.party("ops2", Role::Operator, &["ping", "frobnicate"]);
-    let mut orch = Orch::connect(&w.vhost, &ops2.name).await;
-    let target = Targets::Hosts(vec![w.host.name.clone()]);
+    let mut w = AgentWorld::start().await;
+    let mut ops2 = w
+        .caller("ops2", Role::Operator, &["ping", "frobnicate"])
+        .await;
 
-    let mut unknown = ping_request(&ops2.name, &orch.reply_queue, target.clone());
+    let mut unknown = ops2.ping(&[&w.host.name]);
     unknown.action = ActionName::new("frobnicate").unwrap();
-    orch.publish(&w.host_key(), &sign(&unknown, &ops2)).await;
-    let reply = open_reply(&w.pki, &orch.reply().await.data);
+    ops2.send(&ops2.seal(&unknown), w.host_name()).await;
+    let reply = w.pki.open_reply(&ops2.delivery().await.data);
     assert_eq!(reply.body().status, Status::UnknownAction);
 
-    let mut bad_args = ping_request(&ops2.name, &orch.reply_queue, target);
+    let mut bad_args = ops2.ping(&[&w.host.name]);
     bad_args.args = vec![0x81, 0xa1, b'x', 0x01];
-    orch.publish(&w.host_key(), &sign(&bad_args, &ops2)).await;
-    let reply = open_reply(&w.pki, &orch.reply().await.data);
+    ops2.send(&ops2.seal(&bad_args), w.host_name()).await;
+    let reply = w.pki.open_reply(&ops2.delivery().await.data);
     assert_eq!(reply.body().status, Status::InvalidData);
     let err = reply.body().error.as_deref().unwrap();
     assert!(err.contains("invalid arguments for ping"), "{err}");
@@ -232,26 +228,22 @@ async fn unknown_action_and_bad_arguments_are_refused_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_for_other_hosts_is_acked_without_reply() {
-    let mut w = World::start().await;
-    let req = ping_request(
-        &w.ops.name,
-        &w.orch.reply_queue,
-        Targets::Hosts(vec![Name::new("web2").unwrap()]),
-    );
-    w.orch.publish(&w.host_key(), &sign(&req, &w.ops)).await;
-    assert!(w.orch.next_reply(QUIET).await.is_none(), "no reply");
+    let mut w = AgentWorld::start().await;
+    let req = w.ops.ping(&[&Name::new("web2").unwrap()]);
+    w.ops.send(&w.ops.seal(&req), w.host_name()).await;
+    assert!(w.ops.next_delivery(QUIET).await.is_none(), "no reply");
     // Acked: neither in the host queue (ready or unacked) nor dead-lettered.
     assert_eq!(w.vhost.queue_messages("gearmq.host.web1"), 0);
-    assert!(w.orch.dead_letter(Duration::ZERO).await.is_none());
+    assert!(w.ops.dead_letter(Duration::ZERO).await.is_none());
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
-    let mut w = World::start().await;
+    let mut w = AgentWorld::start().await;
     w.assert_ping_ok().await;
     w.agent.signal("TERM");
-    let status = w.agent.wait_exit(Duration::from_secs(20)).await;
+    let status = w.agent.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
     assert!(w.agent.log_contains("agent stopped"));
 }
@@ -264,50 +256,37 @@ fn unreadable_host_key_exits_2_with_a_one_line_reason() {
         .unwrap()
         .replace("/etc/gearmq/hosts/web1/host.key", "/nonexistent/host.key");
     std::fs::write(&cfg, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gearmq-agent"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = run_program("gearmq-agent", &["--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(out.code, 2);
     assert_eq!(
-        stderr.trim(),
+        out.stderr.trim(),
         "gearmq-agent: cannot read host key /nonexistent/host.key: No such file or directory"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_after_the_broker_drops_its_connection() {
-    let mut w = World::start().await;
+    let mut w = AgentWorld::start().await;
     w.assert_ping_ok().await;
-    rabbitmqctl(&[
-        "close_all_connections",
-        "--vhost",
-        &w.vhost.name,
-        "test: connection dropped",
-    ]);
+    w.vhost.close_connections("test: connection dropped");
     w.agent
-        .wait_for_log("reconnected to the broker", Duration::from_secs(20))
-        .await;
+        .wait_for_log("reconnected to the broker", Duration::from_secs(20));
     // Our own connection went too.
-    w.orch = Orch::connect(&w.vhost, &w.ops.name).await;
+    let ops = w.ops.identity.clone();
+    w.ops = gearmq_testkit::RawCaller::connect(&w.vhost.url(), ops).await;
     w.assert_ping_ok().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_log_format_writes_one_object_per_line() {
-    let vhost = Vhost::create();
+    let vhost = Vhost::new("agent");
     let pki = Pki::new();
-    let host = pki.party("web1", Role::Host, &[]);
-    let files = write_agent_files(&vhost, &pki, &host, "");
-    let mut agent = AgentProcess::start_with_args(&files.config, &["--log-format", "json"]).await;
+    let host = pki.identity("web1", Role::Host, &[]);
+    let files = AgentFiles::write(&vhost.url(), &pki, &host, "", "");
+    let mut agent = Agent::start_with(&files.config, &["--log-format", "json"], &[]);
     agent.signal("TERM");
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(20)).await.code(),
-        Some(0)
-    );
-    let lines = agent.lines.lock().unwrap().clone();
+    assert_eq!(agent.wait_exit(Duration::from_secs(20)).code(), Some(0));
+    let lines = agent.log_lines();
     assert!(!lines.is_empty());
     let mut ready = None;
     for line in &lines {

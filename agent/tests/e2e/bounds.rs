@@ -2,26 +2,35 @@
 //! message size, request lifetime and requests in flight. Just inside a bound is
 //! served; just outside is refused with a reason that names the bound.
 
-mod common;
-
-use common::*;
 use gearmq_schemas::time::now_ms;
-use gearmq_schemas::{Name, Status, Targets};
+use gearmq_schemas::{Name, Request, Status};
+use gearmq_testkit::raw::{QUIET, REPLY_TIMEOUT};
+use gearmq_testkit::{AgentFiles, AgentWorld};
 use std::time::Duration;
 
 /// Sends `req` and returns the status and error of its reply.
-async fn answer(w: &mut World, req: &gearmq_schemas::Request) -> (Status, String) {
-    w.orch.publish(&w.host_key(), &sign(req, &w.ops)).await;
-    let d = w.orch.reply().await;
-    let reply = open_reply(&w.pki, &d.data);
-    let body = reply.body();
+async fn answer(w: &mut AgentWorld, req: &Request) -> (Status, String) {
+    w.send(req).await;
+    let body = w.reply().await;
     assert_eq!(body.request_id, req.id);
-    (body.status, body.error.clone().unwrap_or_default())
+    (body.status, body.error.unwrap_or_default())
+}
+
+/// Rewrites the world's agent files with `limits` and `edit`, then starts its agent on
+/// them again.
+fn restart_with(w: &mut AgentWorld, limits: &str, edit: impl FnOnce(String) -> String) {
+    w.agent.kill();
+    w.files = AgentFiles::write(&w.vhost.url(), &w.pki, &w.host, limits, "");
+    w.files.edit_config(edit);
+    w.start_agent(&[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clock_skew_within_the_limit_is_accepted_and_beyond_is_refused_naming_it() {
-    let mut w = World::start_with("clock_skew = \"3s\"").await;
+    let mut w = AgentWorld::builder()
+        .limits("clock_skew = \"3s\"")
+        .start()
+        .await;
     // Requests issued before the agent's replay state began are refused whatever
     // their window: let it be older than the late requests below.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
@@ -58,7 +67,10 @@ async fn clock_skew_within_the_limit_is_accepted_and_beyond_is_refused_naming_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_lifetime_at_the_cap_is_accepted_and_one_ms_over_is_refused() {
-    let mut w = World::start_with("max_request_lifetime = \"10s\"").await;
+    let mut w = AgentWorld::builder()
+        .limits("max_request_lifetime = \"10s\"")
+        .start()
+        .await;
     let now = now_ms();
     let mut at_cap = w.ping();
     at_cap.issued_at = now;
@@ -75,59 +87,41 @@ async fn request_lifetime_at_the_cap_is_accepted_and_one_ms_over_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_of_exactly_max_bytes_is_served_and_one_byte_more_is_dead_lettered() {
-    let mut w = World::start().await;
+    let mut w = AgentWorld::start().await;
     // Two requests one byte apart: the extra target name is one character longer.
-    let with_filler = |w: &World, filler: &str| {
-        ping_request(
-            &w.ops.name,
-            &w.orch.reply_queue,
-            Targets::Hosts(vec![w.host.name.clone(), Name::new(filler).unwrap()]),
-        )
-    };
-    let size = sign(&with_filler(&w, "f1"), &w.ops).len();
+    let with_filler =
+        |w: &AgentWorld, filler: &str| w.ops.ping(&[&w.host.name, &Name::new(filler).unwrap()]);
+    let size = w.ops.seal(&with_filler(&w, "f1")).len();
 
     // The agent again, with the limit set to exactly that size.
-    let _ = w.agent.child.kill().await;
-    w.files = write_agent_files(
-        &w.vhost,
-        &w.pki,
-        &w.host,
-        &format!("max_message_bytes = {size}"),
-    );
-    w.agent = AgentProcess::start(&w.files.config).await;
+    restart_with(&mut w, &format!("max_message_bytes = {size}"), |t| t);
     // Made after the restart (requests older than the agent's state are refused);
     // timestamps and ids have fixed sizes, so the sizes are the same.
     let fits = with_filler(&w, "f1");
     let over = with_filler(&w, "f12");
-    assert_eq!(sign(&fits, &w.ops).len(), size);
-    assert_eq!(sign(&over, &w.ops).len(), size + 1);
+    assert_eq!(w.ops.seal(&fits).len(), size);
+    assert_eq!(w.ops.seal(&over).len(), size + 1);
     assert_eq!(answer(&mut w, &fits).await.0, Status::Ok);
 
-    let bytes = sign(&over, &w.ops);
-    w.orch.publish(&w.host_key(), &bytes).await;
+    let bytes = w.ops.seal(&over);
+    w.ops.send(&bytes, w.host_name()).await;
     let dead = w
-        .orch
+        .ops
         .dead_letter(REPLY_TIMEOUT)
         .await
         .expect("dead-lettered");
     assert_eq!(dead.delivery.data, bytes);
-    w.agent.wait_for_log("oversize", REPLY_TIMEOUT).await;
-    assert!(w.orch.next_reply(QUIET).await.is_none(), "never answered");
+    w.agent.wait_for_log("oversize", REPLY_TIMEOUT);
+    assert!(w.ops.next_delivery(QUIET).await.is_none(), "never answered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_more_than_prefetch_requests_are_in_flight_at_the_agent() {
-    let mut w = World::start().await;
-    w.files = write_agent_files(&w.vhost, &w.pki, &w.host, "");
+    let mut w = AgentWorld::start().await;
     // prefetch is in [broker]: set it to 2 on a fresh agent.
-    let text = std::fs::read_to_string(&w.files.config).unwrap();
-    std::fs::write(
-        &w.files.config,
-        text.replace("[broker]\n", "[broker]\nprefetch = 2\n"),
-    )
-    .unwrap();
-    let _ = w.agent.child.kill().await;
-    w.agent = AgentProcess::start(&w.files.config).await;
+    restart_with(&mut w, "", |t| {
+        t.replace("[broker]\n", "[broker]\nprefetch = 2\n")
+    });
     w.assert_ping_ok().await;
     let queue = format!("gearmq.host.{}", w.host.name);
     // The ping's ack may trail its reply: wait for an empty queue before freezing.
@@ -144,7 +138,7 @@ async fn no_more_than_prefetch_requests_are_in_flight_at_the_agent() {
     w.agent.signal("STOP");
     let reqs: Vec<_> = (0..5).map(|_| w.ping()).collect();
     for r in &reqs {
-        w.orch.publish(&w.host_key(), &sign(r, &w.ops)).await;
+        w.send(r).await;
     }
     let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
     let (ready, unacked) = loop {
@@ -162,8 +156,7 @@ async fn no_more_than_prefetch_requests_are_in_flight_at_the_agent() {
     );
     let mut answered = 0;
     while answered < 5 {
-        let d = w.orch.reply().await;
-        assert_eq!(open_reply(&w.pki, &d.data).body().status, Status::Ok);
+        assert_eq!(w.reply().await.status, Status::Ok);
         answered += 1;
     }
 }

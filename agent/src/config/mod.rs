@@ -4,17 +4,36 @@
 //! variables `GEARMQ_AGENT__<SECTION>__<KEY>` (e.g. `GEARMQ_AGENT__BROKER__PREFETCH=8`).
 //! Unknown keys are errors that name the key; every error names the file.
 
+mod existing;
+
+pub use existing::{Allowlist, EXISTING_ACTIONS, ExistingUnits};
+
 use config::{Config, Environment, File, FileFormat};
 use gearmq_schemas::Name;
-use lapin::uri::AMQPUri;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Largest `limits.max_message_bytes` accepted: far above any real request, low enough
-/// that a typo cannot turn the size check off.
-pub const MAX_MESSAGE_BYTES_CEILING: usize = 16 * 1024 * 1024;
+/// Largest reply the agent signs: what orchestrators accept by default. A result that
+/// would make a bigger reply is answered with an error instead.
+pub const MAX_REPLY_BYTES: usize = gearmq_schemas::DEFAULT_MAX_MESSAGE_BYTES;
+
+/// Room an audit record needs besides the request and the reply: the writer's
+/// credential and the record's own fields and framing.
+const RECORD_OVERHEAD_BYTES: usize = gearmq_schemas::credential::MAX_CREDENTIAL_BYTES + 4096;
+
+/// Largest `limits.max_message_bytes` accepted: the largest request an audit record can
+/// hold together with the largest reply (748 KiB). A bigger request could be answered
+/// (even refused) but not put on record, so it is not taken at all: no unaudited
+/// execution.
+pub const MAX_MESSAGE_BYTES_CEILING: usize =
+    gearmq_schemas::audit::MAX_RECORD_BYTES - MAX_REPLY_BYTES - RECORD_OVERHEAD_BYTES;
+// The largest request, reply and credential fit in one record, with room to spare.
+const _: () = assert!(
+    MAX_MESSAGE_BYTES_CEILING + MAX_REPLY_BYTES + gearmq_schemas::credential::MAX_CREDENTIAL_BYTES
+        < gearmq_schemas::audit::MAX_RECORD_BYTES
+);
 
 /// The whole agent configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -50,6 +69,40 @@ pub struct AgentConfig {
     /// Where the agent's audit log goes and how big a file grows.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[[existing]]`: units of the host gearmq did not create that it may act on, and
+    /// with which actions (see [`Allowlist`]). Default: none.
+    #[serde(default)]
+    pub existing: Vec<ExistingUnits>,
+    /// `[metrics]`: health outside the broker (a Prometheus endpoint, the status file).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section: the agent's health for the host's own tooling, outside the
+/// request path.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` (Prometheus text format) on this address; default: off.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Let `listen` be an address other hosts can reach. Off by default: the endpoint
+    /// has no authentication.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// The status file (JSON, rewritten every few seconds and on connection changes);
+    /// default `state_dir/status.json`.
+    #[serde(default)]
+    pub status_file: Option<PathBuf>,
+}
+
+impl MetricsConfig {
+    /// The status file for an agent whose state dir is `state_dir`.
+    pub fn status_path(&self, state_dir: &Path) -> PathBuf {
+        self.status_file
+            .clone()
+            .unwrap_or_else(|| state_dir.join("status.json"))
+    }
 }
 
 /// The `[audit]` section: the log of every request answered after its signature was
@@ -126,9 +179,77 @@ pub struct SystemdConfig {
     /// `run_as = "root"`). Off by default.
     #[serde(default)]
     pub allow_root: bool,
-    /// Absolute path prefixes programs must be under; empty allows any program.
+    /// Absolute path prefixes programs must be under, checked on the program's
+    /// resolved path (symlinks followed, on this host); empty allows any program.
     #[serde(default)]
     pub allowed_exec_prefixes: Vec<String>,
+    /// Loader environment variables (`LD_PRELOAD`, `PYTHONPATH`, …: see
+    /// `gearmq_schemas::units::is_loader_env`) units may set; every other one is
+    /// refused. Default: none.
+    #[serde(default)]
+    pub allowed_loader_env: Vec<String>,
+    /// Where gearmq's units send their output, and where `logs` reads it: `journal`
+    /// (journald), `file` (a file per unit under the state dir), or `auto` (default:
+    /// the journal where journald runs, `/run/systemd/journal/socket`, else files).
+    #[serde(default)]
+    pub output: OutputMode,
+    /// A journal directory `logs` reads instead of the system's journal
+    /// (`journalctl --directory`); default: the system's.
+    #[serde(default)]
+    pub journal_dir: Option<PathBuf>,
+    /// Where programs shipped with an install are stored, by digest (made 0755: the
+    /// units run them); default `state_dir/artifacts`. Units that run as other users
+    /// (`DynamicUser=`, `run_as`) need a directory they can reach: the state dir is
+    /// 0700, so point this elsewhere, e.g. /var/lib/gearmq-artifacts.
+    #[serde(default)]
+    pub artifact_dir: Option<PathBuf>,
+}
+
+/// `[systemd] output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// The journal where journald runs, else files.
+    #[default]
+    Auto,
+    /// Always the journal.
+    Journal,
+    /// Always a file per unit under the state dir.
+    File,
+}
+
+/// Where units' output goes, decided.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Output {
+    /// A file per unit under the state dir (`logs` reads it).
+    #[default]
+    File,
+    /// The journal (`logs` runs `journalctl`, on `dir` when given).
+    Journal {
+        /// A journal directory instead of the system's.
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Where journald listens when it runs.
+pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// The `[systemd] output` setting decided: `auto` looks for journald's socket at
+/// `journald_socket`.
+pub fn decide_output(
+    mode: OutputMode,
+    journal_dir: Option<&Path>,
+    journald_socket: &Path,
+) -> Output {
+    let journal = Output::Journal {
+        dir: journal_dir.map(Path::to_path_buf),
+    };
+    match mode {
+        OutputMode::Journal => journal,
+        OutputMode::File => Output::File,
+        OutputMode::Auto if journald_socket.exists() => journal,
+        OutputMode::Auto => Output::File,
+    }
 }
 
 /// The `[systemd]` section with every default filled in from the environment.
@@ -147,6 +268,34 @@ pub struct SystemdSettings {
     pub allow_root: bool,
     /// Program path prefixes allowed; empty allows any.
     pub allowed_exec_prefixes: Vec<String>,
+    /// Loader environment variables units may set.
+    pub allowed_loader_env: Vec<String>,
+    /// The host's own units gearmq may act on (`[[existing]]`; empty: none).
+    pub existing: Allowlist,
+    /// Where units' output goes and `logs` reads it.
+    pub output: Output,
+    /// Where shipped programs are stored (`None`: `state_dir/artifacts`).
+    pub artifact_dir: Option<PathBuf>,
+}
+
+impl SystemdSettings {
+    /// A user manager at `address` writing unit files to `unit_dir`, every other option
+    /// at its default (no exec prefixes or loader variables allowed beyond the
+    /// defaults, no existing units, output to files, artifacts below the state dir).
+    pub fn user(unit_dir: PathBuf, address: Option<String>) -> SystemdSettings {
+        SystemdSettings {
+            bus: BusKind::User,
+            address,
+            unit_dir,
+            run_as: None,
+            allow_root: false,
+            allowed_exec_prefixes: Vec::new(),
+            allowed_loader_env: Vec::new(),
+            existing: Allowlist::default(),
+            output: Output::File,
+            artifact_dir: None,
+        }
+    }
 }
 
 impl SystemdConfig {
@@ -183,50 +332,20 @@ impl SystemdConfig {
             run_as: self.run_as.clone(),
             allow_root: self.allow_root,
             allowed_exec_prefixes: self.allowed_exec_prefixes.clone(),
+            allowed_loader_env: self.allowed_loader_env.clone(),
+            existing: Allowlist::default(),
+            artifact_dir: self.artifact_dir.clone(),
+            output: decide_output(
+                self.output,
+                self.journal_dir.as_deref(),
+                Path::new(JOURNALD_SOCKET),
+            ),
         })
     }
 }
 
-/// The `[broker]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// AMQP URLs, tried in order and round robin on reconnect.
-    pub urls: Vec<String>,
-    /// `true`: the topology exists already (declare passively); `false`: declare it.
-    #[serde(default)]
-    pub provisioned: bool,
-    /// QoS prefetch, which is also the most requests handled at once.
-    #[serde(default = "default_prefetch")]
-    pub prefetch: u16,
-    /// The `user_id` set on replies; default: the user name in the URL in use. Must
-    /// be set (to the host name) for EXTERNAL logins, whose URL has no user.
-    #[serde(default)]
-    pub user_id: Option<String>,
-    /// The broker password, read from this file (mode 0600) at every connect; used
-    /// when a URL has a user but no password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// CA certificate(s), PEM, that `amqps://` brokers must chain to. Only these are
-    /// trusted: system roots never are.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate, PEM, for TLS; with `?auth_mechanism=external` in the URL
-    /// the broker user is its common name.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key, PEM PKCS#8 (mode 0600).
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// Longest delay between reconnect attempts (the delay starts at 100 ms and
-    /// doubles, with jitter, up to this).
-    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
-    pub reconnect_max: Duration,
-}
-
-fn default_reconnect_max() -> Duration {
-    crate::server::BACKOFF_MAX
-}
+/// The `[broker]` section: the same type and checks as the orchestrator's.
+pub use gearmq_io::broker::BrokerConfig;
 
 /// The `[limits]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -267,6 +386,13 @@ pub struct Limits {
     /// tokens are refused whatever their minter allowed.
     #[serde(default = "default_max_token_ttl", with = "humantime_serde")]
     pub max_token_ttl: Duration,
+    /// Largest program shipped with an install (`--artifact-url`) this host takes.
+    #[serde(default = "default_max_artifact_bytes")]
+    pub max_artifact_bytes: u64,
+}
+
+fn default_max_artifact_bytes() -> u64 {
+    1 << 30
 }
 
 impl Default for Limits {
@@ -283,13 +409,11 @@ impl Default for Limits {
             max_follow: default_max_follow(),
             max_streams: default_max_streams(),
             max_token_ttl: default_max_token_ttl(),
+            max_artifact_bytes: default_max_artifact_bytes(),
         }
     }
 }
 
-fn default_prefetch() -> u16 {
-    32
-}
 fn default_max_message_bytes() -> usize {
     gearmq_schemas::DEFAULT_MAX_MESSAGE_BYTES
 }
@@ -378,6 +502,7 @@ impl AgentConfig {
                     .with_list_parse_key("broker.urls")
                     .with_list_parse_key("trusted_issuers")
                     .with_list_parse_key("systemd.allowed_exec_prefixes")
+                    .with_list_parse_key("systemd.allowed_loader_env")
                     .source(env),
             )
             .build()
@@ -399,47 +524,40 @@ impl AgentConfig {
                 "at least one issuer key file is needed".into(),
             ));
         }
-        if self.broker.urls.is_empty() {
-            return Err(invalid(
-                "broker.urls",
-                "at least one broker URL is needed".into(),
-            ));
-        }
-        let b = &self.broker;
-        if b.cert_file.is_some() != b.key_file.is_some() {
-            let key = if b.cert_file.is_some() {
-                "broker.key_file"
-            } else {
-                "broker.cert_file"
-            };
-            return Err(invalid(
-                key,
-                "broker.cert_file and broker.key_file go together".into(),
-            ));
-        }
-        for url in &self.broker.urls {
-            let parsed = url.parse::<AMQPUri>().map_err(|e| {
-                invalid(
-                    "broker.urls",
-                    format!("{} is not an AMQP URL: {e}", redact_url(url)),
-                )
+        self.broker
+            .validate(gearmq_io::broker::Program::Agent)
+            .map_err(|e| match e.key {
+                // An agent logs in as its host: say which name that is.
+                "broker.user_id" => invalid(
+                    e.key,
+                    format!("{} (the host name {})", e.message, self.name),
+                ),
+                _ => invalid(e.key, e.message),
             })?;
-            self.validate_broker_url(url, &parsed, path)?;
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+            && !self.metrics.allow_non_loopback
+        {
+            return Err(invalid(
+                "metrics.listen",
+                format!(
+                    "{addr} is not a loopback address and the endpoint has no authentication; \
+                     listen on 127.0.0.1 or [::1], or set metrics.allow_non_loopback = true"
+                ),
+            ));
         }
         if self.audit.max_bytes == Some(0) {
             return Err(invalid("audit.max_bytes", "must be more than 0".into()));
-        }
-        if self.broker.prefetch == 0 {
-            return Err(invalid("broker.prefetch", "must be at least 1".into()));
-        }
-        if self.broker.user_id.as_deref() == Some("") {
-            return Err(invalid("broker.user_id", "must not be empty".into()));
         }
         let l = &self.limits;
         if l.max_message_bytes == 0 || l.max_message_bytes > MAX_MESSAGE_BYTES_CEILING {
             return Err(invalid(
                 "limits.max_message_bytes",
-                format!("must be between 1 and {MAX_MESSAGE_BYTES_CEILING}"),
+                format!(
+                    "must be between 1 and {MAX_MESSAGE_BYTES_CEILING}: an audit record holds a request \
+                     with its reply and the host credential in at most {} bytes",
+                    gearmq_schemas::audit::MAX_RECORD_BYTES
+                ),
             ));
         }
         if l.max_request_lifetime.is_zero() {
@@ -481,51 +599,20 @@ impl AgentConfig {
         if l.max_streams == 0 {
             return Err(invalid("limits.max_streams", "must be at least 1".into()));
         }
+        Allowlist::new(self.existing.clone()).map_err(|m| invalid("existing", m))?;
         self.validate_systemd(path)
     }
 
-    /// TLS and EXTERNAL need their files and a user_id; each mistake is named here
-    /// rather than found as a failed handshake later.
-    fn validate_broker_url(
+    /// The `[systemd]` settings with the environment's defaults and the `[[existing]]`
+    /// allowlist, for the agent's unit actions.
+    pub fn systemd_settings(
         &self,
-        url: &str,
-        parsed: &AMQPUri,
-        path: &Path,
-    ) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        };
-        let b = &self.broker;
-        let shown = redact_url(url);
-        if parsed.scheme == lapin::uri::AMQPScheme::AMQPS && b.ca_file.is_none() {
-            return Err(invalid(
-                "broker.ca_file",
-                format!(
-                    "{shown} is a TLS URL; set the CA its certificate must chain to (system roots are never trusted)"
-                ),
-            ));
-        }
-        let external = parsed.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
-        if external {
-            if b.cert_file.is_none() {
-                return Err(invalid(
-                    "broker.cert_file",
-                    format!("{shown} logs in with EXTERNAL, which needs a client certificate"),
-                ));
-            }
-            if b.user_id.is_none() {
-                return Err(invalid(
-                    "broker.user_id",
-                    format!(
-                        "{shown} logs in with EXTERNAL (no user in the URL); set user_id to the certificate's common name, the host name {}",
-                        self.name
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<SystemdSettings, String> {
+        let mut s = self.systemd.resolve(env)?;
+        // Checked when the file was loaded.
+        s.existing = Allowlist::new(self.existing.clone())?;
+        Ok(s)
     }
 
     fn validate_systemd(&self, path: &Path) -> Result<(), ConfigError> {
@@ -537,6 +624,18 @@ impl AgentConfig {
         let s = &self.systemd;
         if s.address.as_deref() == Some("") {
             return Err(invalid("systemd.address", "must not be empty".into()));
+        }
+        if let Some(d) = s.artifact_dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "systemd.artifact_dir",
+                format!("{} is not an absolute path", d.display()),
+            ));
+        }
+        if let Some(d) = s.journal_dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "systemd.journal_dir",
+                format!("{} is not an absolute path", d.display()),
+            ));
         }
         if let Some(d) = s.unit_dir.as_ref().filter(|d| !d.is_absolute()) {
             return Err(invalid(
@@ -575,6 +674,16 @@ impl AgentConfig {
                 ));
             }
         }
+        for k in &s.allowed_loader_env {
+            if !gearmq_schemas::units::is_loader_env(k) {
+                return Err(invalid(
+                    "systemd.allowed_loader_env",
+                    format!(
+                        "{k:?} is not a loader variable gearmq refuses (see agent/README.md), so listing it allows nothing; check the spelling"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -589,42 +698,30 @@ fn is_user_name(u: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
 }
 
-/// A broker URL with the password removed, for logs: `amqp://user@host:port/vhost`.
-///
-/// Text that does not parse is shown as `<unparsable URL>` so a password cannot leak
-/// through a typo.
-pub fn redact_url(url: &str) -> String {
-    match url.parse::<AMQPUri>() {
-        Ok(u) => {
-            // Display of AMQPUri includes the password; rebuild without it. The vhost
-            // is shown percent-encoded the way it is written in URLs.
-            let vhost = if u.vhost == "/" {
-                "%2f".to_string()
-            } else {
-                u.vhost.replace('%', "%25").replace('/', "%2f")
-            };
-            // A URL without a user (EXTERNAL) parses with the default "guest": show none.
-            let has_user = url
-                .split_once("://")
-                .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
-                .is_some_and(|authority| authority.contains('@'));
-            let user = if has_user {
-                format!("{}@", u.authority.userinfo.username)
-            } else {
-                String::new()
-            };
-            format!(
-                "{}://{user}{}:{}/{}",
-                u.scheme, u.authority.host, u.authority.port, vhost
-            )
-        }
-        Err(_) => "<unparsable URL>".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_auto_follows_journald_and_explicit_modes_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("socket");
+        let jdir = Path::new("/var/log/journal");
+        assert_eq!(decide_output(OutputMode::Auto, None, &socket), Output::File);
+        std::fs::write(&socket, b"").unwrap();
+        assert_eq!(
+            decide_output(OutputMode::Auto, Some(jdir), &socket),
+            Output::Journal {
+                dir: Some(jdir.to_path_buf())
+            }
+        );
+        assert_eq!(decide_output(OutputMode::File, None, &socket), Output::File);
+        std::fs::remove_file(&socket).unwrap();
+        assert_eq!(
+            decide_output(OutputMode::Journal, None, &socket),
+            Output::Journal { dir: None }
+        );
+    }
 
     fn example_path() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("agent.example.toml")
@@ -636,7 +733,7 @@ mod tests {
         assert_eq!(cfg.name.as_str(), "web1");
         assert_eq!(cfg.broker.urls.len(), 1);
         assert!(!cfg.broker.provisioned);
-        assert_eq!(cfg.broker.prefetch, 32);
+        assert_eq!(cfg.broker.prefetch(), 32);
         assert_eq!(cfg.broker.user_id, None);
         assert_eq!(cfg.broker.password_file, None);
         assert_eq!(cfg.broker.ca_file, None);
@@ -688,6 +785,24 @@ mod tests {
     }
 
     #[test]
+    fn a_message_limit_an_audit_record_cannot_hold_is_refused() {
+        let load = |v: usize| {
+            let env = HashMap::from([(
+                "GEARMQ_AGENT__LIMITS__MAX_MESSAGE_BYTES".to_string(),
+                v.to_string(),
+            )]);
+            AgentConfig::load_with_env(&example_path(), Some(env)).map_err(|e| e.to_string())
+        };
+        assert_eq!(MAX_MESSAGE_BYTES_CEILING, 748 * 1024);
+        assert!(load(MAX_MESSAGE_BYTES_CEILING).is_ok());
+        let e = load(MAX_MESSAGE_BYTES_CEILING + 1).unwrap_err();
+        assert!(
+            e.contains("limits.max_message_bytes") && e.contains("audit record"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn minimal_file_gets_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.toml");
@@ -707,7 +822,7 @@ urls = ["amqp://db2:pw@broker:5672/%2f"]
         let cfg = AgentConfig::load_with_env(&p, Some(HashMap::new())).unwrap();
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.limits.clock_skew, Duration::from_secs(30));
-        assert_eq!(cfg.broker.prefetch, 32);
+        assert_eq!(cfg.broker.prefetch(), 32);
     }
 
     #[test]
@@ -767,7 +882,7 @@ urls = ["amqp://db2:pw@broker:5672/%2f"]
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let cfg = AgentConfig::load_with_env(&example_path(), Some(env)).unwrap();
-        assert_eq!(cfg.broker.prefetch, 8);
+        assert_eq!(cfg.broker.prefetch(), 8);
         assert_eq!(cfg.limits.clock_skew, Duration::from_secs(5));
         assert_eq!(cfg.broker.urls.len(), 2);
     }
@@ -836,6 +951,11 @@ urls = ["amqp://db2:pw@broker:5672/%2f"]
                 "systemd.allowed_exec_prefixes",
             ),
             (
+                "GEARMQ_AGENT__SYSTEMD__ALLOWED_LOADER_ENV",
+                "LD_LIBRARY_PATH,PYTHONPTH",
+                "systemd.allowed_loader_env",
+            ),
+            (
                 "GEARMQ_AGENT__LIMITS__MAX_LOG_BYTES",
                 "10",
                 "limits.max_log_bytes",
@@ -866,23 +986,18 @@ urls = ["amqp://db2:pw@broker:5672/%2f"]
                 "GEARMQ_AGENT__SYSTEMD__ALLOWED_EXEC_PREFIXES".to_string(),
                 "/opt/apps,/usr/local/bin".to_string(),
             ),
+            (
+                "GEARMQ_AGENT__SYSTEMD__ALLOWED_LOADER_ENV".to_string(),
+                "LD_LIBRARY_PATH,PYTHONPATH".to_string(),
+            ),
         ]
         .into();
         let cfg = AgentConfig::load_with_env(&example_path(), Some(env)).unwrap();
         assert_eq!(cfg.systemd.run_as.as_deref(), Some("root"));
         assert_eq!(cfg.systemd.allowed_exec_prefixes.len(), 2);
-    }
-
-    #[test]
-    fn redacted_url_has_no_password() {
-        let r = redact_url("amqp://web1:s3cret@broker.example:5672/%2f");
-        assert_eq!(r, "amqp://web1@broker.example:5672/%2f");
-        let r = redact_url("amqp://guest:guest@127.0.0.1:5672/gearmq-t-1");
-        assert_eq!(r, "amqp://guest@127.0.0.1:5672/gearmq-t-1");
-        assert_eq!(redact_url("not a url :pw@"), "<unparsable URL>");
         assert_eq!(
-            redact_url("amqps://broker:5671/%2f?auth_mechanism=external"),
-            "amqps://broker:5671/%2f"
+            cfg.systemd.allowed_loader_env,
+            ["LD_LIBRARY_PATH", "PYTHONPATH"]
         );
     }
 }

@@ -1,17 +1,17 @@
 //! Unit actions end to end: the real agent binary, the real RabbitMQ, and a real
 //! `systemd --user` per test (private mount namespace, own HOME and runtime dir).
 
-mod common;
-
-use common::*;
+use crate::data;
 use gearmq_schemas::actions::{
     ALL_ACTIONS, CancelArgs, CancelResult, Change, FactsArgs, FactsResult, InstallArgs, ListArgs,
-    LogsArgs, LogsResult, READ_ONLY_ACTIONS, StatusArgs, UnitArgs, UnitChangeResult, UnitsResult,
+    LogsArgs, LogsResult, PingArgs, READ_ONLY_ACTIONS, StatusArgs, UnitArgs, UnitChangeResult,
+    UnitState, UnitsResult,
 };
 use gearmq_schemas::units::UnitSpec;
 use gearmq_schemas::{Reply, Role, Status, codec};
+use gearmq_testkit::raw::QUIET;
+use gearmq_testkit::{AgentWorld, RawCaller, line_count};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,167 +24,79 @@ echo ready
 exec sleep 600
 "#;
 
-/// An operator's view of one agent: a reply queue and a demultiplexer by request id.
-struct Caller {
-    party: Party,
-    orch: Orch,
-    early: Vec<lapin::message::Delivery>,
-}
-
-impl Caller {
-    async fn connect(vhost: &Vhost, party: Party) -> Caller {
-        let orch = Orch::connect(vhost, &party.name).await;
-        Caller {
-            party,
-            orch,
-            early: Vec::new(),
-        }
-    }
-
-    /// Publishes a signed request for `action` to `host`; returns its id.
-    async fn send<A: Serialize>(
-        &self,
-        host: &Party,
-        action: &str,
-        args: &A,
-        ttl: Duration,
-    ) -> Uuid {
-        self.send_raw(host, action, codec::encode(args), ttl).await
-    }
-
-    /// Like [`Caller::send`] with arguments already encoded.
-    async fn send_raw(&self, host: &Party, action: &str, args: Vec<u8>, ttl: Duration) -> Uuid {
-        let mut req = request(
-            &self.party.name,
-            &self.orch.reply_queue,
-            &host.name,
-            action,
-            &(),
-            ttl,
-        );
-        req.args = args;
-        self.orch
-            .publish(&format!("host.{}", host.name), &sign(&req, &self.party))
-            .await;
-        req.id
-    }
-
-    /// The next reply to request `id` (others are kept for later).
-    async fn reply_to(&mut self, pki: &Pki, id: Uuid, timeout: Duration) -> Reply {
-        if let Some(i) = self
-            .early
-            .iter()
-            .position(|d| open_reply(pki, &d.data).body().request_id == id)
-        {
-            let d = self.early.remove(i);
-            return open_reply(pki, &d.data).body().clone();
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let d = self
-                .orch
-                .next_reply(left)
-                .await
-                .unwrap_or_else(|| panic!("no reply to {id} within {timeout:?}"));
-            let opened = open_reply(pki, &d.data);
-            if opened.body().request_id == id {
-                return opened.body().clone();
-            }
-            self.early.push(d);
-        }
-    }
-
-    /// Sends and waits for the final reply.
-    async fn call<A: Serialize>(
-        &mut self,
-        pki: &Pki,
-        host: &Party,
-        action: &str,
-        args: &A,
-    ) -> Reply {
-        self.call_raw(pki, host, action, codec::encode(args)).await
-    }
-
-    /// Like [`Caller::call`] with arguments already encoded.
-    async fn call_raw(&mut self, pki: &Pki, host: &Party, action: &str, args: Vec<u8>) -> Reply {
-        let id = self
-            .send_raw(host, action, args, Duration::from_secs(60))
-            .await;
-        let r = self.reply_to(pki, id, Duration::from_secs(30)).await;
-        assert!(r.is_final, "{action}: single replies are final");
-        r
-    }
-}
-
-fn data<T: Serialize + DeserializeOwned>(r: &Reply) -> T {
-    assert_eq!(r.status, Status::Ok, "{:?}", r.error);
-    codec::decode("data", r.data.as_ref().expect("data"), 1 << 20).expect("typed data")
-}
-
 fn error_of(r: &Reply) -> &str {
     r.error.as_deref().unwrap_or("")
 }
 
-/// One agent `web1` managing units in its own user manager.
-struct UnitWorld {
-    pki: Pki,
-    host: Party,
-    ops: Caller,
-    files: AgentFiles,
-    agent: AgentProcess,
-    manager: UserManager,
-    vhost: Vhost,
+/// One agent `web1` managing units in its own user manager, `ops` allowed every action.
+async fn unit_world(systemd: &str, env: &[(&str, &str)]) -> AgentWorld {
+    AgentWorld::builder()
+        .systemd(systemd)
+        .ops_actions(ALL_ACTIONS)
+        .env(env)
+        .start()
+        .await
 }
 
-impl UnitWorld {
-    async fn start() -> UnitWorld {
-        Self::start_with("", &[]).await
-    }
+/// `action` with `args` from `caller` to the world's host, and its final reply.
+async fn call_as<A: Serialize>(
+    w: &AgentWorld,
+    caller: &mut RawCaller,
+    action: &str,
+    args: &A,
+) -> Reply {
+    caller
+        .call_verified(&w.pki, &w.host.name, action, codec::encode(args))
+        .await
+}
 
-    /// With extra `[systemd]` lines and agent environment.
-    async fn start_with(systemd_extra: &str, env: &[(&str, &str)]) -> UnitWorld {
-        let manager = UserManager::start();
-        let vhost = Vhost::create();
-        let pki = Pki::new();
-        let host = pki.party("web1", Role::Host, &[]);
-        let ops = pki.party("ops", Role::Operator, ALL_ACTIONS);
-        let section = format!("{}{systemd_extra}\n", manager.agent_section());
-        let files =
-            write_agent_files_with(&vhost, &pki, &host, "action_timeout = \"20s\"", &section);
-        let agent = AgentProcess::start_with(&files.config, &[], env).await;
-        let ops = Caller::connect(&vhost, ops).await;
-        UnitWorld {
-            pki,
-            host,
-            ops,
-            files,
-            agent,
-            manager,
-            vhost,
-        }
-    }
+/// Sends `action` with `args` from `ops` without waiting; returns the request's id.
+async fn send<A: Serialize>(w: &AgentWorld, action: &str, args: &A) -> Uuid {
+    w.ops
+        .send_to(
+            &w.host.name,
+            action,
+            codec::encode(args),
+            Duration::from_secs(60),
+        )
+        .await
+}
 
-    async fn call<A: Serialize>(&mut self, action: &str, args: &A) -> Reply {
-        self.ops.call(&self.pki, &self.host, action, args).await
-    }
+/// The next reply to `ops`' request `id` (verified).
+async fn reply_to(w: &mut AgentWorld, id: Uuid, timeout: Duration) -> Reply {
+    w.ops.verified_reply(&w.pki, id, timeout).await
+}
 
+/// How many times `program` was started (it appends to `<program>.starts`).
+fn starts(program: &Path) -> usize {
+    line_count(Path::new(&format!("{}.starts", program.display())))
+}
+
+/// Unit actions from `ops`, as the tests below use them.
+trait Units {
+    fn program(&self) -> PathBuf;
+    fn unit_file(&self, unit: &str) -> PathBuf;
+    fn unit_files(&self) -> Vec<String>;
+    async fn install(&mut self, spec: &UnitSpec, start: bool) -> Reply;
+    async fn unit(&mut self, action: &str, unit: &str) -> Reply;
+    async fn status(&mut self, unit: &str) -> UnitState;
+    async fn logs(&mut self, unit: &str, lines: u32) -> LogsResult;
+    async fn wait_for_log_line(&mut self, unit: &str, pred: impl Fn(&str) -> bool) -> LogsResult;
+}
+
+impl Units for AgentWorld {
     fn program(&self) -> PathBuf {
-        self.manager.script("prog.sh", PROGRAM)
-    }
-
-    fn starts(&self, program: &Path) -> usize {
-        std::fs::read_to_string(format!("{}.starts", program.display()))
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
+        self.systemd().script("prog.sh", PROGRAM)
     }
 
     fn unit_file(&self, unit: &str) -> PathBuf {
-        self.manager.unit_dir.join(format!("gearmq-{unit}.service"))
+        self.systemd()
+            .unit_dir()
+            .join(format!("gearmq-{unit}.service"))
     }
 
     fn unit_files(&self) -> Vec<String> {
-        std::fs::read_dir(&self.manager.unit_dir)
+        std::fs::read_dir(self.systemd().unit_dir())
             .map(|d| {
                 d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                     .collect()
@@ -198,6 +110,8 @@ impl UnitWorld {
             &InstallArgs {
                 spec: spec.clone(),
                 start,
+                enable: true,
+                artifact: None,
             },
         )
         .await
@@ -207,7 +121,7 @@ impl UnitWorld {
         self.call(action, &UnitArgs { unit: unit.into() }).await
     }
 
-    async fn status(&mut self, unit: &str) -> gearmq_schemas::actions::UnitState {
+    async fn status(&mut self, unit: &str) -> UnitState {
         let r = self
             .call(
                 "status",
@@ -260,7 +174,7 @@ fn spec(unit: &str, exec: &Path) -> UnitSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_start_status_logs_restart_stop_delete_lifecycle() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     let mut s = spec("web", &prog);
     s.args = vec!["hello".into()];
@@ -270,7 +184,7 @@ async fn install_start_status_logs_restart_stop_delete_lifecycle() {
     assert_eq!(r.change, Change::Created);
     assert_eq!(r.then, None);
     assert!(w.unit_file("web").exists());
-    assert_eq!(w.starts(&prog), 0, "install without start does not start");
+    assert_eq!(starts(&prog), 0, "install without start does not start");
 
     let r: UnitChangeResult = data(&w.unit("start", "web").await);
     assert_eq!(r.change, Change::Started);
@@ -304,14 +218,14 @@ async fn install_start_status_logs_restart_stop_delete_lifecycle() {
 
     let r: UnitChangeResult = data(&w.unit("start", "web").await);
     assert_eq!(r.change, Change::AlreadyRunning);
-    assert_eq!(w.starts(&prog), 1);
+    assert_eq!(starts(&prog), 1);
 
     let r: UnitChangeResult = data(&w.unit("restart", "web").await);
     assert_eq!(r.change, Change::Restarted);
     let st = r.state.unwrap();
     assert_eq!(st.active_state, "active");
     assert_ne!(st.main_pid, first_pid, "restart runs a new main process");
-    assert_eq!(w.starts(&prog), 2);
+    assert_eq!(starts(&prog), 2);
 
     let facts: FactsResult = data(&w.call("facts", &FactsArgs {}).await);
     assert_eq!((facts.managed_units, facts.active_units), (1, 1));
@@ -349,7 +263,7 @@ async fn install_start_status_logs_restart_stop_delete_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_install_is_unchanged_and_changed_args_are_updated() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     let mut s = spec("app", &prog);
     s.args = vec!["one".into()];
@@ -360,13 +274,13 @@ async fn same_install_is_unchanged_and_changed_args_are_updated() {
         (r.change, r.then),
         (Change::Unchanged, Some(Change::AlreadyRunning))
     );
-    assert_eq!(w.starts(&prog), 1);
+    assert_eq!(starts(&prog), 1);
 
     s.args = vec!["two".into()];
     // Updated but not asked to start: the running program is left as it is.
     let r: UnitChangeResult = data(&w.install(&s, false).await);
     assert_eq!((r.change, r.then), (Change::Updated, None));
-    assert_eq!(w.starts(&prog), 1);
+    assert_eq!(starts(&prog), 1);
     assert!(
         std::fs::read_to_string(w.unit_file("app"))
             .unwrap()
@@ -378,13 +292,13 @@ async fn same_install_is_unchanged_and_changed_args_are_updated() {
         (r.change, r.then),
         (Change::Updated, Some(Change::Restarted))
     );
-    assert_eq!(w.starts(&prog), 2);
+    assert_eq!(starts(&prog), 2);
     w.wait_for_log_line("app", |l| l == "arg[three]").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_data_naming_the_field_and_writes_nothing() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     let mut newline = spec("web", &prog);
     newline.args = vec!["ok".into(), "two\nlines".into()];
@@ -400,8 +314,8 @@ async fn bad_input_is_invalid_data_naming_the_field_and_writes_nothing() {
         assert!(error_of(&r).contains(field), "{field}: {}", error_of(&r));
     }
     assert!(w.unit_files().is_empty(), "{:?}", w.unit_files());
-    assert!(!w.manager.config_home.join("systemd/etc").exists());
-    assert_eq!(w.starts(&prog), 0);
+    assert!(!w.systemd().config_home().join("systemd/etc").exists());
+    assert_eq!(starts(&prog), 0);
     // Unit names in the other actions too.
     for action in ["start", "stop", "restart", "delete"] {
         let r = w.unit(action, "../etc/x").await;
@@ -411,7 +325,7 @@ async fn bad_input_is_invalid_data_naming_the_field_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percent_dollar_quotes_and_backslashes_reach_the_program_literally() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     let args: Vec<String> = [
         "100%",
@@ -446,29 +360,27 @@ async fn percent_dollar_quotes_and_backslashes_reach_the_program_literally() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_operator_cannot_install_or_stop_but_can_observe() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     let r: UnitChangeResult = data(&w.install(&spec("web", &prog), true).await);
     assert_eq!(r.then, Some(Change::Started));
 
-    let reader = w.pki.party("reader", Role::Operator, READ_ONLY_ACTIONS);
-    let mut reader = Caller::connect(&w.vhost, reader).await;
-    let r = reader
-        .call(
-            &w.pki,
-            &w.host,
-            "install",
-            &InstallArgs {
-                spec: spec("evil", &prog),
-                start: true,
-            },
-        )
-        .await;
+    let mut reader = w.caller("reader", Role::Operator, READ_ONLY_ACTIONS).await;
+    let r = call_as(
+        &w,
+        &mut reader,
+        "install",
+        &InstallArgs {
+            spec: spec("evil", &prog),
+            start: true,
+            enable: true,
+            artifact: None,
+        },
+    )
+    .await;
     assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
     assert!(!w.unit_file("evil").exists());
-    let r = reader
-        .call(&w.pki, &w.host, "stop", &UnitArgs { unit: "web".into() })
-        .await;
+    let r = call_as(&w, &mut reader, "stop", &UnitArgs { unit: "web".into() }).await;
     assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
     assert!(
         error_of(&r).contains("not allowed action stop"),
@@ -481,26 +393,22 @@ async fn read_only_operator_cannot_install_or_stop_but_can_observe() {
         "still running"
     );
 
-    let st: UnitsResult = data(
-        &reader
-            .call(&w.pki, &w.host, "status", &StatusArgs { unit: None })
-            .await,
-    );
+    let st: UnitsResult =
+        data(&call_as(&w, &mut reader, "status", &StatusArgs { unit: None }).await);
     assert_eq!(st.units.len(), 1);
-    let list: UnitsResult = data(&reader.call(&w.pki, &w.host, "list", &ListArgs {}).await);
+    let list: UnitsResult = data(&call_as(&w, &mut reader, "list", &ListArgs {}).await);
     assert_eq!(list.units[0].unit, "web");
     let logs = LogsArgs {
         unit: "web".into(),
         lines: 10,
         follow: false,
     };
-    let _: LogsResult = data(&reader.call(&w.pki, &w.host, "logs", &logs).await);
+    let _: LogsResult = data(&call_as(&w, &mut reader, "logs", &logs).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn program_outside_allowed_exec_prefixes_is_unauthorized() {
-    let mut w =
-        UnitWorld::start_with("allowed_exec_prefixes = [\"/opt/gearmq-allowed\"]", &[]).await;
+    let mut w = unit_world("allowed_exec_prefixes = [\"/opt/gearmq-allowed\"]", &[]).await;
     let prog = w.program();
     let r = w.install(&spec("web", &prog), true).await;
     assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
@@ -510,12 +418,12 @@ async fn program_outside_allowed_exec_prefixes_is_unauthorized() {
         error_of(&r)
     );
     assert!(w.unit_files().is_empty());
-    assert_eq!(w.starts(&prog), 0);
+    assert_eq!(starts(&prog), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_execute_is_resolved_from_records_and_starts_once() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     let r: UnitChangeResult = data(&w.install(&spec("web", &prog), false).await);
     assert_eq!(r.change, Change::Created);
@@ -523,49 +431,35 @@ async fn crash_after_execute_is_resolved_from_records_and_starts_once() {
     // An agent that aborts right after it started the unit, before the outcome, the
     // stored reply and the ack.
     w.agent.signal("TERM");
-    w.agent.wait_exit(Duration::from_secs(20)).await;
-    w.agent = AgentProcess::start_with(
-        &w.files.config,
-        &[],
-        &[("GEARMQ_AGENT_FAULT", "crash-after-execute")],
-    )
-    .await;
-    let id = w
-        .ops
-        .send(
-            &w.host,
-            "start",
-            &UnitArgs { unit: "web".into() },
-            Duration::from_secs(60),
-        )
-        .await;
-    let status = w.agent.wait_exit(Duration::from_secs(30)).await;
+    w.agent.wait_exit(Duration::from_secs(20));
+    w.start_agent(&[("GEARMQ_AGENT_FAULT", "crash-after-execute")]);
+    let id = send(&w, "start", &UnitArgs { unit: "web".into() }).await;
+    let status = w.agent.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "the agent aborted: {status:?}");
     assert!(
-        w.ops.orch.next_reply(QUIET).await.is_none(),
+        w.ops.next_delivery(QUIET).await.is_none(),
         "no reply before the crash"
     );
-    assert_eq!(w.starts(&prog), 1, "the crashed run started the program");
+    assert_eq!(starts(&prog), 1, "the crashed run started the program");
 
     // The broker redelivers the unacked request to the restarted agent.
-    w.agent = AgentProcess::start(&w.files.config).await;
-    let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(30)).await;
+    w.start_agent(&[]);
+    let r = reply_to(&mut w, id, Duration::from_secs(30)).await;
     let r: UnitChangeResult = data(&r);
     assert_eq!(r.change, Change::Started, "resolved as the start it was");
     assert_eq!(r.state.unwrap().active_state, "active");
     w.agent
-        .wait_for_log("intent record", Duration::from_secs(5))
-        .await;
+        .wait_for_log("intent record", Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(w.starts(&prog), 1, "started exactly once");
+    assert_eq!(starts(&prog), 1, "started exactly once");
     // Answered and acked now: nothing left in the queue.
     assert_eq!(w.vhost.queue_messages("gearmq.host.web1"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_streams_new_lines_and_cancel_ends_it() {
-    let mut w = UnitWorld::start().await;
-    let ticker = w.manager.script(
+    let mut w = unit_world("", &[]).await;
+    let ticker = w.systemd().script(
         "ticker.sh",
         "i=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done\n",
     );
@@ -578,11 +472,8 @@ async fn logs_follow_streams_new_lines_and_cancel_ends_it() {
         lines: 2,
         follow: true,
     };
-    let id = w
-        .ops
-        .send(&w.host, "logs", &follow, Duration::from_secs(60))
-        .await;
-    let first = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+    let id = send(&w, "logs", &follow).await;
+    let first = reply_to(&mut w, id, Duration::from_secs(10)).await;
     assert_eq!((first.seq, first.is_final), (0, false));
     let initial: LogsResult = data(&first);
     assert_eq!(initial.lines.len(), 2, "{:?}", initial.lines);
@@ -596,7 +487,7 @@ async fn logs_follow_streams_new_lines_and_cancel_ends_it() {
     let mut seq = 0;
     let mut newest = last_initial;
     while newest < last_initial + 3 {
-        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+        let r = reply_to(&mut w, id, Duration::from_secs(10)).await;
         assert!(!r.is_final);
         assert_eq!(r.seq, seq + 1);
         seq = r.seq;
@@ -612,32 +503,18 @@ async fn logs_follow_streams_new_lines_and_cancel_ends_it() {
     }
 
     // Only the caller that started it may cancel it.
-    let other = w.pki.party("other", Role::Operator, ALL_ACTIONS);
-    let mut other = Caller::connect(&w.vhost, other).await;
-    let r = other
-        .call(&w.pki, &w.host, "cancel", &CancelArgs { request_id: id })
-        .await;
+    let mut other = w.caller("other", Role::Operator, ALL_ACTIONS).await;
+    let r = call_as(&w, &mut other, "cancel", &CancelArgs { request_id: id }).await;
     assert_eq!(r.status, Status::Unauthorized, "{:?}", r.error);
 
-    let cancel = w
-        .ops
-        .send(
-            &w.host,
-            "cancel",
-            &CancelArgs { request_id: id },
-            Duration::from_secs(60),
-        )
-        .await;
-    let r = w
-        .ops
-        .reply_to(&w.pki, cancel, Duration::from_secs(10))
-        .await;
+    let cancel = send(&w, "cancel", &CancelArgs { request_id: id }).await;
+    let r = reply_to(&mut w, cancel, Duration::from_secs(10)).await;
     let c: CancelResult = data(&r);
     assert_eq!(c.request_id, id);
     // Then the stream's own final reply.
     let mut seqs = HashMap::new();
     let last = loop {
-        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+        let r = reply_to(&mut w, id, Duration::from_secs(10)).await;
         assert!(r.seq > seq);
         seq = r.seq;
         seqs.insert(r.seq, r.is_final);
@@ -648,35 +525,28 @@ async fn logs_follow_streams_new_lines_and_cancel_ends_it() {
     assert_eq!(last.status, Status::Ok);
     let _: LogsResult = data(&last);
     assert!(
-        w.ops.orch.next_reply(QUIET).await.is_none(),
+        w.ops.next_delivery(QUIET).await.is_none(),
         "nothing after the final reply"
     );
     // A cancel of an ended stream finds nothing.
-    let r = w
-        .ops
-        .call(&w.pki, &w.host, "cancel", &CancelArgs { request_id: id })
-        .await;
+    let r = w.call("cancel", &CancelArgs { request_id: id }).await;
     assert_eq!(r.status, Status::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_without_systemd_answers_ping_and_unit_actions_with_status_5() {
-    let vhost = Vhost::create();
-    let pki = Pki::new();
-    let host = pki.party("web1", Role::Host, &[]);
     let dir = tempfile::tempdir().unwrap();
     let section = format!(
         "bus = \"user\"\naddress = \"unix:path={}/no-such-bus\"\nunit_dir = \"{}/units\"\n",
         dir.path().display(),
         dir.path().display()
     );
-    let files = write_agent_files_with(&vhost, &pki, &host, "", &section);
-    let _agent = AgentProcess::start(&files.config).await;
-    let ops = pki.party("ops", Role::Operator, ALL_ACTIONS);
-    let mut ops = Caller::connect(&vhost, ops).await;
-    let r = ops
-        .call(&pki, &host, "ping", &gearmq_schemas::actions::PingArgs {})
+    let mut w = AgentWorld::builder()
+        .systemd_section(&section)
+        .ops_actions(ALL_ACTIONS)
+        .start()
         .await;
+    let r = w.call("ping", &PingArgs {}).await;
     assert_eq!(r.status, Status::Ok);
     for (action, args) in [
         ("status", codec::encode(&StatusArgs { unit: None })),
@@ -686,10 +556,15 @@ async fn agent_without_systemd_answers_ping_and_unit_actions_with_status_5() {
             codec::encode(&InstallArgs {
                 spec: UnitSpec::new("web", "/bin/sleep"),
                 start: true,
+                enable: true,
+                artifact: None,
             }),
         ),
     ] {
-        let r = ops.call_raw(&pki, &host, action, args).await;
+        let r = w
+            .ops
+            .call_verified(&w.pki, &w.host.name, action, args)
+            .await;
         assert_eq!(r.status, Status::UnknownError, "{action}: {:?}", r.error);
         assert!(
             error_of(&r).contains("systemd is not reachable on the user bus"),
@@ -699,15 +574,13 @@ async fn agent_without_systemd_answers_ping_and_unit_actions_with_status_5() {
     }
     assert!(!dir.path().join("units").exists(), "nothing written");
     // Still answering.
-    let r = ops
-        .call(&pki, &host, "ping", &gearmq_schemas::actions::PingArgs {})
-        .await;
+    let r = w.call("ping", &PingArgs {}).await;
     assert_eq!(r.status, Status::Ok);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_an_open_stream_with_a_final_aborted_reply() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     let r: UnitChangeResult = data(&w.install(&spec("web", &prog), true).await);
     assert_eq!(r.then, Some(Change::Started));
@@ -716,15 +589,12 @@ async fn shutdown_ends_an_open_stream_with_a_final_aborted_reply() {
         lines: 5,
         follow: true,
     };
-    let id = w
-        .ops
-        .send(&w.host, "logs", &follow, Duration::from_secs(60))
-        .await;
-    let first = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+    let id = send(&w, "logs", &follow).await;
+    let first = reply_to(&mut w, id, Duration::from_secs(10)).await;
     assert_eq!((first.seq, first.is_final), (0, false));
     w.agent.signal("TERM");
     let last = loop {
-        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(10)).await;
+        let r = reply_to(&mut w, id, Duration::from_secs(10)).await;
         if r.is_final {
             break r;
         }
@@ -735,18 +605,15 @@ async fn shutdown_ends_an_open_stream_with_a_final_aborted_reply() {
         "{}",
         error_of(&last)
     );
-    assert_eq!(
-        w.agent.wait_exit(Duration::from_secs(20)).await.code(),
-        Some(0)
-    );
+    assert_eq!(w.agent.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_of_pings_an_install_a_stream_and_refusals_verifies() {
-    let mut w = UnitWorld::start().await;
+    let mut w = unit_world("", &[]).await;
     let prog = w.program();
     for _ in 0..2 {
-        let r = w.call("ping", &gearmq_schemas::actions::PingArgs {}).await;
+        let r = w.call("ping", &PingArgs {}).await;
         assert_eq!(r.status, Status::Ok);
     }
     let r = w.install(&spec("web", &prog), true).await;
@@ -757,54 +624,33 @@ async fn audit_log_of_pings_an_install_a_stream_and_refusals_verifies() {
         lines: 5,
         follow: true,
     };
-    let id = w
-        .ops
-        .send(&w.host, "logs", &follow, Duration::from_secs(60))
-        .await;
-    let first = w.ops.reply_to(&w.pki, id, Duration::from_secs(30)).await;
+    let id = send(&w, "logs", &follow).await;
+    let first = reply_to(&mut w, id, Duration::from_secs(30)).await;
     assert!(!first.is_final);
     let r = w.call("cancel", &CancelArgs { request_id: id }).await;
     let _: CancelResult = data(&r);
-    while !w
-        .ops
-        .reply_to(&w.pki, id, Duration::from_secs(30))
-        .await
-        .is_final
-    {}
+    while !reply_to(&mut w, id, Duration::from_secs(30)).await.is_final {}
     // Refused: a read-only operator installing; an expired request.
-    let reader = w.pki.party("reader", Role::Operator, READ_ONLY_ACTIONS);
-    let mut reader = Caller::connect(&w.vhost, reader).await;
-    let r = reader
-        .call(
-            &w.pki,
-            &w.host,
-            "install",
-            &InstallArgs {
-                spec: spec("web", &prog),
-                start: false,
-            },
-        )
-        .await;
+    let mut reader = w.caller("reader", Role::Operator, READ_ONLY_ACTIONS).await;
+    let r = call_as(
+        &w,
+        &mut reader,
+        "install",
+        &InstallArgs {
+            spec: spec("web", &prog),
+            start: false,
+            enable: true,
+            artifact: None,
+        },
+    )
+    .await;
     assert_eq!(r.status, Status::Unauthorized);
     let now = gearmq_schemas::time::now_ms();
-    let mut old = request(
-        &w.ops.party.name,
-        &w.ops.orch.reply_queue,
-        &w.host.name,
-        "ping",
-        &gearmq_schemas::actions::PingArgs {},
-        Duration::from_secs(60),
-    );
+    let mut old = w.ping();
     old.issued_at = now - 7_200_000;
     old.expires_at = now - 3_600_000;
-    w.ops
-        .orch
-        .publish("host.web1", &sign(&old, &w.ops.party))
-        .await;
-    let r = w
-        .ops
-        .reply_to(&w.pki, old.id, Duration::from_secs(30))
-        .await;
+    w.send(&old).await;
+    let r = reply_to(&mut w, old.id, Duration::from_secs(30)).await;
     assert_eq!(r.status, Status::Expired);
 
     let path = w.files.state_dir.join("audit.log");
@@ -815,7 +661,7 @@ async fn audit_log_of_pings_an_install_a_stream_and_refusals_verifies() {
         .collect();
     let summary = gearmq_schemas::audit::verify_log(
         &files,
-        &gearmq_schemas::TrustAnchors::new(vec![w.pki.issuer.public_key()]),
+        &w.pki.anchors(),
         &gearmq_schemas::audit::VerifyOptions::default(),
     )
     .unwrap_or_else(|e| panic!("audit log verifies: {e}"));
@@ -828,9 +674,9 @@ async fn audit_log_of_pings_an_install_a_stream_and_refusals_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_reply_holds_at_most_max_log_bytes_and_says_it_was_cut() {
     // The smallest cap the config allows.
-    let mut w = UnitWorld::start_with("", &[("GEARMQ_AGENT__LIMITS__MAX_LOG_BYTES", "1024")]).await;
+    let mut w = unit_world("", &[("GEARMQ_AGENT__LIMITS__MAX_LOG_BYTES", "1024")]).await;
     // 100 lines of 50 bytes (newline included): 5,000 bytes of output.
-    let talker = w.manager.script(
+    let talker = w.systemd().script(
         "talker.sh",
         "i=100\nwhile [ $i -lt 200 ]; do printf 'line %03d %040d\\n' $i 0; i=$((i+1)); done\nexec sleep 600\n",
     );
@@ -854,8 +700,8 @@ async fn logs_reply_holds_at_most_max_log_bytes_and_says_it_was_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_stream_ends_at_max_follow_not_at_the_request_expiry() {
-    let mut w = UnitWorld::start_with("", &[("GEARMQ_AGENT__LIMITS__MAX_FOLLOW", "2s")]).await;
-    let ticker = w.manager.script(
+    let mut w = unit_world("", &[("GEARMQ_AGENT__LIMITS__MAX_FOLLOW", "2s")]).await;
+    let ticker = w.systemd().script(
         "ticker.sh",
         "i=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done\n",
     );
@@ -867,12 +713,9 @@ async fn follow_stream_ends_at_max_follow_not_at_the_request_expiry() {
         follow: true,
     };
     let sent = std::time::Instant::now();
-    let id = w
-        .ops
-        .send(&w.host, "logs", &follow, Duration::from_secs(60))
-        .await;
+    let id = send(&w, "logs", &follow).await;
     let last = loop {
-        let r = w.ops.reply_to(&w.pki, id, Duration::from_secs(15)).await;
+        let r = reply_to(&mut w, id, Duration::from_secs(15)).await;
         if r.is_final {
             break r;
         }
@@ -883,4 +726,85 @@ async fn follow_stream_ends_at_max_follow_not_at_the_request_expiry() {
         took >= Duration::from_millis(1_900) && took < Duration::from_secs(15),
         "a stream capped at 2 s (request valid for 60 s) ended after {took:?}"
     );
+}
+
+/// Polls until `program` was started `n` times (10 s at most).
+async fn wait_starts(program: &Path, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while starts(program) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} started {} times, not {n}",
+            program.display(),
+            starts(program)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabled_units_run_again_after_a_reboot_and_no_enable_ones_do_not() {
+    let mut w = unit_world("", &[]).await;
+    let on = w.systemd().script("on.sh", PROGRAM);
+    let off = w.systemd().script("off.sh", PROGRAM);
+    let wants = w.systemd().unit_dir().join("default.target.wants");
+
+    let r: UnitChangeResult = data(&w.install(&spec("on", &on), true).await);
+    assert_eq!((r.change, r.then), (Change::Created, Some(Change::Started)));
+    assert_eq!(r.state.unwrap().unit_file_state, "enabled");
+    let text = std::fs::read_to_string(w.unit_file("on")).unwrap();
+    assert!(
+        text.ends_with("[Install]\nWantedBy=default.target\n"),
+        "{text}"
+    );
+    assert!(wants.join("gearmq-on.service").exists());
+    let no_enable = InstallArgs {
+        spec: spec("off", &off),
+        start: true,
+        enable: false,
+        artifact: None,
+    };
+    let r: UnitChangeResult = data(&w.call("install", &no_enable).await);
+    assert_eq!(r.state.unwrap().unit_file_state, "disabled");
+    assert!(!wants.join("gearmq-off.service").exists());
+    assert_eq!((starts(&on), starts(&off)), (1, 1));
+
+    // The manager stops (its units with it) and a new one starts on the same
+    // directories: what is enabled runs again without any request.
+    w.systemd.as_mut().unwrap().reboot();
+    wait_starts(&on, 2).await;
+    // A host's reboot starts its agent again too.
+    w.start_agent(&[]);
+    let st = w.status("on").await;
+    assert_eq!(
+        (st.active_state.as_str(), st.unit_file_state.as_str()),
+        ("active", "enabled")
+    );
+    let st = w.status("off").await;
+    assert_eq!(
+        (st.active_state.as_str(), st.unit_file_state.as_str()),
+        ("inactive", "disabled")
+    );
+    assert_eq!(starts(&off), 1, "a --no-enable unit is not started at boot");
+
+    // enable/disable as actions, idempotent.
+    let r: UnitChangeResult = data(&w.unit("disable", "on").await);
+    assert_eq!(r.change, Change::Disabled);
+    assert!(!wants.join("gearmq-on.service").exists());
+    let r: UnitChangeResult = data(&w.unit("disable", "on").await);
+    assert_eq!(r.change, Change::AlreadyDisabled);
+    let r: UnitChangeResult = data(&w.unit("enable", "off").await);
+    assert_eq!(r.change, Change::Enabled);
+    assert_eq!(r.state.unwrap().unit_file_state, "enabled");
+    assert!(wants.join("gearmq-off.service").exists());
+    let r: UnitChangeResult = data(&w.unit("enable", "off").await);
+    assert_eq!(r.change, Change::AlreadyEnabled);
+    let r = w.unit("enable", "absent").await;
+    assert_eq!(r.status, Status::NotFound, "{:?}", r.error);
+
+    // delete disables first: no link is left behind.
+    let r: UnitChangeResult = data(&w.unit("delete", "off").await);
+    assert_eq!(r.change, Change::Deleted);
+    assert!(!wants.join("gearmq-off.service").exists());
+    assert!(!w.unit_file("off").exists());
 }
