@@ -10,6 +10,20 @@ use gearmq_schemas::SigningKey;
 use gearmq_schemas::audit::{self, AuditError, AuditOptions, Entry, SinkError, SinkOptions};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts records that could not be written (the writer failed on them), for the call
+/// they belong to.
+pub type MissingCount = Arc<AtomicU64>;
+
+fn count_failure(missing: Option<MissingCount>) -> audit::Done {
+    Box::new(move |r| {
+        if let (Err(e), Some(m)) = (r, &missing) {
+            m.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "audit record not written");
+        }
+    })
+}
 
 /// A handle on the audit log, shared by the calls and the reply consumer.
 pub struct AuditSink {
@@ -69,6 +83,36 @@ impl AuditSink {
                     .map_err(|e| e.to_string())
             }
         }
+    }
+
+    /// Queues `entry` for the writer thread, waiting for room if the queue is full: for
+    /// accepted replies, which must not lose their record. The wait holds the reply
+    /// consumer back, and with it the broker's deliveries (bounded by the prefetch).
+    /// A record the writer then fails on is counted in `missing`.
+    pub async fn record_waiting(&self, entry: Entry, missing: Option<MissingCount>) {
+        if let Err(full) = self
+            .sink
+            .try_record_then(entry, count_failure(missing.clone()))
+        {
+            let Some(entry) = full.entry else { return };
+            let sink = self.sink.clone();
+            let written = tokio::task::spawn_blocking(move || sink.record_durable(entry)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                if let Some(m) = missing {
+                    m.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::error!("audit record not written: the writer is gone");
+            }
+        }
+    }
+
+    /// Queues `entry` for the writer thread if there is room; `false` (nothing queued)
+    /// if the queue is full, so the caller counts it in a summary instead. A record the
+    /// writer then fails on is counted in `missing`.
+    pub fn try_record(&self, entry: Entry, missing: Option<MissingCount>) -> bool {
+        self.sink
+            .try_record_then(entry, count_failure(missing))
+            .is_ok()
     }
 
     /// Queues `entry` for the writer thread. If the queue is full (a flood of replies

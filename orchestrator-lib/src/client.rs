@@ -1,35 +1,33 @@
 //! The orchestrator: a broker session that signs requests once, publishes them per
 //! target and turns verified replies into per-host results.
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditSink, MissingCount};
 use crate::config::OrchestratorConfig;
 use crate::correlate::{Correlator, Rejected, Rejection, Verdict, open_reply};
 use crate::inventory::Inventory;
 use crate::link::{InFlight, InFlightMap, Link, LinkSettings, Published};
-use crate::outcome::{CallResult, HostResult, HostStatus};
+use crate::outcome::{CallResult, HostResult};
+use crate::tally::RejectTally;
 use futures_util::StreamExt;
+use gearmq_io::files::{FileError, load_credential, load_signing_key, load_trusted_issuers};
 use gearmq_schemas::audit::Entry;
 use gearmq_schemas::envelope::{Opened, Signed};
-use gearmq_schemas::files::{FileError, load_credential, load_signing_key, load_trusted_issuers};
 use gearmq_schemas::request::reply_queue_name;
 use gearmq_schemas::time::{duration_ms, now_ms};
 use gearmq_schemas::{
-    ActionName, CredentialVerifier, LabelMatch, Name, Reply, Request, Role, SigningKey, Status,
-    Targets, TrustAnchors,
+    ActionName, CredentialVerifier, LabelMatch, Name, Reply, Request, Role, SigningKey, Targets,
+    TrustAnchors,
 };
 use lapin::BasicProperties;
+use lapin::options::BasicAckOptions;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// Exchange requests are published to.
-pub const REQUESTS_EXCHANGE: &str = "gearmq.requests";
-/// Exchange replies are published to.
-pub const REPLIES_EXCHANGE: &str = "gearmq.replies";
-/// MIME type of gearmq messages.
-pub const CONTENT_TYPE: &str = "application/x-gearmq";
+pub use gearmq_io::broker::redact_url;
+pub use gearmq_io::topology::{CONTENT_TYPE, REPLIES_EXCHANGE, REQUESTS_EXCHANGE};
 
 /// What can go wrong talking to the fleet (not per-host outcomes: those are results).
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +57,15 @@ pub enum OrchestratorError {
     /// The broker refused an operation.
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    /// A named broker operation failed or timed out.
+    #[error("broker: {0}")]
+    BrokerOperation(#[from] gearmq_io::topology::BrokerOpError),
     /// An argument the caller gave is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// An artifact could not be shipped through the broker.
+    #[error("{0}")]
+    Artifact(String),
     /// The audit log cannot be written (requests are not sent unaudited).
     #[error("audit log: {0}")]
     Audit(String),
@@ -97,15 +101,12 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The same request to only `hosts` (a batch or a limit): the signed spec names
-    /// exactly those hosts when it named hosts, and keeps a selector or `all` otherwise.
+    /// The same call to only `hosts` (a batch or a limit). What gets signed is decided
+    /// when the request is made ([`Orchestrator::start_resolved`]): the selector or `all`
+    /// only while the publish still reaches every host it denotes, else exactly `hosts`.
     pub fn subset(&self, hosts: Vec<Name>) -> Resolved {
-        let signed = match &self.signed {
-            Targets::Hosts(_) => Targets::Hosts(hosts.clone()),
-            other => other.clone(),
-        };
         Resolved {
-            signed,
+            signed: self.signed.clone(),
             hosts,
             unknown: Vec::new(),
             discover: self.discover,
@@ -160,6 +161,18 @@ struct Shared {
     max_message_bytes: usize,
     audit: Option<AuditSink>,
     in_flight: InFlightMap,
+    /// Per call in progress: what its audit records need (see [`CallBook`]).
+    books: Mutex<HashMap<Uuid, CallBook>>,
+    /// Rejected replies tied to no call, counted past the first of each window.
+    untied: Mutex<RejectTally>,
+}
+
+/// A call's audit bookkeeping: its rejected replies counted past the ones recorded one
+/// by one, and its records the log could not take.
+#[derive(Default)]
+struct CallBook {
+    tally: RejectTally,
+    missing: MissingCount,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -179,34 +192,12 @@ pub struct Orchestrator {
     broker_user: String,
     token: Option<Vec<u8>>,
     role: Role,
+    /// The broker was provisioned: declare nothing (the artifacts exchange exists).
+    provisioned: bool,
 }
 
-/// The username in an AMQP URL (percent-decoded), which the broker checks `user_id`
-/// against.
-pub fn broker_user(url: &str) -> String {
-    url.parse::<lapin::uri::AMQPUri>()
-        .map(|u| u.authority.userinfo.username)
-        .unwrap_or_default()
-}
-
-/// An AMQP URL with its password masked, for messages.
-pub fn redact_url(url: &str) -> String {
-    match url.parse::<lapin::uri::AMQPUri>() {
-        Ok(u) => format!(
-            "{}://{}@{}:{}/{}",
-            if url.starts_with("amqps") {
-                "amqps"
-            } else {
-                "amqp"
-            },
-            u.authority.userinfo.username,
-            u.authority.host,
-            u.authority.port,
-            u.vhost
-        ),
-        Err(_) => "(unparsable url)".into(),
-    }
-}
+/// How long one artifact chunk may wait for the broker (declare, publish, confirm).
+const ARTIFACT_OPERATION_LIMIT: Duration = Duration::from_secs(60);
 
 impl Orchestrator {
     /// Loads identity and inventory, connects to the first reachable broker URL,
@@ -276,7 +267,7 @@ impl Orchestrator {
         let reply_queue = reply_queue_name(&name, &instance);
         let mut correlator = Correlator::new(
             config.limits.finished_retention,
-            config.broker.require_user_id,
+            config.broker.require_user_id(),
             config.limits.clock_skew,
         );
         correlator.set_revocations(revocations);
@@ -291,6 +282,8 @@ impl Orchestrator {
             max_message_bytes: config.limits.max_message_bytes,
             audit,
             in_flight: InFlightMap::default(),
+            books: Mutex::new(HashMap::new()),
+            untied: Mutex::new(RejectTally::default()),
         });
         let taker = shared.clone();
         let link = Link::open(
@@ -305,11 +298,7 @@ impl Orchestrator {
         )
         .await?;
         let url = link.url();
-        let broker_user = config
-            .broker
-            .user
-            .clone()
-            .unwrap_or_else(|| broker_user(&url));
+        let broker_user = config.broker.user_for(&url);
         tracing::debug!(queue = %reply_queue, broker = %redact_url(&url), "orchestrator connected");
         Ok(Orchestrator {
             shared,
@@ -320,6 +309,7 @@ impl Orchestrator {
             broker_user,
             token: None,
             role: cred.role,
+            provisioned: config.broker.provisioned,
         })
     }
 
@@ -455,8 +445,50 @@ impl Orchestrator {
         })
     }
 
+    /// What a request for `resolved` signs as its targets: exactly whom the publish
+    /// means to reach. A selector or `all` is signed only when the call goes to every
+    /// inventory host it denotes (a copy forwarded to another host's queue then reaches
+    /// nobody outside it); a call narrowed by a limit or a batch signs its explicit host
+    /// list, so a copy forwarded to a host outside it is not for that host.
+    fn signed_targets(&self, resolved: &Resolved) -> Result<Targets, OrchestratorError> {
+        if resolved.discover {
+            // Broadcast on the `all` route: it does reach every host.
+            return Ok(Targets::All);
+        }
+        let denoted: Option<Vec<&Name>> = match &resolved.signed {
+            Targets::Hosts(_) => None,
+            Targets::All => Some(self.inventory.hosts().map(|(n, _)| n).collect()),
+            Targets::Selector(_) => Some(
+                self.inventory
+                    .hosts()
+                    .filter(|(n, h)| resolved.signed.includes(n, &h.credential.labels))
+                    .map(|(n, _)| n)
+                    .collect(),
+            ),
+        };
+        let reach: BTreeSet<&Name> = resolved.hosts.iter().chain(&resolved.unknown).collect();
+        if let Some(denoted) = denoted {
+            let denoted: BTreeSet<&Name> = denoted.into_iter().collect();
+            if denoted == reach {
+                return Ok(resolved.signed.clone());
+            }
+        }
+        if reach.is_empty() {
+            return Err(OrchestratorError::Invalid("no target hosts given".into()));
+        }
+        if reach.len() > gearmq_schemas::request::MAX_TARGET_HOSTS {
+            return Err(OrchestratorError::Invalid(format!(
+                "a call narrowed to part of its selection names its hosts, at most {} \
+                 (this one has {}): use a smaller --batch",
+                gearmq_schemas::request::MAX_TARGET_HOSTS,
+                reach.len()
+            )));
+        }
+        Ok(Targets::hosts(reach.into_iter().cloned()))
+    }
+
     /// Signs and publishes a request for an already resolved selection (a batch, or a
-    /// limited subset).
+    /// limited subset): see [`Resolved::subset`] for what is signed.
     pub async fn start_resolved(
         &self,
         resolved: &Resolved,
@@ -482,7 +514,7 @@ impl Orchestrator {
             let r = HostResult::no_reply(h.clone(), "unknown host: not in the inventory");
             results.insert(h.clone(), r);
         }
-        let signed_targets = resolved.signed.clone();
+        let signed_targets = self.signed_targets(resolved)?;
         let targets: BTreeSet<Name> = resolved.hosts.iter().cloned().collect();
         let issued_at = now_ms();
         let mut request = Request::new(
@@ -504,6 +536,15 @@ impl Orchestrator {
             &self.shared.key,
             &self.shared.credential,
         );
+        // Agents refuse (dead-letter) a message over their limit; say so here instead.
+        if bytes.len() > self.shared.max_message_bytes {
+            return Err(OrchestratorError::Invalid(format!(
+                "the signed request is {} bytes, over limits.max_message_bytes ({}); \
+                 a narrowed call names its hosts: use a smaller --batch or fewer arguments",
+                bytes.len(),
+                self.shared.max_message_bytes
+            )));
+        }
 
         // The request is on record before any host can see it.
         if let Some(audit) = &self.shared.audit {
@@ -518,6 +559,14 @@ impl Orchestrator {
         // targets).
         let (tx, rx) = mpsc::channel(targets.len().saturating_add(64).max(1024));
         lock(&self.shared.routes).insert(request.id, tx);
+        let audit_missing = MissingCount::default();
+        lock(&self.shared.books).insert(
+            request.id,
+            CallBook {
+                tally: RejectTally::default(),
+                missing: audit_missing.clone(),
+            },
+        );
         lock(&self.shared.correlator).register(request.id, digest, targets.clone());
 
         let mut props = BasicProperties::default()
@@ -594,6 +643,44 @@ impl Orchestrator {
             pending_results: Vec::new(),
             done: false,
             discover: resolved.discover,
+            audit_missing,
+        })
+    }
+
+    /// Publishes the bytes of `path` — which must be `a`'s: the caller took its digest
+    /// and size — into `a`'s stream on the broker, once for every host a later install
+    /// request shipping `a` without a URL reaches. Read a chunk at a time, never whole;
+    /// `progress` is told the bytes the broker has confirmed. Call it before publishing
+    /// the request: agents read the stream when the request arrives.
+    pub async fn ship_artifact(
+        &self,
+        path: &std::path::Path,
+        a: &gearmq_schemas::actions::Artifact,
+        progress: impl FnMut(u64),
+    ) -> Result<(), OrchestratorError> {
+        let channel = self
+            .link
+            .channel(Instant::now() + ARTIFACT_OPERATION_LIMIT)
+            .await
+            .ok_or_else(|| OrchestratorError::Artifact("the broker is unreachable".into()))?;
+        gearmq_io::artifact_stream::publish(
+            &channel,
+            path,
+            &a.hex(),
+            a.size,
+            self.provisioned,
+            ARTIFACT_OPERATION_LIMIT,
+            progress,
+        )
+        .await
+        .map_err(|e| {
+            // A channel closed by a refusal is not reused.
+            self.link.report_broken();
+            OrchestratorError::Artifact(format!(
+                "cannot ship {} to broker stream {}: {e}",
+                path.display(),
+                gearmq_schemas::actions::artifact_stream(&a.hex())
+            ))
         })
     }
 
@@ -606,8 +693,14 @@ impl Orchestrator {
     }
 
     /// Closes the broker connection (the reply queue goes with it), after the audit log
-    /// is synced.
+    /// is synced (with the summary of rejected replies tied to no call, if any).
     pub async fn close(self) {
+        let untied = lock(&self.shared.untied).summary(None);
+        if let (Some(audit), Some(entry)) = (&self.shared.audit, untied)
+            && let Err(e) = audit.record_now(entry).await
+        {
+            tracing::error!(error = %e, "summary of rejected replies not recorded");
+        }
         if let Err(e) = self.flush_audit().await {
             tracing::error!(error = %e, "audit log not flushed");
         }
@@ -637,20 +730,17 @@ async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
         let opened = open_reply(&delivery.data, shared.max_message_bytes, &shared.verifier);
         let verdict =
             lock(&shared.correlator).judge(opened, user_id.as_deref(), now_ms(), Instant::now());
-        if let Some(audit) = &shared.audit {
-            audit.record_later(match &verdict {
-                Verdict::Accepted(_) => Entry::reply_accepted(&delivery.data),
-                Verdict::Rejected(r) => {
-                    Entry::reply_rejected(&delivery.data, r.reason.as_str(), user_id.as_deref())
-                }
-            });
-        }
+        let on_its_own =
+            record_verdict(&shared, &verdict, &delivery.data, user_id.as_deref()).await;
         let (id, event) = match verdict {
             Verdict::Accepted(a) => (Some(a.request_id), Event::Reply(Box::new(a.reply))),
             Verdict::Rejected(r) => {
                 *lock(&shared.rejections).entry(r.reason).or_default() += 1;
-                let level_security = r.reason.is_security();
-                if level_security {
+                // Logged like they are recorded: the first of a call (or window) one by
+                // one, the rest only counted (a flood must not flood the log either).
+                if !on_its_own {
+                    tracing::debug!(reason = r.reason.as_str(), detail = %r.detail, "reply rejected (counted)");
+                } else if r.reason.is_security() {
                     tracing::warn!(reason = r.reason.as_str(), detail = %r.detail, broker_user = user_id.as_deref().unwrap_or("-"), "reply rejected");
                 } else {
                     tracing::info!(reason = r.reason.as_str(), detail = %r.detail, "reply not taken");
@@ -658,19 +748,85 @@ async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
                 (r.request_id, Event::Rejected(r))
             }
         };
-        let Some(id) = id else { continue };
-        let tx = lock(&shared.routes).get(&id).cloned();
-        if let Some(tx) = tx {
-            match event {
-                // Accepted replies are few per call (one final per target); wait.
-                Event::Reply(_) => {
-                    let _ = tx.send(event).await;
-                }
-                // Rejections are counted already; their events may be dropped under load.
-                Event::Rejected(_) => {
-                    let _ = tx.try_send(event);
+        if let Some(id) = id {
+            let tx = lock(&shared.routes).get(&id).cloned();
+            if let Some(tx) = tx {
+                match event {
+                    // Accepted replies are few per call (one final per target); wait.
+                    Event::Reply(_) => {
+                        let _ = tx.send(event).await;
+                    }
+                    // Rejections are counted already; their events may be dropped under load.
+                    Event::Rejected(_) => {
+                        let _ = tx.try_send(event);
+                    }
                 }
             }
+        }
+        // Judged and on its way to the log: the broker may deliver the next one. Unacked
+        // deliveries are bounded by the prefetch; the rest wait in the bounded queue.
+        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            tracing::debug!(error = %e, "reply ack failed (the connection is going)");
+        }
+    }
+}
+
+/// Puts a verdict on record. An accepted reply always gets its record (waiting for room
+/// in the writer's queue). A rejected one gets a `reply_rejected` record of its own if
+/// it is among the first [`crate::tally::RECORDED_PER_CALL`] of its call (or window,
+/// for those tied to no call) and the queue has room; otherwise it is counted for the
+/// call's `replies_rejected` summary, so a flood costs the log a bounded number of
+/// records and none goes unaccounted. Returns whether a rejected reply was among those
+/// first ones (without an audit log: the same count decides).
+async fn record_verdict(
+    shared: &Shared,
+    verdict: &Verdict,
+    message: &[u8],
+    user_id: Option<&str>,
+) -> bool {
+    let now = now_ms();
+    let audit = shared.audit.as_ref();
+    match verdict {
+        Verdict::Accepted(a) => {
+            let missing = lock(&shared.books)
+                .get(&a.request_id)
+                .map(|b| b.missing.clone());
+            if let Some(audit) = audit {
+                audit
+                    .record_waiting(Entry::reply_accepted(message), missing)
+                    .await;
+            }
+            true
+        }
+        Verdict::Rejected(r) => {
+            let reason = r.reason.as_str();
+            let mut summary = None;
+            let on_its_own;
+            {
+                let mut books = lock(&shared.books);
+                let mut untied = lock(&shared.untied);
+                let (tally, missing) = match r.request_id.and_then(|id| books.get_mut(&id)) {
+                    Some(b) => (&mut b.tally, Some(b.missing.clone())),
+                    None => {
+                        if untied.window_over(now) {
+                            summary = untied.summary(None);
+                        }
+                        (&mut *untied, None)
+                    }
+                };
+                on_its_own = tally.admit(now);
+                let recorded = on_its_own
+                    && audit.is_none_or(|a| {
+                        a.try_record(Entry::reply_rejected(message, reason, user_id), missing)
+                    });
+                if !recorded {
+                    tally.count(reason, message.len(), now);
+                }
+            }
+            if let (Some(audit), Some(entry)) = (audit, summary) {
+                audit.record_waiting(entry, None).await;
+            }
+            on_its_own
         }
     }
 }
@@ -690,6 +846,7 @@ pub struct Call {
     pending_results: Vec<HostResult>,
     done: bool,
     discover: bool,
+    audit_missing: MissingCount,
 }
 
 impl Call {
@@ -743,35 +900,32 @@ impl Call {
                     });
                 }
                 self.waiting.remove(&reply.host);
-                let ok = reply.status == Status::Ok;
-                let r = HostResult {
-                    host: reply.host.clone(),
-                    status: if ok {
-                        HostStatus::Ok
-                    } else {
-                        HostStatus::Error
-                    },
-                    code: Some(reply.status),
-                    message: reply.error.clone(),
-                    data: reply.data.as_ref().map(|d| d.to_vec()),
-                    elapsed: Some(self.started.elapsed()),
-                };
+                let r = HostResult::from_reply(reply, self.started.elapsed());
                 self.results.insert(r.host.clone(), r.clone());
                 Some(Progress::Host(r))
             }
         }
     }
 
-    /// Waits for the rest and returns every target's result (the audit log synced).
+    /// Waits for the rest and returns every target's result (the audit log synced,
+    /// with the summary of the rejected replies not recorded one by one). Records the
+    /// log could not take are counted in the summary's `audit_missing`.
     pub async fn finish(mut self) -> CallResult {
         while self.next().await.is_some() {}
-        let rejected = self.end();
-        let flushed = match &self.shared.audit {
-            Some(audit) => audit.flush().await,
-            None => Ok(()),
-        };
-        if let Err(e) = flushed {
-            tracing::error!(error = %e, "audit log not flushed");
+        let (rejected, tally) = self.end();
+        if let Some(audit) = &self.shared.audit {
+            if let Some(entry) = tally
+                && let Err(e) = audit.record_now(entry).await
+            {
+                tracing::error!(error = %e, "summary of rejected replies not recorded");
+                self.audit_missing
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Err(e) = audit.flush().await {
+                tracing::error!(error = %e, "audit log not flushed");
+                self.audit_missing
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let mut results: Vec<HostResult> =
             std::mem::take(&mut self.results).into_values().collect();
@@ -781,23 +935,33 @@ impl Call {
                 results.push(HostResult::no_reply(h, "no reply before the deadline"));
             }
         }
-        CallResult::new(
+        let mut result = CallResult::new(
             self.id,
             self.action.clone(),
             results,
             rejected,
             self.started.elapsed(),
-        )
+        );
+        result.summary.audit_missing = self
+            .audit_missing
+            .load(std::sync::atomic::Ordering::Relaxed);
+        result
     }
 
-    fn end(&mut self) -> BTreeMap<String, u64> {
+    /// Forgets the call; returns its rejections by reason and the summary record of
+    /// those counted without a record of their own.
+    fn end(&mut self) -> (BTreeMap<String, u64>, Option<Entry>) {
         lock(&self.shared.routes).remove(&self.id);
         lock(&self.shared.in_flight).remove(&self.id);
-        lock(&self.shared.correlator)
+        let summary = lock(&self.shared.books)
+            .remove(&self.id)
+            .and_then(|mut b| b.tally.summary(Some(self.id)));
+        let rejected = lock(&self.shared.correlator)
             .finish(self.id, Instant::now())
             .into_iter()
             .map(|(r, n)| (r.as_str().to_string(), n))
-            .collect()
+            .collect();
+        (rejected, summary)
     }
 }
 
@@ -807,5 +971,12 @@ impl Drop for Call {
         lock(&self.shared.routes).remove(&self.id);
         lock(&self.shared.in_flight).remove(&self.id);
         lock(&self.shared.correlator).finish(self.id, Instant::now());
+        // A call dropped unfinished: its summary goes to the log without waiting.
+        let summary = lock(&self.shared.books)
+            .remove(&self.id)
+            .and_then(|mut b| b.tally.summary(Some(self.id)));
+        if let (Some(audit), Some(entry)) = (&self.shared.audit, summary) {
+            audit.record_later(entry);
+        }
     }
 }

@@ -65,56 +65,8 @@ impl Default for AuditConfig {
     }
 }
 
-/// How to reach the broker.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// AMQP URLs, tried in order.
-    pub urls: Vec<String>,
-    /// Whether the broker was provisioned (then only passive declares are made).
-    #[serde(default)]
-    pub provisioned: bool,
-    /// Require every reply's AMQP `user_id` to equal the host it names. Turn off only
-    /// for a development broker without per-host users.
-    #[serde(default = "default_true")]
-    pub require_user_id: bool,
-    /// Most replies held in this process's reply queue.
-    #[serde(default = "default_reply_queue_max")]
-    pub reply_queue_max_length: u32,
-    /// The broker user's password, read from this file (never put on a command line);
-    /// used when a URL has a user but no password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// CA certificate (PEM) that `amqps://` brokers must chain to. Only this CA is
-    /// trusted: system roots never are.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for TLS; with `?auth_mechanism=external` in the URL the
-    /// broker user is its common name.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM, PKCS#8; mode 0600).
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// The broker user (the AMQP `user_id` of every request). Default: the URL's user;
-    /// set it for EXTERNAL logins, where the URL has none.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// First delay before reconnecting after the broker link broke; doubles per failed
-    /// attempt (with jitter) up to `reconnect_max`.
-    #[serde(with = "humantime_serde", default = "default_reconnect_initial")]
-    pub reconnect_initial: Duration,
-    /// Longest delay between reconnect attempts.
-    #[serde(with = "humantime_serde", default = "default_reconnect_max")]
-    pub reconnect_max: Duration,
-}
-
-fn default_reconnect_initial() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_reconnect_max() -> Duration {
-    Duration::from_secs(10)
-}
+/// How to reach the broker: the same `[broker]` section and checks as the agent's.
+pub use gearmq_io::broker::BrokerConfig;
 
 /// Defaults for calls.
 #[derive(Debug, Clone, Deserialize)]
@@ -141,12 +93,6 @@ pub struct Limits {
     pub finished_retention: Duration,
 }
 
-fn default_true() -> bool {
-    true
-}
-fn default_reply_queue_max() -> u32 {
-    100_000
-}
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
 }
@@ -189,8 +135,23 @@ pub struct ConfigError {
 }
 
 impl OrchestratorConfig {
-    /// Loads `path`, then applies `GEARMQ_ORCHESTRATOR__SECTION__KEY` overrides.
+    /// Loads `path`, then applies `GEARMQ_ORCHESTRATOR__SECTION__KEY` overrides, and
+    /// checks that the `[broker]` section can connect.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg = Self::load_unconnected(path)?;
+        cfg.broker
+            .validate(gearmq_io::broker::Program::Orchestrator)
+            .map_err(|e| ConfigError {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        Ok(cfg)
+    }
+
+    /// Like [`load`](Self::load) without checking the `[broker]` section's connection
+    /// settings (TLS files, mechanism): for work that never connects over AMQP, such
+    /// as planning a broker's users and permissions.
+    pub fn load_unconnected(path: &Path) -> Result<Self, ConfigError> {
         let err = |reason: String| ConfigError {
             path: path.to_path_buf(),
             reason,
@@ -212,9 +173,6 @@ impl OrchestratorConfig {
             .build()
             .map_err(|e| err(e.to_string()))?;
         let cfg: OrchestratorConfig = built.try_deserialize().map_err(|e| err(e.to_string()))?;
-        if cfg.broker.urls.is_empty() {
-            return Err(err("broker.urls is empty".into()));
-        }
         if cfg.trusted_issuers.is_empty() {
             return Err(err("trusted_issuers is empty".into()));
         }
@@ -231,7 +189,7 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("orchestrator.example.toml");
         let cfg = OrchestratorConfig::load(&p).unwrap();
         assert_eq!(cfg.name, "ops");
-        assert!(cfg.broker.require_user_id);
+        assert!(cfg.broker.require_user_id());
         assert_eq!(cfg.defaults.timeout, Duration::from_secs(5));
     }
 

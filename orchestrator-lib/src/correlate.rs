@@ -1,4 +1,4 @@
-//! Accepting or rejecting replies: DESIGN.md "Request lifecycle", step 4.
+//! Accepting or rejecting replies: docs/DESIGN.md, Request lifecycle step 4.
 //!
 //! Pure logic with no I/O, so every rule is unit-tested here. A reply becomes a result
 //! only if it passes every check; otherwise it is a [`Rejection`] with its reason.
@@ -22,7 +22,9 @@ pub enum Rejection {
     UnknownRequest,
     /// For a request that already finished, within the retention window.
     Late,
-    /// A second final reply from a host already answered.
+    /// A second final reply from a host already answered, or a streamed reply whose
+    /// `seq` is not above the last one taken from that host (a copy redelivered, or
+    /// republished after a reconnect).
     Duplicate,
     /// Bound to different request bytes than were sent.
     DigestMismatch,
@@ -86,6 +88,8 @@ struct Pending {
     digest: [u8; 32],
     targets: BTreeSet<Name>,
     finals: HashSet<Name>,
+    /// The `seq` of the last reply taken from each host: a later one must be higher.
+    last_seq: HashMap<Name, u32>,
     rejected: BTreeMap<Rejection, u64>,
 }
 
@@ -141,6 +145,7 @@ impl Correlator {
                 digest,
                 targets,
                 finals: HashSet::new(),
+                last_seq: HashMap::new(),
                 rejected: BTreeMap::new(),
             },
         );
@@ -257,6 +262,16 @@ impl Correlator {
             let d = format!("host {} already answered", reply.host);
             return reject(self, Rejection::Duplicate, d);
         }
+        if let Some(&last) = p.last_seq.get(&reply.host)
+            && reply.seq <= last
+        {
+            let d = format!(
+                "host {} sent reply {} after reply {last}: seen before or out of order",
+                reply.host, reply.seq
+            );
+            return reject(self, Rejection::Duplicate, d);
+        }
+        p.last_seq.insert(reply.host.clone(), reply.seq);
         if reply.is_final {
             p.finals.insert(reply.host.clone());
         }
@@ -347,6 +362,35 @@ mod tests {
             rejected(c.judge(open_reply(&bytes, 1 << 20, &w.verifier), Some("a"), 10, now)),
             Rejection::Late
         );
+    }
+
+    #[test]
+    fn streamed_replies_are_taken_in_strictly_increasing_seq_only() {
+        let w = World::new();
+        let (ka, ca) = w.identity("a", Role::Host, 2);
+        let mut c = corr(true);
+        let id = Uuid::now_v7();
+        c.register(id, [7; 32], targets(&["a"]));
+        let part = |seq: u32, is_final: bool| {
+            let mut r = reply(id, [7; 32], "a");
+            r.seq = seq;
+            r.is_final = is_final;
+            Signed::seal(&r, &ka, &ca)
+        };
+        let now = Instant::now();
+        let mut judge =
+            |bytes: &[u8]| c.judge(open_reply(bytes, 1 << 20, &w.verifier), Some("a"), 10, now);
+        assert!(matches!(judge(&part(0, false)), Verdict::Accepted(_)));
+        // The same partial again (a redelivery, a republish after a reconnect).
+        assert_eq!(rejected(judge(&part(0, false))), Rejection::Duplicate);
+        assert!(matches!(judge(&part(2, false)), Verdict::Accepted(_)));
+        // An older one arriving late.
+        assert_eq!(rejected(judge(&part(1, false))), Rejection::Duplicate);
+        // The final reply must come after the partials too.
+        assert_eq!(rejected(judge(&part(2, true))), Rejection::Duplicate);
+        assert!(matches!(judge(&part(3, true)), Verdict::Accepted(_)));
+        assert_eq!(rejected(judge(&part(4, false))), Rejection::Duplicate);
+        assert_eq!(c.finish(id, now).get(&Rejection::Duplicate), Some(&4));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The inventory: the hosts this orchestrator knows, from their credential files.
 
-use gearmq_schemas::files::load_credential;
+use gearmq_io::files::load_credential;
 use gearmq_schemas::{Credential, Name, PublicKey, Role};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

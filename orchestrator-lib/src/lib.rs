@@ -32,7 +32,6 @@
 #![warn(missing_docs)]
 
 pub mod audit;
-pub mod broker_conn;
 pub mod client;
 pub mod config;
 pub mod correlate;
@@ -40,6 +39,7 @@ pub mod inventory;
 mod link;
 pub mod outcome;
 pub mod provision;
+pub mod tally;
 
 pub use client::{Call, CallSpec, Orchestrator, OrchestratorError, Progress, Resolved, Selection};
 pub use config::OrchestratorConfig;

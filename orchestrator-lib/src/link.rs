@@ -9,15 +9,17 @@
 //! reply for a redelivery, so nothing runs twice and replies lost in the gap come back.
 //! Calls never hang on the link: each waits for it only until its own deadline.
 
-use crate::client::{OrchestratorError, REPLIES_EXCHANGE, REQUESTS_EXCHANGE, redact_url};
+use crate::client::OrchestratorError;
 use crate::config::BrokerConfig;
 use futures_util::future::BoxFuture;
+use gearmq_io::broker::{backoff_delay, redact_url};
+use gearmq_io::topology::{self, REPLIES_EXCHANGE, REQUESTS_EXCHANGE};
 use gearmq_schemas::Name;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     ExchangeKind,
@@ -34,18 +36,6 @@ use uuid::Uuid;
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// How long closing waits for the supervisor to close the connection.
 const CLOSE_LIMIT: Duration = Duration::from_secs(5);
-
-/// The delay before reconnect attempt `attempt` (0-based): `initial` doubling up to
-/// `max`, then a random point in its upper half, so a fleet of orchestrators does not
-/// reconnect in lockstep.
-pub(crate) fn backoff_delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let base = initial
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-        .min(max);
-    let half = base / 2;
-    let jitter_ms = rand::random_range(0..=half.as_millis() as u64);
-    half + Duration::from_millis(jitter_ms)
-}
 
 /// A request still waiting for replies, as it was published.
 #[derive(Debug, Clone)]
@@ -366,7 +356,9 @@ async fn establish(
         let props = ConnectionProperties::default()
             .with_connection_name(format!("gearmq-orchestrator {}", s.name).into());
         let connection =
-            match crate::broker_conn::connect(url, &s.broker, props, CONNECT_LIMIT).await {
+            match gearmq_io::broker::connect(url, &s.broker.files(), None, props, CONNECT_LIMIT)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(url = %redact_url(url), error = %e, "broker connect failed");
@@ -386,7 +378,7 @@ async fn establish(
             // Broker refusals on a fresh connection (a missing exchange, a reply
             // queue still held by the old connection) are final on the first
             // connect and retried on a reconnect.
-            Err(e) if first => return Err(e.into()),
+            Err(e) if first => return Err(e),
             Err(e) => {
                 let _ = connection.close(200, "bye".into()).await;
                 last = e.to_string();
@@ -403,10 +395,13 @@ async fn establish(
     })
 }
 
+/// Most replies delivered to this process and not yet judged and acked.
+pub const REPLY_PREFETCH: u16 = 256;
+
 async fn set_up(
     s: &LinkSettings,
     connection: &Connection,
-) -> Result<(Channel, Consumer), lapin::Error> {
+) -> Result<(Channel, Consumer), OrchestratorError> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -426,42 +421,27 @@ async fn set_up(
                 .await?;
         }
     }
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(i64::from(s.broker.reply_queue_max_length)),
-    );
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
     let consume_channel = connection.create_channel().await?;
+    // Replies are acked once judged, at most REPLY_PREFETCH unacked: the rest wait in
+    // the broker, where the queue's length limit refuses a flood (reject-publish), so
+    // this process holds a bounded number of messages whatever is sent to it.
     consume_channel
-        .queue_declare(
-            s.reply_queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            args,
-        )
+        .basic_qos(REPLY_PREFETCH, BasicQosOptions::default())
         .await?;
-    consume_channel
-        .queue_bind(
-            s.reply_queue.as_str().into(),
-            REPLIES_EXCHANGE.into(),
-            s.reply_queue.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    topology::declare_reply_queue(
+        &consume_channel,
+        &s.reply_queue,
+        REPLIES_EXCHANGE,
+        s.broker.reply_queue_max_length(),
+        CONNECT_LIMIT,
+    )
+    .await?;
     let consumer = consume_channel
         .basic_consume(
             s.reply_queue.as_str().into(),
             ShortString::from(s.consumer_tag.clone()),
             BasicConsumeOptions {
-                no_ack: true,
+                no_ack: false,
                 exclusive: true,
                 ..Default::default()
             },
@@ -469,28 +449,4 @@ async fn set_up(
         )
         .await?;
     Ok((channel, consumer))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
-        let initial = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for (attempt, base_ms) in [
-            (0, 100),
-            (1, 200),
-            (3, 800),
-            (5, 3200),
-            (6, 5000),
-            (60, 5000),
-        ] {
-            for _ in 0..20 {
-                let d = backoff_delay(attempt, initial, max).as_millis() as u64;
-                assert!(d >= base_ms / 2 && d <= base_ms, "attempt {attempt}: {d}");
-            }
-        }
-    }
 }

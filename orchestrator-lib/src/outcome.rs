@@ -36,6 +36,22 @@ pub struct HostResult {
 }
 
 impl HostResult {
+    /// A host's result from its verified final `reply`, `elapsed` after the request.
+    pub fn from_reply(reply: &gearmq_schemas::Reply, elapsed: Duration) -> Self {
+        HostResult {
+            host: reply.host.clone(),
+            status: if reply.status == Status::Ok {
+                HostStatus::Ok
+            } else {
+                HostStatus::Error
+            },
+            code: Some(reply.status),
+            message: reply.error.clone(),
+            data: reply.data.as_ref().map(|d| d.to_vec()),
+            elapsed: Some(elapsed),
+        }
+    }
+
     /// A host that gave no verified reply, and why.
     pub fn no_reply(host: Name, reason: impl Into<String>) -> Self {
         HostResult {
@@ -64,6 +80,9 @@ pub struct Summary {
     pub rejected: BTreeMap<String, u64>,
     /// Repeats of replies already accepted: not a security event, counted apart.
     pub duplicates: u64,
+    /// Records of this call the audit log could not take (a write failed): the
+    /// results stand, but the log does not prove them all. The CLI exits 3.
+    pub audit_missing: u64,
     /// Wall time of the call, in ms.
     pub elapsed_ms: f64,
 }
@@ -121,6 +140,7 @@ impl CallResult {
             no_reply: count(HostStatus::NoReply),
             rejected: BTreeMap::new(),
             duplicates: 0,
+            audit_missing: 0,
             elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         };
         for (reason, n) in rejected {
@@ -146,7 +166,8 @@ impl CallResult {
 
     /// The documented JSON document:
     /// `{"request_id","action","results":[{"host","status","code","message","data",
-    /// "elapsed_ms"}],"summary":{"targets","ok","failed","no_reply","rejected","duplicates","elapsed_ms"},
+    /// "elapsed_ms"}],"summary":{"targets","ok","failed","no_reply","rejected","duplicates",
+    /// "audit_missing","elapsed_ms"},
     /// "batches":[{"request_id","hosts"}]}`.
     pub fn to_json(&self) -> serde_json::Value {
         let results: Vec<_> = self
@@ -188,6 +209,7 @@ impl CallResult {
             *rejected.entry(k).or_default() += v;
         }
         let duplicates = self.summary.duplicates + other.summary.duplicates;
+        let audit_missing = self.summary.audit_missing + other.summary.audit_missing;
         self.results.extend(other.results);
         let mut batches = std::mem::take(&mut self.batches);
         batches.extend(other.batches);
@@ -200,6 +222,7 @@ impl CallResult {
         );
         merged.summary.elapsed_ms = elapsed;
         merged.summary.duplicates = duplicates;
+        merged.summary.audit_missing = audit_missing;
         merged.batches = batches;
         merged
     }
@@ -209,6 +232,7 @@ impl CallResult {
     pub fn skip(&mut self, hosts: Vec<Name>, reason: &str) {
         let rejected = std::mem::take(&mut self.summary.rejected);
         let duplicates = self.summary.duplicates;
+        let audit_missing = self.summary.audit_missing;
         let elapsed = self.summary.elapsed_ms;
         let mut results = std::mem::take(&mut self.results);
         let batches = std::mem::take(&mut self.batches);
@@ -222,6 +246,7 @@ impl CallResult {
         );
         self.summary.elapsed_ms = elapsed;
         self.summary.duplicates = duplicates;
+        self.summary.audit_missing = audit_missing;
         self.batches = batches;
     }
 }
