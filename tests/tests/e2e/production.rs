@@ -2,113 +2,39 @@
 //! `deploy/rabbitmq-tls.conf` (TLS only, client certificates, EXTERNAL login) and
 //! provisioned by the real `gearmq init --provision` / `gearmq broker provision`.
 //!
-//! The second wall of DESIGN.md ("Two independent layers"): a host whose process is
-//! taken over can read only its own queue and publish only replies in its own name; a
-//! client without a certificate of the fleet's CA cannot log in at all. Plus the deploy
-//! files: the agent's systemd unit and the example configs.
+//! The second wall of docs/DESIGN.md (Security model, Two independent layers): a host
+//! whose process is taken over can read only its own queue and publish only replies in
+//! its own name; a client without a certificate of the fleet's CA cannot log in at all.
+//! Plus the deploy files: the agent's systemd unit and the example configs.
 
-use gearmq_orchestrator::{CallSpec, Orchestrator, Selection};
-use gearmq_schemas::envelope::Signed;
-use gearmq_schemas::{ActionName, Name, Reply, Status, actions::PingArgs, codec};
-use gearmq_tests::broker_node::{BrokerNode, TlsFleet, deploy_file, issue_client_cert};
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use gearmq_orchestrator::{CallSpec, Orchestrator};
+use gearmq_testkit::node::{deploy_file, issue_client_cert};
+use gearmq_testkit::raw::publish_confirmed;
+use gearmq_testkit::{BrokerNode, Fleet, hosts};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap()
+/// A fleet of `hosts` and `operator` provisioned on the shared TLS node, every config
+/// TLS + EXTERNAL. Names are broker users shared by every vhost of the node: each test
+/// has names of its own.
+fn tls_fleet(tag: &str, operator: &str, hosts: &[&str]) -> Fleet {
+    Fleet::builder(tag, hosts)
+        .operator(operator)
+        .tls(BrokerNode::shared_tls())
+        .init()
 }
 
-fn ping_spec(hosts: &[&str], timeout: Duration) -> CallSpec {
-    CallSpec {
-        selection: Selection::Hosts(hosts.iter().map(|h| name(h)).collect()),
-        action: ActionName::new("ping").unwrap(),
-        args: codec::encode(&PingArgs {}),
-        timeout,
-    }
-}
-
-/// A genuine reply of `host` (its own key and credential) to `call`.
-fn genuine_reply(fleet: &TlsFleet, host: &str, call: &gearmq_orchestrator::Call) -> Vec<u8> {
-    let (key, cred) = fleet.host_identity(host);
-    let now = gearmq_schemas::time::now_ms();
-    let reply = Reply::new(
-        call.request_id(),
-        call.request_digest(),
-        name(host),
-        Status::Ok,
-        now,
-        now,
-    );
-    Signed::seal(&reply, &key, &cred)
-}
-
-/// Publishes `bytes` on `exchange` with `key` and publisher confirms; `Ok(true)` if the
-/// broker acked it, `Ok(false)` if it nacked it, `Err` with the broker's reason if it
-/// closed the channel instead.
-async fn publish_confirmed(
-    conn: &Connection,
-    exchange: &str,
-    key: &str,
-    bytes: &[u8],
-    user_id: Option<&str>,
-) -> Result<bool, String> {
-    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
-    ch.confirm_select(Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut props = BasicProperties::default();
-    if let Some(u) = user_id {
-        props = props.with_user_id(u.into());
-    }
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            key.into(),
-            BasicPublishOptions::default(),
-            bytes,
-            props,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let outcome = tokio::time::timeout(Duration::from_secs(10), confirm)
-        .await
-        .map_err(|_| "no confirm in 10 s".to_string())?;
-    match outcome {
-        Ok(c) if c.is_ack() => Ok(true),
-        Ok(_) => Ok(false),
-        Err(e) => Err(e.to_string()),
-    }
+fn ping_spec(names: &[&str], timeout: Duration) -> CallSpec {
+    gearmq_testkit::ping_spec(hosts(names), timeout)
 }
 
 /// Messages in `queue` of the fleet's vhost, as the broker counts them.
-fn queue_depth(fleet: &TlsFleet, queue: &str) -> u64 {
-    let out = fleet
-        .node
-        .ctl(&[
-            "-q",
-            "-p",
-            &fleet.vhost,
-            "list_queues",
-            "name",
-            "messages",
-            "--formatter",
-            "json",
-        ])
-        .unwrap();
-    let rows: Value = serde_json::from_str(out.trim()).unwrap();
-    rows.as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == queue)
-        .and_then(|r| r["messages"].as_u64())
-        .unwrap_or_else(|| panic!("no queue {queue}: {out}"))
+fn queue_depth(fleet: &Fleet, queue: &str) -> u64 {
+    fleet.vhost.queue_messages(queue)
 }
 
 fn consume_options() -> BasicConsumeOptions {
@@ -121,12 +47,7 @@ fn consume_options() -> BasicConsumeOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_user_cannot_consume_another_hosts_queue() {
-    let fleet = TlsFleet::init(
-        BrokerNode::shared(),
-        "cons",
-        "cons-ops",
-        &["cons-a", "cons-b"],
-    );
+    let fleet = tls_fleet("cons", "cons-ops", &["cons-a", "cons-b"]);
     let conn = fleet.connect_as("cons-a").await;
     // Its own queue: allowed (so the refusal below is about the queue, not the login).
     let own = conn.create_channel().await.unwrap();
@@ -163,7 +84,7 @@ async fn host_user_cannot_consume_another_hosts_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_user_cannot_publish_a_request() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "req", "req-ops", &["req-a", "req-b"]);
+    let fleet = tls_fleet("req", "req-ops", &["req-a", "req-b"]);
     let conn = fleet.connect_as("req-a").await;
     for key in ["host.req-b", "all"] {
         let r = publish_confirmed(
@@ -188,13 +109,11 @@ async fn host_user_cannot_publish_a_request() {
 /// client.toml (its own broker user, TLS) carries a token that the audience accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_delegators_publish_requests_and_only_to_single_hosts() {
-    let fleet = TlsFleet::init_with_delegators(
-        BrokerNode::shared(),
-        "dlg",
-        "dlg-ops",
-        &["dlg-a", "dlg-b", "dlg-c"],
-        &["dlg-a"],
-    );
+    let fleet = Fleet::builder("dlg", &["dlg-a", "dlg-b", "dlg-c"])
+        .operator("dlg-ops")
+        .delegators(&["dlg-a"])
+        .tls(BrokerNode::shared_tls())
+        .init();
     let a = fleet.connect_as("dlg-a").await;
     let ok = publish_confirmed(&a, "gearmq.requests", "host.dlg-b", b"x", Some("dlg-a")).await;
     assert_eq!(ok, Ok(true), "a delegator publishes to one host");
@@ -228,11 +147,11 @@ async fn only_delegators_publish_requests_and_only_to_single_hosts() {
     let o = fleet.run(&[
         "--config",
         client.to_str().unwrap(),
-        "--token",
-        token.to_str().unwrap(),
         "ping",
         "--host",
         "dlg-b",
+        "--token",
+        token.to_str().unwrap(),
         "--json",
     ]);
     assert_eq!(o.code, 0, "stdout {}\nstderr {}", o.stdout, o.stderr);
@@ -242,7 +161,7 @@ async fn only_delegators_publish_requests_and_only_to_single_hosts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_user_cannot_publish_a_reply_as_another_host() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "uid", "uid-ops", &["uid-a", "uid-b"]);
+    let fleet = tls_fleet("uid", "uid-ops", &["uid-a", "uid-b"]);
     let conn = fleet.connect_as("uid-a").await;
     let key = "gearmq.reply.uid-ops.00000000";
     // In its own name: accepted (routed nowhere, but acked).
@@ -262,7 +181,7 @@ async fn host_user_cannot_publish_a_reply_as_another_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_user_cannot_declare_a_queue() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "decl", "decl-ops", &["decl-a"]);
+    let fleet = tls_fleet("decl", "decl-ops", &["decl-a"]);
     let conn = fleet.connect_as("decl-a").await;
     for q in [
         "decl-a-own",
@@ -297,14 +216,14 @@ async fn host_user_cannot_declare_a_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_cannot_bind_a_copy_of_another_operators_replies() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "bind", "bind-ops", &["bind-a"]);
+    let fleet = tls_fleet("bind", "bind-ops", &["bind-a"]);
     // A second operator user, provisioned like the first.
     let out = fleet.cli(&[
         "broker",
         "provision",
         "--apply",
         "--node",
-        &fleet.node.node,
+        &fleet.node().node,
         "--operator",
         "bind-eve",
     ]);
@@ -368,7 +287,7 @@ async fn operator_cannot_bind_a_copy_of_another_operators_replies() {
         "{err}"
     );
     orch.close().await;
-    let _ = fleet.node.ctl(&["delete_user", "bind-eve"]);
+    let _ = fleet.node().ctl(&["delete_user", "bind-eve"]);
 }
 
 // ---------------------------------------------------------------------------------
@@ -376,9 +295,9 @@ async fn operator_cannot_bind_a_copy_of_another_operators_replies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_without_user_id_is_rejected_as_forged() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "nouid", "nouid-ops", &["nouid-a"]);
+    let fleet = tls_fleet("nouid", "nouid-ops", &["nouid-a"]);
     let cfg = fleet.orchestrator_config();
-    assert!(cfg.broker.require_user_id, "init --provision turns it on");
+    assert!(cfg.broker.require_user_id(), "init --provision turns it on");
     let orch = Orchestrator::connect(&cfg).await.unwrap();
     let call = orch
         .start(ping_spec(&["nouid-a"], Duration::from_millis(1500)))
@@ -387,7 +306,7 @@ async fn reply_without_user_id_is_rejected_as_forged() {
     // A's genuine signature, through A's own broker login, but no user_id: the broker
     // checks nothing, so the orchestrator must refuse it.
     let a = fleet.connect_as("nouid-a").await;
-    let bytes = genuine_reply(&fleet, "nouid-a", &call);
+    let bytes = fleet.reply_as("nouid-a", "nouid-a", &call);
     let acked = publish_confirmed(&a, "gearmq.replies", orch.reply_queue(), &bytes, None).await;
     assert_eq!(
         acked,
@@ -403,7 +322,7 @@ async fn reply_without_user_id_is_rejected_as_forged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_hosts_replies_are_rejected_as_forged() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "rev", "rev-ops", &["rev-a"]);
+    let fleet = tls_fleet("rev", "rev-ops", &["rev-a"]);
     let orch = Orchestrator::connect(&fleet.orchestrator_config())
         .await
         .unwrap();
@@ -414,7 +333,7 @@ async fn revoked_hosts_replies_are_rejected_as_forged() {
         .start(ping_spec(&["rev-a"], Duration::from_secs(5)))
         .await
         .unwrap();
-    let bytes = genuine_reply(&fleet, "rev-a", &call);
+    let bytes = fleet.reply_as("rev-a", "rev-a", &call);
     let acked = publish_confirmed(
         &a,
         "gearmq.replies",
@@ -451,7 +370,7 @@ async fn revoked_hosts_replies_are_rejected_as_forged() {
         .start(ping_spec(&["rev-a"], Duration::from_millis(1500)))
         .await
         .unwrap();
-    let bytes = genuine_reply(&fleet, "rev-a", &call);
+    let bytes = fleet.reply_as("rev-a", "rev-a", &call);
     let acked = publish_confirmed(
         &a,
         "gearmq.replies",
@@ -474,7 +393,7 @@ async fn revoked_hosts_replies_are_rejected_as_forged() {
         .start(ping_spec(&["rev-a"], Duration::from_millis(1500)))
         .await
         .unwrap();
-    let bytes = genuine_reply(&fleet, "rev-a", &call);
+    let bytes = fleet.reply_as("rev-a", "rev-a", &call);
     let _ = publish_confirmed(
         &a,
         "gearmq.replies",
@@ -516,47 +435,47 @@ fn new_server_alert(node: &BrokerNode, kinds: &[&str], before: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connection_without_client_certificate_is_refused() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "nocert", "nocert-ops", &["nocert-a"]);
+    let fleet = tls_fleet("nocert", "nocert-ops", &["nocert-a"]);
     // Control: with its certificate the same user gets in.
     let ok = fleet.connect_as("nocert-a").await;
     let _ = ok.close(200, "done".into()).await;
-    let before = server_alerts(&fleet.node, &["Certificate required"]);
+    let before = server_alerts(fleet.node(), &["Certificate required"]);
     let err = fleet
-        .node
-        .connect_with(&fleet.vhost, None)
+        .node()
+        .connect_with(&fleet.vhost.name, None)
         .await
         .expect_err("a TLS client without a certificate must be refused");
     // The broker ends the handshake with TLS alert certificate_required (the client
     // sees it, or only the reset that follows it: the broker's log says which).
     assert!(
         err.contains("CertificateRequired")
-            || new_server_alert(&fleet.node, &["Certificate required"], before),
+            || new_server_alert(fleet.node(), &["Certificate required"], before),
         "refused, but not for the missing certificate: {err}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_certificate_from_another_ca_is_refused() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "ca2", "ca2-ops", &["ca2-a"]);
+    let fleet = tls_fleet("ca2", "ca2-ops", &["ca2-a"]);
     let ok = fleet.connect_as("ca2-a").await;
     let _ = ok.close(200, "done".into()).await;
     // A CA of its own, issuing a certificate with the very same common name.
     let rogue = fleet.path().join("rogue-ca");
-    let out = gearmq_tests::run_cli(&["pki", "init", "--out", &rogue.to_string_lossy()]);
+    let out = gearmq_testkit::run_cli(&["pki", "init", "--out", &rogue.to_string_lossy()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let (cert, key) = issue_client_cert(&rogue, &rogue.join("clients"), "ca2-a");
     let alerts = ["Unknown CA", "Bad Certificate"];
-    let before = server_alerts(&fleet.node, &alerts);
+    let before = server_alerts(fleet.node(), &alerts);
     let err = fleet
-        .node
-        .connect_with(&fleet.vhost, Some((&cert, &key)))
+        .node()
+        .connect_with(&fleet.vhost.name, Some((&cert, &key)))
         .await
         .expect_err("a certificate from another CA must be refused");
     // The broker ends the handshake with TLS alert unknown_ca (or bad_certificate).
     assert!(
         err.contains("UnknownCA")
             || err.contains("BadCertificate")
-            || new_server_alert(&fleet.node, &alerts, before),
+            || new_server_alert(fleet.node(), &alerts, before),
         "refused, but not for the CA: {err}"
     );
 }
@@ -581,12 +500,12 @@ fn first_byte_listener() -> (u16, std::thread::JoinHandle<Option<u8>>) {
 fn orchestrator_speaks_tls_on_an_amqps_url() {
     // A TLS fleet's orchestrator config, pointed at a listener that only looks at the
     // first byte: an amqps:// URL must never fall back to plain AMQP.
-    let fleet = TlsFleet::init(BrokerNode::shared(), "tlsb", "tlsb-ops", &["tlsb-a"]);
+    let fleet = tls_fleet("tlsb", "tlsb-ops", &["tlsb-a"]);
     let (port, first) = first_byte_listener();
     let mut cfg = fleet.orchestrator_config();
     cfg.broker.urls = vec![format!(
         "amqps://127.0.0.1:{port}/{}?auth_mechanism=external",
-        fleet.vhost
+        fleet.vhost.name
     )];
     let rt = tokio::runtime::Runtime::new().unwrap();
     let r = rt.block_on(async {
@@ -603,20 +522,20 @@ fn orchestrator_speaks_tls_on_an_amqps_url() {
 
 #[test]
 fn plain_amqp_port_is_closed_when_tls_only() {
-    let node = BrokerNode::shared();
+    let node = BrokerNode::shared_tls();
     // The node was given RABBITMQ_NODE_PORT, but the config says `listeners.tcp = none`.
-    let plain = std::net::TcpStream::connect(("127.0.0.1", node.plain_port));
+    let plain = std::net::TcpStream::connect(("127.0.0.1", node.port));
     assert!(
         plain.is_err(),
         "something listens on the plain AMQP port {}",
-        node.plain_port
+        node.port
     );
     assert_eq!(
         plain.unwrap_err().kind(),
         std::io::ErrorKind::ConnectionRefused
     );
     // Control: the TLS port answers.
-    std::net::TcpStream::connect(("127.0.0.1", node.amqps_port)).expect("AMQPS port open");
+    std::net::TcpStream::connect(("127.0.0.1", node.amqps_port())).expect("AMQPS port open");
     // And the node itself reports only the TLS listener for AMQP.
     let listeners = node.ctl(&["-q", "status", "--formatter", "json"]).unwrap();
     let status: Value = serde_json::from_str(listeners.trim()).unwrap();
@@ -632,12 +551,7 @@ fn plain_amqp_port_is_closed_when_tls_only() {
 
 #[test]
 fn ping_all_over_tls_and_external_works() {
-    let fleet = TlsFleet::init(
-        BrokerNode::shared(),
-        "ping",
-        "ping-ops",
-        &["ping-a", "ping-b"],
-    );
+    let fleet = tls_fleet("ping", "ping-ops", &["ping-a", "ping-b"]);
     let _agents: Vec<_> = fleet.hosts.iter().map(|h| fleet.start_agent(h)).collect();
     let out = fleet.cli(&["ping", "--all", "--json"]);
     assert_eq!(
@@ -653,7 +567,7 @@ fn ping_all_over_tls_and_external_works() {
     }
     // The agents really logged in by certificate, as themselves.
     let conns = fleet
-        .node
+        .node()
         .ctl(&[
             "-q",
             "list_connections",
@@ -673,7 +587,7 @@ fn ping_all_over_tls_and_external_works() {
                 .unwrap()
                 .iter()
                 .any(|c| c["user"] == h.as_str()
-                    && c["vhost"] == fleet.vhost.as_str()
+                    && c["vhost"] == fleet.vhost.name.as_str()
                     && c["ssl"] == true
                     && c["auth_mechanism"] == "EXTERNAL"),
             "{h} is not connected over TLS + EXTERNAL: {conns}"
@@ -685,9 +599,9 @@ fn ping_all_over_tls_and_external_works() {
 // Provisioning is idempotent and drift is named.
 
 /// This fleet's part of the node's definitions (other tests share the node).
-fn fleet_definitions(fleet: &TlsFleet) -> Value {
+fn fleet_definitions(fleet: &Fleet) -> Value {
     let out = fleet
-        .node
+        .node()
         .ctl(&["-q", "export_definitions", "-", "--format", "json"])
         .unwrap();
     let all: Value = serde_json::from_str(out.trim()).unwrap();
@@ -704,7 +618,7 @@ fn fleet_definitions(fleet: &TlsFleet) -> Value {
         v.sort_by_key(|x| x.to_string());
         Value::Array(v)
     };
-    let in_vhost = |x: &Value| x["vhost"] == fleet.vhost.as_str();
+    let in_vhost = |x: &Value| x["vhost"] == fleet.vhost.name.as_str();
     let ours = |x: &Value| users.iter().any(|u| x["name"] == *u);
     serde_json::json!({
         "users": mine("users", &ours),
@@ -719,13 +633,8 @@ fn fleet_definitions(fleet: &TlsFleet) -> Value {
 
 #[test]
 fn provisioning_twice_changes_nothing() {
-    let fleet = TlsFleet::init(
-        BrokerNode::shared(),
-        "idem",
-        "idem-ops",
-        &["idem-a", "idem-b"],
-    );
-    let node = fleet.node.node.clone();
+    let fleet = tls_fleet("idem", "idem-ops", &["idem-a", "idem-b"]);
+    let node = fleet.node().node.clone();
     let provision = |out: &Path| {
         let o = fleet.cli(&[
             "broker",
@@ -757,17 +666,17 @@ fn provisioning_twice_changes_nothing() {
 
 #[test]
 fn broker_check_reports_a_hand_edited_permission() {
-    let fleet = TlsFleet::init(BrokerNode::shared(), "drift", "drift-ops", &["drift-a"]);
-    let node = fleet.node.node.clone();
+    let fleet = tls_fleet("drift", "drift-ops", &["drift-a"]);
+    let node = fleet.node().node.clone();
     let clean = fleet.cli(&["broker", "check", "--node", &node]);
     assert_eq!(clean.code, 0, "{}{}", clean.stdout, clean.stderr);
 
     fleet
-        .node
+        .node()
         .ctl(&[
             "set_permissions",
             "-p",
-            &fleet.vhost,
+            &fleet.vhost.name,
             "drift-a",
             "^$",
             "^gearmq\\.replies$",
@@ -801,7 +710,7 @@ fn orchestrator_example_config_loads() {
         gearmq_orchestrator::OrchestratorConfig::load(&deploy_file("orchestrator.example.toml"))
             .expect("deploy/orchestrator.example.toml loads");
     assert!(cfg.broker.provisioned);
-    assert!(cfg.broker.require_user_id);
+    assert!(cfg.broker.require_user_id());
     assert!(
         cfg.broker
             .urls
@@ -810,7 +719,7 @@ fn orchestrator_example_config_loads() {
     );
     assert!(cfg.broker.ca_file.is_some());
     assert!(cfg.broker.cert_file.is_some() && cfg.broker.key_file.is_some());
-    assert_eq!(cfg.broker.user.as_deref(), Some(cfg.name.as_str()));
+    assert_eq!(cfg.broker.user_id.as_deref(), Some(cfg.name.as_str()));
     assert!(cfg.revocation_file.is_some());
 }
 
@@ -835,7 +744,7 @@ fn agent_example_config_loads() {
 /// that the program exists).
 fn unit_for_analysis(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(deploy_file("gearmq-agent.service")).unwrap();
-    let agent = gearmq_tests::bin("gearmq-agent");
+    let agent = gearmq_testkit::bin("gearmq-agent");
     let text = text.replace("/usr/bin/gearmq-agent", &agent.to_string_lossy());
     let p = dir.join("gearmq-agent.service");
     std::fs::write(&p, text).unwrap();
@@ -853,7 +762,7 @@ fn agent_unit_is_hardened_and_passes_systemd_analyze() {
     for line in [
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ReadWritePaths=/etc/systemd/system",
+        "ReadWritePaths=/etc/systemd/system /var/lib/gearmq-artifacts",
         "StateDirectory=gearmq",
         "ProtectHome=yes",
         "PrivateTmp=yes",

@@ -1,109 +1,23 @@
 //! Signed ping, end to end: real RabbitMQ, real agents, the real CLI and library.
 
-use gearmq_orchestrator::{CallSpec, Orchestrator, Selection};
-use gearmq_schemas::envelope::Signed;
-use gearmq_schemas::{ActionName, Name, Reply, Status, actions::PingArgs, codec};
-use gearmq_tests::Fleet;
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use crate::topology::{QueueType, declare_topology};
+use gearmq_orchestrator::Orchestrator;
+use gearmq_testkit::raw::Tap;
+use gearmq_testkit::{Fleet, hosts, ping_spec};
 use std::time::{Duration, Instant};
 
-fn ping_spec(selection: Selection, timeout: Duration) -> CallSpec {
-    CallSpec {
-        selection,
-        action: ActionName::new("ping").unwrap(),
-        args: codec::encode(&PingArgs {}),
-        timeout,
-    }
-}
-
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap()
-}
-
-/// Publishes raw bytes as a reply into `queue` (via gearmq.replies).
+/// Publishes raw bytes as a reply into `queue` (via gearmq.replies), with the user id
+/// every reply on the shared broker carries.
 async fn inject_reply(fleet: &Fleet, queue: &str, bytes: &[u8]) {
-    let conn = fleet.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    let c = ch
-        .basic_publish(
-            "gearmq.replies".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            bytes,
-            BasicProperties::default().with_user_id("guest".into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(c.is_ack());
-    let _ = conn.close(200, "done".into()).await;
-}
-
-/// A signed reply from `signer` naming `host`, bound to the call's id and digest.
-fn forged_reply(
-    fleet: &Fleet,
-    signer: &str,
-    host: &str,
-    call: &gearmq_orchestrator::Call,
-) -> Vec<u8> {
-    let (key, cred) = fleet.host_identity(signer);
-    let now = gearmq_schemas::time::now_ms();
-    let reply = Reply::new(
-        call.request_id(),
-        call.request_digest(),
-        name(host),
-        Status::Ok,
-        now,
-        now,
-    );
-    Signed::seal(&reply, &key, &cred)
+    let sent = fleet
+        .publish("gearmq.replies", queue, bytes, Some("guest"))
+        .await;
+    assert_eq!(sent, Ok(true));
 }
 
 /// Declares host `h`'s queue as its agent would, so requests route but nobody answers.
 async fn declare_silent_host_queue(fleet: &Fleet, h: &str) {
-    let conn = fleet.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        "gearmq.requests".into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let q = format!("gearmq.host.{h}");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("gearmq.dead".into()),
-    );
-    ch.queue_declare(
-        q.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        q.as_str().into(),
-        "gearmq.requests".into(),
-        format!("host.{h}").as_str().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let _ = conn.close(200, "done".into()).await;
+    declare_topology(&fleet.url(), &[h], QueueType::Classic).await;
 }
 
 #[test]
@@ -140,6 +54,19 @@ fn three_agents_answer_ping_all_with_verified_replies() {
     assert_eq!(human.code, 0, "{}", human.stderr);
     let last = human.stdout.lines().last().unwrap();
     assert!(last.starts_with("2/2 ok in "), "{last}");
+
+    // The one target syntax every command takes, as an argument: names and @all.
+    for (targets, n) in [("web1,web2", 2), ("@all", 3), ("db1", 1)] {
+        let out = fleet.cli(&["ping", targets, "--json"]);
+        assert_eq!(out.code, 0, "{targets}: {}", out.stderr);
+        assert_eq!(out.json()["summary"]["ok"], n, "{targets}");
+    }
+    // It and the flags are one choice, not two.
+    let both = fleet.cli(&["ping", "web1", "--all"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let none = fleet.cli(&["ping"]);
+    assert_eq!(none.code, 2);
+    assert!(none.stderr.contains("TARGETS"), "{}", none.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,18 +79,10 @@ async fn reply_signed_by_other_host_naming_target_is_rejected_as_forged() {
 
     // A is alive: its real reply counts, B's forgery in A's name does not.
     let call = orch
-        .start(ping_spec(
-            Selection::Hosts(vec![name("a")]),
-            Duration::from_secs(5),
-        ))
+        .start(ping_spec(hosts(&["a"]), Duration::from_secs(5)))
         .await
         .unwrap();
-    inject_reply(
-        &fleet,
-        orch.reply_queue(),
-        &forged_reply(&fleet, "b", "a", &call),
-    )
-    .await;
+    inject_reply(&fleet, orch.reply_queue(), &fleet.reply_as("b", "a", &call)).await;
     // Give the forgery time to arrive before the call can end on A's real reply.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let result = call.finish().await;
@@ -181,18 +100,10 @@ async fn other_hosts_key_never_makes_a_silent_host_look_alive() {
         .await
         .unwrap();
     let call = orch
-        .start(ping_spec(
-            Selection::Hosts(vec![name("a")]),
-            Duration::from_millis(1500),
-        ))
+        .start(ping_spec(hosts(&["a"]), Duration::from_millis(1500)))
         .await
         .unwrap();
-    inject_reply(
-        &fleet,
-        orch.reply_queue(),
-        &forged_reply(&fleet, "b", "a", &call),
-    )
-    .await;
+    inject_reply(&fleet, orch.reply_queue(), &fleet.reply_as("b", "a", &call)).await;
     let result = call.finish().await;
     assert_eq!(result.summary.ok, 0);
     assert_eq!(result.summary.no_reply, 1);
@@ -208,19 +119,11 @@ async fn reply_from_host_not_targeted_is_rejected_as_unexpected_host() {
         .await
         .unwrap();
     let call = orch
-        .start(ping_spec(
-            Selection::Hosts(vec![name("a")]),
-            Duration::from_secs(5),
-        ))
+        .start(ping_spec(hosts(&["a"]), Duration::from_secs(5)))
         .await
         .unwrap();
     // C signs a genuine reply in its own name for a request it was not asked.
-    inject_reply(
-        &fleet,
-        orch.reply_queue(),
-        &forged_reply(&fleet, "c", "c", &call),
-    )
-    .await;
+    inject_reply(&fleet, orch.reply_queue(), &fleet.reply_as("c", "c", &call)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let result = call.finish().await;
     assert_eq!(result.summary.ok, 1);
@@ -237,50 +140,18 @@ async fn reply_replayed_from_an_earlier_request_is_rejected() {
     let first = Orchestrator::connect(&cfg).await.unwrap();
 
     // Capture a copy of A's genuine reply to the first orchestrator.
-    let conn = fleet.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    let capture = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        capture.name().clone(),
-        "gearmq.replies".into(),
-        first.reply_queue().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let capture = Tap::bind(&fleet.url(), "gearmq.replies", first.reply_queue()).await;
     let r = first
-        .request(ping_spec(
-            Selection::Hosts(vec![name("a")]),
-            Duration::from_secs(5),
-        ))
+        .request(ping_spec(hosts(&["a"]), Duration::from_secs(5)))
         .await
         .unwrap();
     assert_eq!(r.summary.ok, 1);
-    let copy = ch
-        .basic_get(capture.name().clone(), Default::default())
-        .await
-        .unwrap()
-        .expect("captured reply");
-    let old_reply = copy.delivery.data.clone();
+    let old_reply = capture.get().await.expect("captured reply");
 
     // Replayed to a new orchestrator during a new call: not its request.
     let second = Orchestrator::connect(&cfg).await.unwrap();
     let call = second
-        .start(ping_spec(
-            Selection::Hosts(vec![name("a")]),
-            Duration::from_secs(5),
-        ))
+        .start(ping_spec(hosts(&["a"]), Duration::from_secs(5)))
         .await
         .unwrap();
     inject_reply(&fleet, second.reply_queue(), &old_reply).await;
@@ -296,7 +167,7 @@ async fn reply_replayed_from_an_earlier_request_is_rejected() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(first.rejections().get("late"), Some(&1));
-    let _ = conn.close(200, "done".into()).await;
+    capture.close().await;
     first.close().await;
     second.close().await;
 }
@@ -349,7 +220,7 @@ fn ping_to_unknown_or_unroutable_host_is_reported_at_once() {
 #[test]
 fn init_refuses_a_used_dir_and_bad_names() {
     let fleet = Fleet::init("initrules", &["a"]);
-    let again = gearmq_tests::run_cli(&[
+    let again = gearmq_testkit::run_cli(&[
         "init",
         "--dir",
         &fleet.path().to_string_lossy(),
@@ -359,7 +230,7 @@ fn init_refuses_a_used_dir_and_bad_names() {
     assert_eq!(again.code, 2);
     assert!(again.stderr.contains("--force"), "{}", again.stderr);
     let dir = tempfile::tempdir().unwrap();
-    let bad = gearmq_tests::run_cli(&[
+    let bad = gearmq_testkit::run_cli(&[
         "init",
         "--dir",
         &dir.path().join("f").to_string_lossy(),
@@ -379,33 +250,9 @@ async fn duplicate_of_an_accepted_reply_is_counted_apart_from_rejections() {
     let orch = Orchestrator::connect(&fleet.orchestrator_config())
         .await
         .unwrap();
-    let conn = fleet.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    let capture = ch
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    ch.queue_bind(
-        capture.name().clone(),
-        "gearmq.replies".into(),
-        orch.reply_queue().into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let capture = Tap::bind(&fleet.url(), "gearmq.replies", orch.reply_queue()).await;
     let mut call = orch
-        .start(ping_spec(
-            Selection::Hosts(vec![name("a"), name("b")]),
-            Duration::from_millis(2000),
-        ))
+        .start(ping_spec(hosts(&["a", "b"]), Duration::from_millis(2000)))
         .await
         .unwrap();
     // Wait for a's genuine reply, then deliver a copy of it again.
@@ -414,12 +261,8 @@ async fn duplicate_of_an_accepted_reply_is_counted_apart_from_rejections() {
             break;
         }
     }
-    let copy = ch
-        .basic_get(capture.name().clone(), Default::default())
-        .await
-        .unwrap()
-        .expect("captured reply");
-    inject_reply(&fleet, orch.reply_queue(), &copy.delivery.data).await;
+    let copy = capture.get().await.expect("captured reply");
+    inject_reply(&fleet, orch.reply_queue(), &copy).await;
     let result = call.finish().await;
     assert_eq!(result.summary.ok, 1);
     assert_eq!(result.summary.duplicates, 1);
@@ -428,6 +271,6 @@ async fn duplicate_of_an_accepted_reply_is_counted_apart_from_rejections() {
         "{:?}",
         result.summary.rejected
     );
-    let _ = conn.close(200, "done".into()).await;
+    capture.close().await;
     orch.close().await;
 }

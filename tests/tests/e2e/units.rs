@@ -1,22 +1,9 @@
 //! Managing units through the `gearmq` CLI: real agents, each with a real
 //! `systemd --user` of its own, over the real broker.
 
-use gearmq_tests::Fleet;
-use gearmq_tests::systemd::UserSystemd;
+use gearmq_testkit::{Fleet, Streaming, UserSystemd, wait_until, write_program};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Writes an executable `#!/bin/sh` program and returns its path.
-fn program(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
 
 fn ok_results(doc: &Value) -> Vec<Value> {
     let results = doc["results"].as_array().cloned().unwrap_or_default();
@@ -33,14 +20,6 @@ fn result_for<'a>(doc: &'a Value, host: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no result for {host}: {doc}"))
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn operator_installs_and_runs_a_service_on_two_hosts() {
     let fleet = Fleet::init("units2", &["a", "b"]);
@@ -49,7 +28,7 @@ fn operator_installs_and_runs_a_service_on_two_hosts() {
     let _agent_a = fleet.start_agent_on("a", &sd_a);
     let _agent_b = fleet.start_agent_on("b", &sd_b);
     let work = tempfile::tempdir().unwrap();
-    let prog = program(
+    let prog = write_program(
         work.path(),
         "hello.sh",
         "echo \"hello from $GREETING\"\nprintf 'arg:%s\\n' \"$@\"\nexec sleep 600",
@@ -124,7 +103,7 @@ fn operator_installs_and_runs_a_service_on_two_hosts() {
 
     // logs: the program's output, arguments exactly as given.
     let mut lines = String::new();
-    wait_for("the program's output", Duration::from_secs(15), || {
+    wait_until("the program's output", Duration::from_secs(15), || {
         let out = fleet.cli(&["logs", "a", "hello", "--lines", "20"]);
         lines = out.stdout;
         lines.contains("arg:say \"hi\" \\o/")
@@ -219,7 +198,7 @@ fn list_all_across_three_agents_shows_each_hosts_units() {
         .map(|(h, sd)| fleet.start_agent_on(h, sd))
         .collect();
     let work = tempfile::tempdir().unwrap();
-    let prog = program(work.path(), "idle.sh", "exec sleep 600");
+    let prog = write_program(work.path(), "idle.sh", "exec sleep 600");
     for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
         let unit = format!("svc{i}");
         let out = fleet.cli(&[
@@ -253,7 +232,7 @@ fn logs_follow_streams_new_lines_and_ctrl_c_cancels_it() {
     let sd = UserSystemd::start();
     let _agent = fleet.start_agent_on("a", &sd);
     let work = tempfile::tempdir().unwrap();
-    let prog = program(
+    let prog = write_program(
         work.path(),
         "tick.sh",
         "i=0\nwhile true; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done",
@@ -271,38 +250,25 @@ fn logs_follow_streams_new_lines_and_ctrl_c_cancels_it() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 
     let cfg = fleet.orchestrator_toml();
-    let mut child = Command::new(gearmq_tests::bin("gearmq"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "logs",
-            "a",
-            "ticker",
-            "--lines",
-            "1",
-        ])
-        .args(["--follow", "--json", "--timeout", "60s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let follow = Streaming::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "logs",
+        "a",
+        "ticker",
+        "--lines",
+        "1",
+        "--follow",
+        "--json",
+        "--timeout",
+        "60s",
+    ]);
     // Lines written after the stream started arrive as partial replies.
     let mut streamed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while streamed.len() < 3 {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("streamed lines before the deadline");
-        let v: Value = serde_json::from_str(&line).unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = follow.next_json("streamed lines before the deadline", left);
         if v["seq"].as_u64().is_some_and(|s| s > 0)
             && v["lines"].as_array().is_some_and(|l| !l.is_empty())
         {
@@ -310,23 +276,9 @@ fn logs_follow_streams_new_lines_and_ctrl_c_cancels_it() {
         }
     }
     // Ctrl-C: the CLI sends a signed cancel and the agent ends the stream.
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
     let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "follow did not end after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, rest) = follow.interrupt(Duration::from_secs(20));
     assert!(status.success(), "{status}");
-    let rest: Vec<String> = rx.try_iter().collect();
     let summary: Value = serde_json::from_str(rest.last().expect("summary document")).unwrap();
     assert_eq!(summary["summary"]["ok"], 1, "{summary}");
     assert!(started.elapsed() < Duration::from_secs(15));

@@ -1,8 +1,8 @@
 //! The scale emulator and the benchmark, end to end: `gearmq init --hosts-count`,
-//! `gearmq-agent --emulate` serving every host in one process, the real CLI reaching
-//! them all with verified replies, and a tiny `gearmq bench` run.
+//! `gearmq-bench emulate` serving every host in one process, the real CLI reaching
+//! them all with verified replies, and a tiny `gearmq-bench run`.
 
-use gearmq_tests::{Agent, Vhost, run_cli};
+use gearmq_testkit::{Agent, Vhost, run_cli};
 
 #[test]
 fn emulated_hosts_each_answer_a_ping_to_all_with_a_verified_reply() {
@@ -120,25 +120,29 @@ fn a_tiny_bench_run_reports_every_shape_with_every_reply_verified() {
         .expect("tempdir");
     let json = dir.path().join("bench.json");
     let fleet = dir.path().join("fleet");
-    let out = run_cli(&[
-        "bench",
-        "--sizes",
-        "1,3",
-        "--rounds",
-        "2",
-        "--rtt-count",
-        "5",
-        "--throughput-count",
-        "16",
-        "--in-flight",
-        "4",
-        "--broker",
-        &vhost.url(),
-        "--dir",
-        &fleet.to_string_lossy(),
-        "--out",
-        &json.to_string_lossy(),
-    ]);
+    let out = gearmq_testkit::run_program(
+        "gearmq-bench",
+        &[
+            "run",
+            "--sizes",
+            "1,3",
+            "--rounds",
+            "2",
+            "--rtt-count",
+            "5",
+            "--throughput-count",
+            "16",
+            "--in-flight",
+            "4",
+            "--broker",
+            &vhost.url(),
+            "--dir",
+            &fleet.to_string_lossy(),
+            "--out",
+            &json.to_string_lossy(),
+        ],
+        &[],
+    );
     assert_eq!(
         out.code, 0,
         "stdout: {}\nstderr: {}",
@@ -158,12 +162,14 @@ fn a_tiny_bench_run_reports_every_shape_with_every_reply_verified() {
         assert_eq!(row["hosts"], n);
         assert_eq!(row["replies_verified"], n * 2);
         assert_eq!(row["replies_expected"], n * 2);
-        for side in ["gearmq", "raw"] {
+        for side in ["gearmq", "raw", "raw_transient"] {
             let p50 = row[side]["p50_ms"].as_f64().expect("p50");
             let p99 = row[side]["p99_ms"].as_f64().expect("p99");
             assert!(p50 > 0.0 && p99 >= p50, "{side}: {row}");
         }
         assert!(row["ratio_p50"].as_f64().expect("ratio") > 0.0);
+        assert!(row["ratio_transient_p50"].as_f64().expect("ratio") > 0.0);
+        assert!(row["broker_bound"].is_boolean(), "{row}");
         assert!(row["gearmq_cpu_per_reply"]["orchestrator_us"].is_number());
     }
     let rt = &doc["single_host_round_trip"];
@@ -174,6 +180,13 @@ fn a_tiny_bench_run_reports_every_shape_with_every_reply_verified() {
     assert_eq!(tp["replies_verified"], 16);
     assert!(tp["gearmq_per_sec"].as_f64().expect("rate") > 0.0);
     assert!(tp["raw_per_sec"].as_f64().expect("rate") > 0.0);
+    assert!(tp["raw_transient_per_sec"].as_f64().expect("rate") > 0.0);
+    assert!(doc["broker_descriptors"].as_u64().expect("fd limit") > 0);
+    assert!(
+        out.stdout.contains("broker open-file limit"),
+        "{}",
+        out.stdout
+    );
     let mem = &doc["memory"];
     assert!(mem["real_agent_idle_kib"].as_u64().expect("rss") > 0);
     assert!(mem["emulator_idle_kib_per_host"].as_f64().expect("rss") > 0.0);
@@ -199,4 +212,23 @@ fn a_tiny_bench_run_reports_every_shape_with_every_reply_verified() {
         );
     }
     assert!(doc["request_bytes"].as_u64().expect("size") > 0);
+}
+
+#[test]
+fn the_artifact_bench_measures_stream_and_push_for_each_reader_count() {
+    let out = gearmq_testkit::run_program(
+        "gearmq-bench",
+        &["artifacts", "--readers", "1,3", "--mib", "2", "--json"],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let rows = v["artifacts"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{v}");
+    for (row, readers) in rows.iter().zip([1, 3]) {
+        assert_eq!(row["readers"], readers, "{row}");
+        for k in ["stream_secs", "push_secs", "stream_to_push_ratio"] {
+            assert!(row[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {row}");
+        }
+    }
 }

@@ -3,34 +3,24 @@
 //! `systemd --user`). Every refusal comes back as a signed status-6 reply naming the
 //! token's own reason, and nothing happens on b.
 
-use gearmq_orchestrator::{CallSpec, HostStatus, Orchestrator, OrchestratorConfig, Selection};
+use gearmq_io::files::{load_sealing_public_key, load_signing_key};
+use gearmq_orchestrator::{CallSpec, HostStatus, Orchestrator, OrchestratorConfig};
 use gearmq_schemas::actions::{StatusArgs, UnitArgs};
-use gearmq_schemas::files::{load_sealing_public_key, load_signing_key};
 use gearmq_schemas::request::reply_queue_name;
 use gearmq_schemas::time::now_ms;
 use gearmq_schemas::token::{self, Minter, Token};
-use gearmq_schemas::{ActionName, Name, Request, Signed, Targets, codec};
-use gearmq_tests::systemd::UserSystemd;
-use gearmq_tests::{CliOutput, Fleet, run_cli};
+use gearmq_schemas::{ActionName, Request, Targets, codec};
+use gearmq_testkit::{CliOutput, Fleet, UserSystemd, hosts, name, run_cli};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap()
-}
-
-/// `gearmq --config DIR/hosts/<host>/client.toml --token FILE --json <args>`.
+/// `gearmq --config DIR/hosts/<host>/client.toml <args> --token FILE --json`.
 fn as_host(fleet: &Fleet, host: &str, token: &Path, args: &[&str]) -> CliOutput {
     let cfg = fleet.host_dir(host).join("client.toml");
-    let mut all = vec![
-        "--config",
-        cfg.to_str().unwrap(),
-        "--token",
-        token.to_str().unwrap(),
-    ];
+    let mut all = vec!["--config", cfg.to_str().unwrap()];
     all.extend_from_slice(args);
-    all.push("--json");
+    all.extend(["--token", token.to_str().unwrap(), "--json"]);
     run_cli(&all)
 }
 
@@ -170,7 +160,7 @@ async fn send_raw(
     }
     let r = orch
         .request(CallSpec {
-            selection: Selection::Hosts(vec![name(to)]),
+            selection: hosts(&[to]),
             action: ActionName::new(action).unwrap(),
             args,
             timeout: Duration::from_secs(10),
@@ -190,7 +180,9 @@ fn assert_raw_refused(r: &gearmq_orchestrator::HostResult, reason: &str) {
 
 #[test]
 fn delegated_status_works_and_stays_inside_its_token() {
-    let fleet = Fleet::init_with("dlg", &["a", "b", "c", "d"], &["--delegators", "a,c"]);
+    let fleet = Fleet::builder("dlg", &["a", "b", "c", "d"])
+        .delegators(&["a", "c"])
+        .init();
     assert!(fleet.host_dir("a").join("client.toml").is_file());
     assert!(fleet.host_dir("c").join("client.toml").is_file());
     assert!(!fleet.host_dir("b").join("client.toml").exists());
@@ -310,7 +302,9 @@ fn delegated_status_works_and_stays_inside_its_token() {
 /// token. Nothing here reaches an action, so b needs no systemd.
 #[test]
 fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
-    let fleet = Fleet::init_with("dlg2", &["a", "b"], &["--delegators", "a"]);
+    let fleet = Fleet::builder("dlg2", &["a", "b"])
+        .delegators(&["a"])
+        .init();
     let _agent_b = fleet.start_agent("b");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status_args = codec::encode(&StatusArgs { unit: None });
@@ -480,7 +474,7 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
         let orch = Orchestrator::connect(&cfg).await.unwrap();
         let r = orch
             .request(CallSpec {
-                selection: Selection::Hosts(vec![name("b")]),
+                selection: hosts(&["b"]),
                 action: ActionName::new("ping").unwrap(),
                 args: vec![0x80],
                 timeout: Duration::from_secs(5),
@@ -494,7 +488,7 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
         "a host-signed request without a token was sent"
     );
     let stop_args = codec::encode(&UnitArgs { unit: "web".into() });
-    let (key_a, cred_a) = fleet.host_identity("a");
+    let a = fleet.host_identity("a");
     let now = now_ms();
     let req = Request::new(
         name("a"),
@@ -505,21 +499,8 @@ fn tokens_outside_their_window_altered_or_from_the_wrong_minter_are_refused() {
         ActionName::new("stop").unwrap(),
         stop_args,
     );
-    let bytes = Signed::seal(&req, &key_a, &cred_a);
-    rt.block_on(async {
-        let conn = fleet.amqp().await;
-        let ch = conn.create_channel().await.unwrap();
-        ch.basic_publish(
-            "gearmq.requests".into(),
-            "host.b".into(),
-            Default::default(),
-            &bytes,
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        conn.close(0, "done".into()).await.ok();
-    });
+    let bytes = a.seal(&req);
+    rt.block_on(fleet.forward_request(&bytes, "b"));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let o = fleet.cli(&["stats", "--host", "b", "--json"]);

@@ -3,46 +3,20 @@
 //! what it saw with [`observe`] (collected into RELIABILITY.md by
 //! `deploy/reliability.sh`).
 
-use gearmq_orchestrator::{CallSpec, HostStatus, Orchestrator, Selection};
+use gearmq_orchestrator::{CallSpec, HostStatus, Orchestrator};
 use gearmq_schemas::{ActionName, Name, actions::PingArgs, codec};
-use gearmq_tests::faults::{NodeFleet, PlainNode, observe};
-use gearmq_tests::systemd::UserSystemd;
-use gearmq_tests::{Fleet, bin};
+use gearmq_testkit::{
+    BrokerNode, Fleet, UserSystemd, Vhost, bin, hosts, line_count, observe, random_bytes, signal,
+    wait_until, write_program,
+};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn ping_spec(hosts: &[&str], timeout: Duration) -> CallSpec {
-    CallSpec {
-        selection: Selection::Hosts(hosts.iter().map(|h| Name::new(*h).unwrap()).collect()),
-        action: ActionName::new("ping").unwrap(),
-        args: codec::encode(&PingArgs {}),
-        timeout,
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill {sig} {pid}");
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `gearmq stats --host HOST --json` data (via the CLI `cli`).
-fn stats(cli: impl Fn(&[&str]) -> gearmq_tests::CliOutput, host: &str) -> Value {
-    let out = cli(&["stats", "--host", host, "--json", "--timeout", "10s"]);
-    assert_eq!(out.code, 0, "stats {host}: {}{}", out.stdout, out.stderr);
-    out.json()["results"][0]["data"].clone()
+fn ping_spec(names: &[&str], timeout: Duration) -> CallSpec {
+    gearmq_testkit::ping_spec(hosts(names), timeout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,20 +38,7 @@ async fn orchestrator_reconnects_when_its_connection_drops_mid_call() {
         .start(ping_spec(&["a"], Duration::from_secs(30)))
         .await
         .unwrap();
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "close_all_connections",
-            "--vhost",
-            &fleet.vhost.name,
-            "test: dropped",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet.vhost.close_connections("test: dropped");
     let dropped = Instant::now();
     agent.restart();
     let result = call.finish().await;
@@ -89,7 +50,7 @@ async fn orchestrator_reconnects_when_its_connection_drops_mid_call() {
         .await
         .unwrap();
     assert_eq!(after.summary.ok, 1, "{:?}", after.results);
-    let st = stats(|a| fleet.cli(a), "a");
+    let st = fleet.stats("a");
     // The restarted agent ran the queued ping and the one after once each; the
     // republished copy of the first was answered from its stored reply.
     // (The stats action reads the counters before it is itself counted.)
@@ -106,10 +67,13 @@ async fn orchestrator_reconnects_when_its_connection_drops_mid_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
-    let node = PlainNode::start();
-    let vhost = format!("gearmq-t-restart-{:08x}", gearmq_tests::rand_u32());
-    node.add_vhost(&vhost);
-    let fleet = NodeFleet::init("restart", &["h1", "h2", "h3"], &vhost, &[node.url(&vhost)]);
+    let node = Arc::new(BrokerNode::plain());
+    let vhost = Vhost::on(&node, "restart");
+    let urls = [vhost.url()];
+    let fleet = Fleet::builder("restart", &["h1", "h2", "h3"])
+        .on(vhost, &urls)
+        .init();
+    let depth = |queue: &str| fleet.vhost.queue(queue).map_or(0, |q| q.messages());
     let mut agents: Vec<_> = fleet.hosts.iter().map(|h| fleet.start_agent(h)).collect();
     let orch = Orchestrator::connect(&fleet.orchestrator_config())
         .await
@@ -139,7 +103,7 @@ async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
             other => panic!("h1 and h2 did not answer: {}", other.is_ok()),
         }
     }
-    assert_eq!(node.queue_depth(&vhost, "gearmq.host.h3"), 1);
+    assert_eq!(depth("gearmq.host.h3"), 1);
 
     // The broker goes away mid-call.
     let stopped = Instant::now();
@@ -156,13 +120,13 @@ async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
     let booted = stopped.elapsed();
     // The queued request survived (with the copies the reconnected orchestrator
     // republished and the second call's, if they are in already).
-    let depth_after_boot = node.queue_depth(&vhost, "gearmq.host.h3");
+    let depth_after_boot = depth("gearmq.host.h3");
     assert!(
         depth_after_boot >= 1,
         "the queued request did not survive the restart"
     );
     for a in &agents[..2] {
-        wait_for("agent reconnect", Duration::from_secs(30), || {
+        wait_until("agent reconnect", Duration::from_secs(30), || {
             a.log_text().contains("reconnected to the broker")
         });
     }
@@ -176,12 +140,11 @@ async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
 
     // h3 ran the queued request once (the orchestrator's republished copy was answered
     // from the stored reply), and the second call once.
-    let cli = |a: &[&str]| fleet.cli(a);
-    let st3 = stats(cli, "h3");
+    let st3 = fleet.stats("h3");
     let executed = st3["executed"].as_u64().unwrap();
     // (The stats action reads the counters before it is itself counted.)
     assert_eq!(executed, 2, "h3 executed {executed}: {st3}");
-    let st1 = stats(cli, "h1");
+    let st1 = fleet.stats("h1");
     assert!(st1["reconnects"].as_u64().unwrap() >= 1, "{st1}");
     observe(
         "broker_restart_mid_fan_out_ends_with_every_host_answered_once",
@@ -196,21 +159,6 @@ async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
     );
 }
 
-/// Writes an executable `#!/bin/sh` program and returns its path.
-fn program(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
-fn lines(p: &Path) -> usize {
-    std::fs::read_to_string(p)
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn agent_sigkill_while_starting_a_unit_leaves_it_started_once() {
     let fleet = Fleet::init("fkill", &["a"]);
@@ -218,7 +166,7 @@ fn agent_sigkill_while_starting_a_unit_leaves_it_started_once() {
     let mut agent = fleet.start_agent_on("a", &sd);
     let work = sd.scratch("work");
     let starts = work.join("starts");
-    let prog = program(
+    let prog = write_program(
         &work,
         "svc.sh",
         &format!("echo started >> '{}'\nexec sleep 600", starts.display()),
@@ -236,7 +184,7 @@ fn agent_sigkill_while_starting_a_unit_leaves_it_started_once() {
     // SIGKILL as soon as systemd has started the program: the agent is between the
     // start and its outcome record or its reply.
     let t0 = Instant::now();
-    while lines(&starts) == 0 {
+    while line_count(&starts) == 0 {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the unit never started"
@@ -246,7 +194,7 @@ fn agent_sigkill_while_starting_a_unit_leaves_it_started_once() {
     let pid = agent.pid().unwrap();
     // Whether the kill came too late to matter (the CLI had its reply already).
     let answered_before_kill = child.try_wait().unwrap().is_some();
-    signal(pid, "-KILL");
+    signal(pid, "KILL");
     let killed_after = t0.elapsed();
     agent.restart();
     let out = child.wait_with_output().unwrap();
@@ -268,12 +216,16 @@ fn agent_sigkill_while_starting_a_unit_leaves_it_started_once() {
         st.json()["results"][0]["data"]["units"][0]["active_state"],
         "active"
     );
-    assert_eq!(lines(&starts), 1, "the program was started more than once");
+    assert_eq!(
+        line_count(&starts),
+        1,
+        "the program was started more than once"
+    );
     let log = agent.log_text();
     observe(
         "agent_sigkill_while_starting_a_unit_leaves_it_started_once",
         "agent SIGKILLed while install --start ran (right after the program started)",
-        json!({"program_starts": lines(&starts), "unit_state": "active",
+        json!({"program_starts": line_count(&starts), "unit_state": "active",
                "kill_after_ms": killed_after.as_millis() as u64,
                "cli_answered_before_kill": answered_before_kill,
                "redelivery_resolved_from_intent_record": log.contains("intent record"),
@@ -288,7 +240,7 @@ fn orchestrator_killed_mid_call_leaves_a_verifiable_log_and_a_new_one_works() {
     let _a = fleet.start_agent("a");
     let b = fleet.start_agent("b");
     // b is frozen: the call waits for it until the orchestrator dies.
-    signal(b.pid().unwrap(), "-STOP");
+    b.signal("STOP");
     let cfg = fleet.orchestrator_toml();
     let audit = fleet.path().join("audit.log");
     let before = std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0);
@@ -301,13 +253,13 @@ fn orchestrator_killed_mid_call_leaves_a_verifiable_log_and_a_new_one_works() {
         .spawn()
         .unwrap();
     // Killed once the request and a's reply are on record (the log grows twice).
-    wait_for("audit records of the call", Duration::from_secs(20), || {
+    wait_until("audit records of the call", Duration::from_secs(20), || {
         std::fs::metadata(&audit).map(|m| m.len()).unwrap_or(0) > before
     });
     std::thread::sleep(Duration::from_millis(300));
-    signal(child.id(), "-KILL");
+    signal(child.id(), "KILL");
     let _ = child.wait();
-    signal(b.pid().unwrap(), "-CONT");
+    b.signal("CONT");
 
     let v = fleet.verify_audit(&audit);
     assert_eq!(
@@ -380,13 +332,6 @@ impl FloodCounts {
     }
 }
 
-fn random_bytes(n: usize) -> Vec<u8> {
-    (0..n.div_ceil(4))
-        .flat_map(|_| gearmq_tests::rand_u32().to_be_bytes())
-        .take(n)
-        .collect()
-}
-
 /// Publishes invalid messages straight onto `host`'s route until `stop` (at most
 /// `max` of them), cycling through the kinds.
 async fn flood(
@@ -395,18 +340,17 @@ async fn flood(
     max: u64,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> FloodCounts {
-    use gearmq_schemas::{Request, Signed, Targets};
+    use gearmq_schemas::{Request, Targets};
     use lapin::BasicProperties;
     use lapin::options::BasicPublishOptions;
     let conn = fleet.amqp().await;
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
-    let (key, cred) = fleet.operator_identity();
-    let op = Name::new("ops").unwrap();
+    let ops = fleet.operator();
     let signed = |expires_offset: u64| {
         let now = gearmq_schemas::time::now_ms();
         let req = Request::new(
-            op.clone(),
+            ops.name.clone(),
             now,
             now + 60_000 + expires_offset,
             Targets::Hosts(vec![Name::new(host).unwrap()]),
@@ -414,7 +358,7 @@ async fn flood(
             ActionName::new("ping").unwrap(),
             codec::encode(&PingArgs {}),
         );
-        (req.clone(), Signed::seal(&req, &key, &cred))
+        (req.clone(), ops.seal(&req))
     };
     let (replayed, replay_bytes) = signed(0);
     let mut counts = FloodCounts::default();
@@ -425,12 +369,12 @@ async fn flood(
         let bytes = match i % 6 {
             0 => {
                 counts.random += 1;
-                random_bytes(1 + (gearmq_tests::rand_u32() % 2048) as usize)
+                random_bytes(1 + (gearmq_testkit::rand_u32() % 2048) as usize)
             }
             1 => {
                 counts.truncated += 1;
                 let b = signed(0).1;
-                let cut = 1 + (gearmq_tests::rand_u32() as usize % (b.len() - 1));
+                let cut = 1 + (gearmq_testkit::rand_u32() as usize % (b.len() - 1));
                 b[..cut].to_vec()
             }
             2 => {
@@ -452,7 +396,7 @@ async fn flood(
                 counts.replay_other_bytes += 1;
                 let mut other = replayed.clone();
                 other.expires_at += 1 + i;
-                Signed::seal(&other, &key, &cred)
+                ops.seal(&other)
             }
         };
         let c = ch
@@ -484,11 +428,8 @@ async fn flood(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_of_invalid_messages_leaves_valid_requests_answered_and_counts_every_one() {
     let fleet = Fleet::init("flood", &["a"]);
-    let _agent = gearmq_tests::Agent::start(
-        &fleet.host_dir("a").join("agent.toml"),
-        "a",
-        &[("GEARMQ_AGENT__LIMITS__MAX_MESSAGE_BYTES", "65536")],
-    );
+    let _agent =
+        fleet.start_agent_with("a", &[("GEARMQ_AGENT__LIMITS__MAX_MESSAGE_BYTES", "65536")]);
     let orch = Orchestrator::connect(&fleet.orchestrator_config())
         .await
         .unwrap();
@@ -517,7 +458,7 @@ async fn flood_of_invalid_messages_leaves_valid_requests_answered_and_counts_eve
     // answered (identical: the stored reply; other bytes: refused as replayed).
     let deadline = Instant::now() + Duration::from_secs(60);
     let st = loop {
-        let st = stats(|a| fleet.cli(a), "a");
+        let st = fleet.stats("a");
         if st["dead_lettered"].as_u64() == Some(invalid) || Instant::now() > deadline {
             break st;
         }
@@ -543,18 +484,15 @@ async fn flood_of_invalid_messages_leaves_valid_requests_answered_and_counts_eve
     let dead = fleet.cli(&["dead", "list", "--json"]);
     assert_eq!(dead.code, 0, "{}", dead.stderr);
     // The queue's depth from the broker itself (the listing shows at most 100).
-    let out = Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-p",
-            &fleet.vhost.name,
-            "--quiet",
-            "--no-table-headers",
-        ])
-        .args(["name", "messages", "arguments"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = fleet.vhost.ctl(&[
+        "list_queues",
+        "-p",
+        &fleet.vhost.name,
+        "--no-table-headers",
+        "name",
+        "messages",
+        "arguments",
+    ]);
     let dead_line = text
         .lines()
         .find(|l| l.starts_with("gearmq.dead"))
@@ -658,7 +596,7 @@ fn full_state_disk_refuses_new_requests_with_a_signed_error_and_recovers() {
     let audit_dir = tempfile::tempdir().unwrap();
     let audit = audit_dir.path().join("audit.log");
     let env = [("GEARMQ_AGENT__AUDIT__FILE", audit.to_str().unwrap())];
-    let mut agent = gearmq_tests::Agent::start(&fleet.host_dir("a").join("agent.toml"), "a", &env);
+    let mut agent = fleet.start_agent_with("a", &env);
     let ping = |t: &str| fleet.cli(&["ping", "--host", "a", "--json", "--timeout", t]);
     let ok = ping("10s");
     assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
@@ -704,7 +642,7 @@ fn full_state_disk_refuses_new_requests_with_a_signed_error_and_recovers() {
         whole && records_after > records_full,
         "{records_full} -> {records_after}"
     );
-    let st = stats(|a| fleet.cli(a), "a");
+    let st = fleet.stats("a");
     assert!(
         st["refused"]["state_unwritable"].as_u64().unwrap() >= 1,
         "{st}"
@@ -739,7 +677,7 @@ fn full_audit_disk_holds_the_reply_back_without_a_busy_loop_until_space_returns(
     let disk = SmallDisk::mount(&audit_dir, "1m");
     let audit = audit_dir.join("audit.log");
     let env = [("GEARMQ_AGENT__AUDIT__FILE", audit.to_str().unwrap())];
-    let agent = gearmq_tests::Agent::start(&fleet.host_dir("a").join("agent.toml"), "a", &env);
+    let agent = fleet.start_agent_with("a", &env);
     let ok = fleet.cli(&["ping", "--host", "a", "--json", "--timeout", "10s"]);
     assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
 
@@ -752,7 +690,7 @@ fn full_audit_disk_holds_the_reply_back_without_a_busy_loop_until_space_returns(
     let before = failed_lines(&agent.log_text());
     let cfg = fleet.orchestrator_toml();
     let pinger = std::thread::spawn(move || {
-        let out = gearmq_tests::run_cli(&[
+        let out = gearmq_testkit::run_cli(&[
             "--config",
             cfg.to_str().unwrap(),
             "ping",

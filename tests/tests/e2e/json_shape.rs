@@ -1,8 +1,7 @@
 //! `--json` prints one document of the documented shape for every call command, and
 //! duplicates of accepted replies are counted apart from security rejections.
 
-use gearmq_tests::Fleet;
-use gearmq_tests::systemd::UserSystemd;
+use gearmq_testkit::{Fleet, UserSystemd, write_program};
 use serde_json::Value;
 
 /// Checks the documented call document:
@@ -43,12 +42,7 @@ fn every_call_command_prints_one_documented_json_document() {
     let sd = UserSystemd::start();
     let _agent = fleet.start_agent_on("a", &sd);
     let work = tempfile::tempdir().unwrap();
-    let prog = work.path().join("p.sh");
-    std::fs::write(&prog, "#!/bin/sh\necho up\nexec sleep 600\n").unwrap();
-    std::process::Command::new("chmod")
-        .args(["755", prog.to_str().unwrap()])
-        .status()
-        .unwrap();
+    let prog = write_program(work.path(), "p.sh", "echo up\nexec sleep 600");
     let exec = prog.to_str().unwrap();
     let t = ["--json", "--timeout", "30s"];
     let runs: Vec<(&str, Vec<&str>)> = vec![

@@ -1,39 +1,9 @@
 //! Seeing what agents do, end to end: `gearmq stats` and `gearmq dead` against a real
 //! broker and a real agent.
 
-use gearmq_tests::Fleet;
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
+use gearmq_testkit::{Fleet, random_bytes};
 use serde_json::Value;
 use std::time::{Duration, Instant};
-
-/// Publishes `bytes` as a request to host `host`'s queue, as anyone on the vhost could.
-async fn inject_request(fleet: &Fleet, host: &str, bytes: &[u8]) {
-    let conn = fleet.amqp().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    let c = ch
-        .basic_publish(
-            "gearmq.requests".into(),
-            format!("host.{host}").as_str().into(),
-            BasicPublishOptions::default(),
-            bytes,
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(c.is_ack());
-    let _ = conn.close(200, "done".into()).await;
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    (0..n.div_ceil(4))
-        .flat_map(|_| gearmq_tests::rand_u32().to_be_bytes())
-        .take(n)
-        .collect()
-}
 
 /// Runs `args` until `done` holds for its JSON output (the agent counts and the broker
 /// dead-letters asynchronously), then returns that output.
@@ -63,8 +33,8 @@ fn stats_and_dead_letters_show_what_the_agent_refused() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        inject_request(&fleet, "a", &random_bytes(64)).await;
-        inject_request(&fleet, "a", &random_bytes(200)).await;
+        fleet.forward_request(&random_bytes(64), "a").await;
+        fleet.forward_request(&random_bytes(200), "a").await;
     });
 
     let stats = json_until(&fleet, &["stats", "--host", "a", "--json"], |v| {
