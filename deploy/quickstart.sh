@@ -8,9 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/ensure-rabbitmq.sh
-echo "== building release binaries"
-cargo build --release --locked -p gearmq-agent -p gearmq-orchestrator
-BIN=$PWD/target/release
+if [ -n "${GEARMQ_QUICKSTART_BIN:-}" ]; then
+  # Binaries built already (the test suite runs this script with its own build).
+  BIN=$GEARMQ_QUICKSTART_BIN
+else
+  echo "== building release binaries"
+  cargo build --release --locked -p gearmq-agent -p gearmq-cli
+  BIN=$PWD/target/release
+fi
 
 FLEET=$(mktemp -d /tmp/gearmq-quickstart.XXXXXX)
 PIDS=()
