@@ -76,9 +76,16 @@ until rabbitmqctl -q await_startup >/dev/null 2>&1; do
 done
 
 # The tests log in as guest from loopback; make sure guest exists with full rights on /.
-if ! rabbitmqctl -q list_users 2>/dev/null | grep -q '^guest'; then
+# The list is read whole first: piped into `grep -q` under pipefail, grep's early exit
+# kills rabbitmqctl with SIGPIPE once the list is long (tests running beside this make
+# users), which read as "no guest". add_user may still race another run: an existing
+# guest is what we want either way.
+users=$(rabbitmqctl -q list_users 2>/dev/null || true)
+if ! awk '$1 == "guest" { found = 1 } END { exit !found }' <<<"$users"; then
   log "creating user guest"
-  rabbitmqctl -q add_user guest guest >/dev/null
+  rabbitmqctl -q add_user guest guest >/dev/null 2>&1 ||
+    rabbitmqctl -q list_users 2>/dev/null | awk '$1 == "guest" { found = 1 } END { exit !found }' ||
+    { log "could not create user guest"; exit 1; }
   rabbitmqctl -q set_user_tags guest administrator >/dev/null
 fi
 rabbitmqctl -q set_permissions -p / guest '.*' '.*' '.*' >/dev/null
