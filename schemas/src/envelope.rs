@@ -29,6 +29,10 @@ pub enum Context {
     Revocation,
     /// An audit log record.
     Audit,
+    /// A host's request to enroll, signed by the key it asks a credential for.
+    EnrollRequest,
+    /// The issuer's answer to an enrollment request.
+    EnrollReply,
 }
 
 /// Alias kept for readers who think of the body's `kind` field.
@@ -44,6 +48,8 @@ impl Context {
             Context::Token => b"gearmq/v1/token",
             Context::Revocation => b"gearmq/v1/revocation",
             Context::Audit => b"gearmq/v1/audit",
+            Context::EnrollRequest => b"gearmq/v1/enroll-request",
+            Context::EnrollReply => b"gearmq/v1/enroll-reply",
         }
     }
 
@@ -56,6 +62,8 @@ impl Context {
             Context::Token => "token",
             Context::Revocation => "revocation",
             Context::Audit => "audit",
+            Context::EnrollRequest => "enroll-request",
+            Context::EnrollReply => "enroll-reply",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod actions;
 pub mod audit;
 pub mod codec;
 pub mod credential;
+pub mod enroll;
 pub mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;

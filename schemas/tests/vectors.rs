@@ -17,6 +17,8 @@ mod audit;
 mod decode;
 #[path = "vectors/ed25519.rs"]
 mod ed25519;
+#[path = "vectors/enroll.rs"]
+mod enroll;
 #[path = "vectors/revocation.rs"]
 mod revocation;
 #[path = "vectors/selector.rs"]
