@@ -107,6 +107,12 @@ pub struct PlanArgs {
     /// A further operator user (repeatable); the configured operator is always one.
     #[arg(long = "operator", value_name = "NAME")]
     operators: Vec<String>,
+    /// Let hosts enroll over the broker (`gearmq-agent enroll`): make the bootstrap
+    /// user `gearmq.bootstrap` with the password in FILE. It may publish enrollment
+    /// requests and read the answer to its own, nothing else; hosts use it in the
+    /// broker URL they enroll with.
+    #[arg(long, value_name = "FILE")]
+    bootstrap_password_file: Option<PathBuf>,
 }
 
 impl PlanArgs {
@@ -123,6 +129,7 @@ impl PlanArgs {
             queue_type: QueueKind::Classic,
             delegators,
             operators: Vec::new(),
+            bootstrap_password_file: None,
         }
     }
 }
@@ -245,7 +252,12 @@ pub fn plan_from(config: &OrchestratorConfig, a: &PlanArgs) -> Result<Plan> {
             }
         }
     }
+    if let Some(f) = &a.bootstrap_password_file {
+        let p = load_broker_password(f).context("cannot read the bootstrap password")?;
+        passwords.insert(gearmq_io::topology::ENROLL_USER.to_string(), p);
+    }
     Ok(Plan {
+        bootstrap: a.bootstrap_password_file.is_some(),
         vhost: vhost_of(config, &a.target)?,
         hosts: inventory.names(),
         operators,

@@ -27,6 +27,58 @@ pub const HOST_QUEUE_MAX_LENGTH: i64 = 10_000;
 /// Content type of every gearmq message.
 pub const CONTENT_TYPE: &str = "application/x-gearmq";
 
+/// Direct exchange hosts publish enrollment requests to (routing key [`ENROLL_ROUTE`]).
+pub const ENROLL_EXCHANGE: &str = "gearmq.enroll";
+/// The routing key of enrollment requests.
+pub const ENROLL_ROUTE: &str = "request";
+/// Durable queue holding enrollment requests until an operator reads them.
+pub const ENROLL_QUEUE: &str = "gearmq.enroll.requests";
+/// Most enrollment requests held; more are refused (`reject-publish`).
+pub const ENROLL_QUEUE_MAX_LENGTH: i64 = 1_000;
+/// Direct exchange operators publish enrollment answers to (routing key = the reply
+/// queue's name).
+pub const ENROLL_REPLIES_EXCHANGE: &str = "gearmq.enroll.replies";
+/// The broker user hosts enroll as: it may publish requests and read its own reply
+/// queue, nothing else. A dot keeps it apart from every host and operator name.
+pub const ENROLL_USER: &str = "gearmq.bootstrap";
+/// How long an unused enrollment reply queue lives (1 day), in ms.
+pub const ENROLL_REPLY_QUEUE_EXPIRES_MS: i64 = 86_400_000;
+
+/// The reply queue of an enrollment request with `reply_id` (32 lowercase hex).
+pub fn enroll_reply_queue(reply_id: &str) -> String {
+    format!("gearmq.enroll.reply.{reply_id}")
+}
+
+/// Arguments of the enrollment request queue: bounded, refusing past the bound.
+pub fn enroll_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(ENROLL_QUEUE_MAX_LENGTH),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args
+}
+
+/// Arguments of an enrollment reply queue: gone a day after its last use, holding at
+/// most 4 answers.
+pub fn enroll_reply_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        AMQPValue::LongLongInt(ENROLL_REPLY_QUEUE_EXPIRES_MS),
+    );
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(4));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args
+}
+
 /// The queue of host `name`.
 pub fn host_queue(name: &Name) -> String {
     format!("gearmq.host.{name}")

@@ -51,6 +51,9 @@ pub struct Plan {
     pub host_queue_max_length: u64,
     /// Deliveries before a poison request is dead-lettered (quorum queues).
     pub delivery_limit: u64,
+    /// Make the enrollment bootstrap user (`gearmq.bootstrap`, its password in
+    /// `passwords`): hosts that hold its password may ask to enroll, nothing else.
+    pub bootstrap: bool,
 }
 
 /// `regex::escape` for the broker's regexes (Erlang re, PCRE-like).
@@ -104,15 +107,33 @@ pub fn delegator_permissions(host: &Name) -> (String, String, String) {
 }
 
 /// The permissions of an operator / orchestrator: its own reply queues; requests to
-/// publish; artifact streams to declare, bind to `gearmq.artifacts` and fill.
+/// publish; artifact streams to declare, bind to `gearmq.artifacts` and fill;
+/// enrollment requests to read and answers to publish.
 pub fn operator_permissions(op: &Name) -> (String, String, String) {
     let o = escape(op.as_str());
     (
         format!("^(gearmq\\.reply\\.{o}\\..*|{ARTIFACT_STREAMS})$"),
         format!(
-            "^(gearmq\\.requests|gearmq\\.artifacts|gearmq\\.reply\\.{o}\\..*|{ARTIFACT_STREAMS})$"
+            "^(gearmq\\.requests|gearmq\\.artifacts|gearmq\\.enroll\\.replies|gearmq\\.reply\\.{o}\\..*|{ARTIFACT_STREAMS})$"
         ),
-        format!("^(gearmq\\.replies|gearmq\\.artifacts|gearmq\\.reply\\.{o}\\..*)$"),
+        format!(
+            "^(gearmq\\.replies|gearmq\\.artifacts|gearmq\\.enroll\\.requests|gearmq\\.reply\\.{o}\\..*)$"
+        ),
+    )
+}
+
+/// The broker regex of enrollment reply queues, without anchors.
+pub const ENROLL_REPLY_QUEUES: &str = "gearmq\\.enroll\\.reply\\.[0-9a-f]{32}";
+
+/// The permissions of the enrollment bootstrap user: publish to `gearmq.enroll`;
+/// declare, bind (to `gearmq.enroll.replies`) and read a reply queue whose name holds
+/// 128 random bits. It cannot read the request queue, another host's queue or anything
+/// of the fleet's traffic; a reply queue it did not make it can find only by guessing.
+pub fn bootstrap_permissions() -> (String, String, String) {
+    (
+        format!("^{ENROLL_REPLY_QUEUES}$"),
+        format!("^(gearmq\\.enroll|{ENROLL_REPLY_QUEUES})$"),
+        format!("^(gearmq\\.enroll\\.replies|{ENROLL_REPLY_QUEUES})$"),
     )
 }
 
@@ -184,15 +205,32 @@ pub fn definitions(plan: &Plan) -> Value {
             &format!("^gearmq\\.reply\\.{oq}\\."),
         ));
     }
+    if plan.bootstrap {
+        let b = gearmq_io::topology::ENROLL_USER;
+        users.push(user(b));
+        permissions.push(perm(b, v, bootstrap_permissions()));
+    }
     let exchange = |name: &str, kind: &str| {
         json!({"name": name, "vhost": v, "type": kind, "durable": true,
                "auto_delete": false, "internal": false, "arguments": {}})
     };
     let mut queues = vec![json!({"name": "gearmq.dead", "vhost": v, "durable": true,
         "auto_delete": false, "arguments": {"x-queue-type": plan.queue_type.as_str()}})];
-    let mut bindings = vec![json!({"source": "gearmq.dead", "vhost": v,
+    // Enrollment: requests wait in a bounded queue only operators read.
+    queues.push(
+        json!({"name": "gearmq.enroll.requests", "vhost": v, "durable": true,
+        "auto_delete": false, "arguments": {
+            "x-max-length": gearmq_io::topology::ENROLL_QUEUE_MAX_LENGTH,
+            "x-overflow": "reject-publish"}}),
+    );
+    let mut bindings = vec![
+        json!({"source": "gearmq.dead", "vhost": v,
         "destination": "gearmq.dead", "destination_type": "queue", "routing_key": "",
-        "arguments": {}})];
+        "arguments": {}}),
+        json!({"source": "gearmq.enroll", "vhost": v,
+        "destination": "gearmq.enroll.requests", "destination_type": "queue",
+        "routing_key": gearmq_io::topology::ENROLL_ROUTE, "arguments": {}}),
+    ];
     for h in &plan.hosts {
         let q = format!("gearmq.host.{h}");
         queues.push(
@@ -230,7 +268,8 @@ pub fn definitions(plan: &Plan) -> Value {
         "permissions": permissions,
         "topic_permissions": topic_permissions,
         "exchanges": [exchange("gearmq.requests", "topic"), exchange("gearmq.replies", "topic"),
-                      exchange("gearmq.dead", "fanout"), exchange("gearmq.artifacts", "direct")],
+                      exchange("gearmq.dead", "fanout"), exchange("gearmq.artifacts", "direct"),
+                      exchange("gearmq.enroll", "direct"), exchange("gearmq.enroll.replies", "direct")],
         "queues": queues,
         "bindings": bindings,
         "policies": policies,
@@ -485,12 +524,21 @@ pub fn compare(plan: &Plan, actual: &BrokerState, allowed_users: &[String]) -> V
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             && dst == gearmq_schemas::actions::artifact_stream(key)
     };
+    // An enrolling host's reply queue, bound by its own name.
+    let enroll_binding = |src: &str, dst: &str, key: &str| {
+        src == gearmq_io::topology::ENROLL_REPLIES_EXCHANGE
+            && dst == key
+            && dst.strip_prefix("gearmq.enroll.reply.").is_some_and(|id| {
+                id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+    };
     for (src, dst, key) in &actual.bindings {
         // The default exchange binds every queue to its own name, implicitly.
         if src.is_empty()
             || wanted_bindings.contains(&(src.clone(), dst.clone(), key.clone()))
             || reply_binding(src, dst, key)
             || artifact_binding(src, dst, key)
+            || enroll_binding(src, dst, key)
         {
             continue;
         }
@@ -555,6 +603,7 @@ mod tests {
             passwords: BTreeMap::new(),
             host_queue_max_length: 10_000,
             delivery_limit: 5,
+            bootstrap: false,
         }
     }
 

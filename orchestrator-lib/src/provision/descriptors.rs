@@ -152,6 +152,7 @@ mod tests {
             passwords: BTreeMap::new(),
             host_queue_max_length: 10_000,
             delivery_limit: 5,
+            bootstrap: false,
         }
     }
 

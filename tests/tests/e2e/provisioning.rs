@@ -520,9 +520,10 @@ fn provision_check_and_deprovision_through_the_management_api_match_rabbitmqctl(
         Some(3),
         "{by_api:#}"
     );
+    // gearmq.dead, the two host queues and gearmq.enroll.requests.
     assert_eq!(
         by_api["queues"].as_array().map(Vec::len),
-        Some(3),
+        Some(4),
         "{by_api:#}"
     );
     let out = fleet.cli(&["broker", "provision", "--apply"]);
