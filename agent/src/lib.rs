@@ -18,6 +18,7 @@ pub mod actions;
 pub mod artifacts;
 pub mod config;
 pub mod dispatch;
+pub mod enroll;
 pub mod fault;
 pub mod handler;
 pub mod housekeeping;

@@ -1,7 +1,10 @@
 //! `gearmq-agent --config FILE [--log-format human|json]`: the host daemon.
+//! `gearmq-agent enroll …`: join the fleet (keys made here, credential approved there).
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for configuration errors
 //! (bad file, unreadable key, credential that does not fit), 1 for anything else.
+//! `enroll`: 0 approved, 1 rejected or failed, 2 bad arguments or files, 3 no answer
+//! yet (run it again to keep waiting).
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
@@ -41,11 +44,13 @@ enum LogFormat {
 
 /// gearmq host agent: executes signed requests from the broker and signs its replies.
 #[derive(Debug, Parser)]
-#[command(name = "gearmq-agent", version)]
+#[command(name = "gearmq-agent", version, subcommand_negates_reqs = true)]
 struct Args {
     /// The agent configuration file (TOML).
     #[arg(long, value_name = "FILE", required_unless_present = "generate_docs")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
@@ -53,6 +58,60 @@ struct Args {
     /// deploy/package.sh).
     #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
     generate_docs: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Join the fleet over the broker; this host's private keys never leave it.
+    ///
+    /// Makes the keys in --dir (signing, sealing, TLS with a certificate request), sends
+    /// the public halves to the operator, and waits for the issuer-signed credential
+    /// and certificate (host.cred, tls.pem, ca.pem in --dir).
+    ///
+    /// Needs only the issuer's public key, the broker URL of the bootstrap user
+    /// (`gearmq.bootstrap`) and, if the operator made one, a one-time bootstrap secret
+    /// (`gearmq enroll secret`); without a secret the operator checks the key shown here
+    /// before approving. Interrupted, run it again: it resends the same request.
+    ///
+    /// Example: gearmq-agent enroll --name web1 --dir /etc/gearmq
+    ///   --issuer-pub /etc/gearmq/issuer.pub --secret-file /root/web1.secret
+    ///   --broker 'amqps://gearmq.bootstrap@broker:5671/gearmq'
+    ///   --broker-password-file /root/bootstrap.password --broker-ca /etc/gearmq/broker-ca.pem
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct EnrollArgs {
+    /// The host name to ask for: [a-z0-9][a-z0-9-]{0,62}.
+    #[arg(long)]
+    name: String,
+    /// Directory for the keys and, once approved, host.cred, tls.pem and ca.pem.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The issuer's public key (issuer.pub): the answer must be signed by it.
+    #[arg(long, value_name = "FILE")]
+    issuer_pub: PathBuf,
+    /// The bootstrap user's broker URL (amqp:// or amqps://, user gearmq.bootstrap).
+    #[arg(long, value_name = "URL")]
+    broker: String,
+    /// The bootstrap user's password (mode 0600), if the URL holds none.
+    #[arg(long, value_name = "FILE")]
+    broker_password_file: Option<PathBuf>,
+    /// The CA certificate the broker's TLS certificate is checked against (amqps).
+    #[arg(long, value_name = "FILE")]
+    broker_ca: Option<PathBuf>,
+    /// The bootstrap secret from `gearmq enroll secret` (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// A label to propose (repeatable): --label role=web. The operator decides.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Ask for no TLS certificate (a broker with password logins).
+    #[arg(long)]
+    no_tls: bool,
+    /// How long to wait for the operator's answer.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    wait: Duration,
 }
 
 /// A failure that ends the process, with its exit code.
@@ -75,6 +134,9 @@ fn main() -> ExitCode {
         };
     }
     init_logging(args.log_format, "info");
+    if let Some(AgentCommand::Enroll(e)) = args.command {
+        return enroll_main(e);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,6 +155,88 @@ fn main() -> ExitCode {
         }
         Err(Failure::Runtime(e)) => {
             eprintln!("gearmq-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn enroll_main(a: EnrollArgs) -> ExitCode {
+    use gearmq_agent::enroll::{Ended, EnrollOptions, enroll, read_secret};
+    let options = (|| -> anyhow::Result<EnrollOptions> {
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &a.labels {
+            let Some((k, v)) = l.split_once('=') else {
+                anyhow::bail!("label {l:?} is not KEY=VALUE");
+            };
+            gearmq_schemas::names::check_label_key(k)?;
+            gearmq_schemas::names::check_label_value(v)?;
+            labels.insert(k.to_string(), v.to_string());
+        }
+        Ok(EnrollOptions {
+            name: gearmq_schemas::Name::new(a.name.as_str())?,
+            dir: a.dir.clone(),
+            issuer_pub: a.issuer_pub.clone(),
+            broker: a.broker.clone(),
+            files: gearmq_io::broker::BrokerFiles {
+                password_file: a.broker_password_file.clone(),
+                ca_file: a.broker_ca.clone(),
+                client: None,
+            },
+            secret: a.secret_file.as_deref().map(read_secret).transpose()?,
+            labels,
+            no_tls: a.no_tls,
+            wait: a.wait,
+        })
+    })();
+    let options = match options {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("gearmq-agent enroll: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gearmq-agent: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let dir = a.dir.display().to_string();
+    match runtime.block_on(enroll(options)) {
+        Ok(Ended::Approved { serial, not_after }) => {
+            println!(
+                "enrolled as {} (credential serial {serial}, valid until {}): {dir}/host.cred{}",
+                a.name,
+                rfc3339(not_after),
+                if a.no_tls {
+                    String::new()
+                } else {
+                    format!(", TLS certificate {dir}/tls.pem (key {dir}/tls.key, CA {dir}/ca.pem)")
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Ended::Rejected(reason)) => {
+            eprintln!(
+                "gearmq-agent enroll: the operator rejected {}: {reason}",
+                a.name
+            );
+            ExitCode::from(1)
+        }
+        Ok(Ended::Pending) => {
+            eprintln!(
+                "gearmq-agent enroll: no answer within {}; the request stays queued: run \
+                 the same command again to keep waiting",
+                humantime::format_duration(a.wait)
+            );
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("gearmq-agent enroll: {e:#}");
             ExitCode::from(1)
         }
     }

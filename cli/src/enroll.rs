@@ -83,6 +83,30 @@ pub enum EnrollCommand {
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         valid_for: Duration,
     },
+    /// Make a one-time bootstrap secret for a host that will enroll over the broker
+    /// (`gearmq-agent enroll --secret-file`); it expires after --valid-for.
+    Secret(crate::join::SecretArgs),
+    /// Read the hosts' enrollment requests from the broker and list those waiting:
+    /// name, key, whether a TLS certificate is asked, and the bootstrap secret's
+    /// verdict (valid, none, or refused and why).
+    Pending(crate::join::PendingArgs),
+    /// Approve a host's request: issue its credential into the inventory, sign its TLS
+    /// certificate request with --ca, and send both back to that host (like
+    /// `salt-key -a`). Then `gearmq broker provision --apply` makes its broker user.
+    Approve(crate::join::ApproveArgs),
+    /// Reject a host's request: the host is told, and gets nothing.
+    Reject(crate::join::RejectArgs),
+}
+
+/// Runs an enroll subcommand.
+pub fn run(ctx: &crate::context::Context, cmd: EnrollCommand) -> Result<std::process::ExitCode> {
+    match cmd {
+        EnrollCommand::Secret(a) => crate::join::secret(ctx, a),
+        EnrollCommand::Pending(a) => crate::join::pending(ctx, a),
+        EnrollCommand::Approve(a) => crate::join::approve(ctx, a),
+        EnrollCommand::Reject(a) => crate::join::reject(ctx, a),
+        other => enroll(other).map(|()| std::process::ExitCode::SUCCESS),
+    }
 }
 
 #[derive(Args)]
@@ -248,6 +272,10 @@ pub fn enroll(cmd: EnrollCommand) -> Result<()> {
             },
             common,
         ),
+        EnrollCommand::Secret(_)
+        | EnrollCommand::Pending(_)
+        | EnrollCommand::Approve(_)
+        | EnrollCommand::Reject(_) => bail!("enroll() issues host and operator credentials only"),
         EnrollCommand::Operator {
             name,
             common,
@@ -298,7 +326,7 @@ pub fn enroll(cmd: EnrollCommand) -> Result<()> {
 /// Refuses `name` for `role` when the fleet of the orchestrator config at `config`
 /// already has it in the other role: its operator for a host, an enrolled host for an
 /// operator.
-fn check_name_is_free(config: &Path, name: &Name, role: Role) -> Result<()> {
+pub(crate) fn check_name_is_free(config: &Path, name: &Name, role: Role) -> Result<()> {
     if !config.is_file() {
         eprintln!(
             "note: no orchestrator config at {}, so {name} was not checked against the \

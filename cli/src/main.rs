@@ -13,6 +13,7 @@ mod dead;
 mod docs;
 mod enroll;
 mod init;
+mod join;
 mod local;
 mod observe;
 mod pki;
@@ -56,7 +57,8 @@ enum Command {
     Issuer(enroll::IssuerCommand),
     /// Make an Ed25519 key pair for a host or an operator.
     Keygen(enroll::KeygenArgs),
-    /// Issue a credential for a host or an operator.
+    /// Issue a credential for a host or an operator, or enroll hosts that ask over the
+    /// broker (secret, pending, approve, reject).
     #[command(subcommand)]
     Enroll(enroll::EnrollCommand),
     /// Check and read audit logs offline (auditors need only the logs, the issuer
@@ -143,7 +145,7 @@ fn main() -> ExitCode {
         Command::Init(a) => init::run(a).map(|()| ExitCode::SUCCESS),
         Command::Issuer(c) => enroll::issuer(c).map(|()| ExitCode::SUCCESS),
         Command::Keygen(a) => enroll::keygen(a).map(|()| ExitCode::SUCCESS),
-        Command::Enroll(c) => enroll::enroll(c).map(|()| ExitCode::SUCCESS),
+        Command::Enroll(c) => enroll::run(&ctx, c),
         Command::Audit(c) => audit::run(c),
         Command::Broker(c) => broker::run(&ctx, c),
         Command::Pki(c) => pki::run(c).map(|()| ExitCode::SUCCESS),

@@ -51,7 +51,7 @@ pub enum PkiCommand {
     },
 }
 
-fn ca_params() -> CertificateParams {
+pub(crate) fn ca_params() -> CertificateParams {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_NAME);
