@@ -150,7 +150,21 @@ impl BrokerNode {
     /// a fresh CA and server certificate from `gearmq pki`, and waits until it is up.
     /// Like production, it has no guest user.
     pub fn tls() -> BrokerNode {
-        let n = BrokerNode::create(None, true);
+        BrokerNode::tls_with(&[])
+    }
+
+    /// A TLS node as [`BrokerNode::tls`] that also lets a client without a certificate
+    /// log in with a password: the enrollment set-up of docs/PRODUCTION.md, where the
+    /// bootstrap user is the only user with a password.
+    pub fn tls_enrolling() -> BrokerNode {
+        BrokerNode::tls_with(&[
+            ("ssl_options.fail_if_no_peer_cert", "false".into()),
+            ("auth_mechanisms.2", "PLAIN".into()),
+        ])
+    }
+
+    fn tls_with(overrides: &[(&str, String)]) -> BrokerNode {
+        let n = BrokerNode::create_with(None, true, overrides);
         n.boot();
         n.ctl(&["delete_user", "guest"]).expect("delete guest");
         n
@@ -170,6 +184,15 @@ impl BrokerNode {
     /// A node, not booted yet; its HOME is `shared_home` when given (cluster members
     /// share one cookie).
     fn create(shared_home: Option<Arc<tempfile::TempDir>>, tls: bool) -> BrokerNode {
+        BrokerNode::create_with(shared_home, tls, &[])
+    }
+
+    /// As [`BrokerNode::create`], a TLS node's config changed by `overrides`.
+    fn create_with(
+        shared_home: Option<Arc<tempfile::TempDir>>,
+        tls: bool,
+        overrides: &[(&str, String)],
+    ) -> BrokerNode {
         let root = tempfile::Builder::new()
             .prefix(if tls { "gearmq-node-" } else { "gearmq-plain-" })
             .tempdir()
@@ -185,7 +208,7 @@ impl BrokerNode {
         let dist_port = free_port();
         let amqps_port = if tls {
             let amqps_port = free_port();
-            write_tls_config(r, amqps_port);
+            write_tls_config(r, amqps_port, overrides);
             Some(amqps_port)
         } else {
             // Small disk alarm threshold: a busy CI disk must not block publishers.
@@ -413,7 +436,7 @@ impl BrokerNode {
 
 /// The config of a TLS node in `root`: `deploy/rabbitmq-tls.conf` with its port and a
 /// fresh PKI made by the real CLI, and `deploy/enabled_plugins`.
-fn write_tls_config(root: &Path, amqps_port: u16) {
+fn write_tls_config(root: &Path, amqps_port: u16, extra: &[(&str, String)]) {
     let pki = root.join("pki");
     std::fs::create_dir_all(&pki).expect("mkdir pki");
     let out = crate::run_cli(&["pki", "init", "--out", &pki.to_string_lossy()]);
@@ -432,15 +455,14 @@ fn write_tls_config(root: &Path, amqps_port: u16) {
     let template = std::fs::read_to_string(deploy_file("rabbitmq-tls.conf"))
         .expect("deploy/rabbitmq-tls.conf");
     let file = |name: &str| pki.join(name).display().to_string();
-    let conf = override_conf(
-        &template,
-        &[
-            ("listeners.ssl.default", format!("127.0.0.1:{amqps_port}")),
-            ("ssl_options.cacertfile", file("ca.pem")),
-            ("ssl_options.certfile", file("localhost.pem")),
-            ("ssl_options.keyfile", file("localhost.key")),
-        ],
-    );
+    let mut overrides = vec![
+        ("listeners.ssl.default", format!("127.0.0.1:{amqps_port}")),
+        ("ssl_options.cacertfile", file("ca.pem")),
+        ("ssl_options.certfile", file("localhost.pem")),
+        ("ssl_options.keyfile", file("localhost.key")),
+    ];
+    overrides.extend(extra.iter().cloned());
+    let conf = override_conf(&template, &overrides);
     std::fs::write(root.join("rabbitmq.conf"), conf).expect("rabbitmq.conf");
     std::fs::copy(deploy_file("enabled_plugins"), root.join("enabled_plugins"))
         .expect("deploy/enabled_plugins");

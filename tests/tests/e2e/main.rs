@@ -13,6 +13,7 @@ mod audit;
 mod cluster;
 mod delegation;
 mod emulate;
+mod enrollment;
 mod faults;
 mod json_shape;
 mod local;
