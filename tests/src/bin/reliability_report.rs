@@ -181,6 +181,21 @@ const ATTACKS: &[(&str, &str, &str)] = &[
         "tests/tests/e2e/provisioning.rs::provision_refuses_a_host_named_like_an_operator",
     ),
     (
+        "Someone holding the bootstrap password asks to enroll under an existing host's name (or any name) with keys of its own",
+        "a request is signed by the key it names; with a secret, the HMAC binds the name and every key; without one, `pending` shows the key for the operator to compare with the host's; `approve` refuses a name already in the inventory",
+        "tests/tests/e2e/enrollment.rs::three_hosts_enroll_over_the_broker_and_answer_a_tls_ping",
+    ),
+    (
+        "A bootstrap secret used a second time (by another request), or after it expired",
+        "the operator keeps each secret with its name, expiry and the digest of the request that used it; another request with it is listed `refused: …` and cannot be approved; the host gets nothing",
+        "tests/tests/e2e/enrollment.rs::three_hosts_enroll_over_the_broker_and_answer_a_tls_ping",
+    ),
+    (
+        "A forged or misrouted enrollment answer (signed by another key, for another request, or carrying a credential for other keys)",
+        "the host opens only an answer signed by the issuer key it was given, bound to the digest of the request it sent, whose credential names it with the keys it made",
+        "schemas/tests/vectors/enroll.rs::enrollment_must_refuse_vectors_are_refused_at_the_stated_step",
+    ),
+    (
         "A host runs a request its signer may not make and logs it with a failure status, so that the auditor's checks skip it",
         "`audit verify` applies the role, action, caller, credential-window and request-window checks whatever the status: only the refusal those checks give passes",
         "schemas/tests/audit.rs::a_request_its_signer_may_not_make_must_have_been_refused_whatever_the_status",
