@@ -2,7 +2,7 @@
 //! package ships, generated from the clap definitions so they never drift from `--help`.
 
 use anyhow::Result;
-use clap::{Args, CommandFactory};
+use clap::Args;
 use std::path::PathBuf;
 
 /// Where to write the man pages and completions.
@@ -16,7 +16,7 @@ pub struct GenerateDocsArgs {
 /// Writes `DIR/man/*.1` and `DIR/completions/{gearmq.bash,_gearmq,gearmq.fish}`.
 pub fn generate(args: GenerateDocsArgs) -> Result<()> {
     Ok(gearmq_io::docs::write_docs(
-        crate::Cli::command(),
+        crate::cli_command(),
         "gearmq",
         &args.dir,
     )?)

@@ -124,8 +124,45 @@ enum Command {
     GenerateDocs(docs::GenerateDocsArgs),
 }
 
+/// Commands that never read the orchestrator config: `--config` is accepted (it is
+/// global) but not shown in their help.
+const WITHOUT_CONFIG: &[&str] = &[
+    "init",
+    "issuer",
+    "keygen",
+    "audit",
+    "pki",
+    "revoke",
+    "renew",
+    "local",
+    "generate-docs",
+];
+
+/// The clap command, with `--config` hidden where it means nothing: those commands get
+/// a hidden copy of the global argument, which clap then does not propagate over.
+pub fn cli_command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let hidden = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "config")
+        .cloned()
+        .map(|a| a.hide(true));
+    if let Some(hidden) = hidden {
+        for name in WITHOUT_CONFIG {
+            let arg = hidden.clone();
+            cmd = cmd.mut_subcommand(name, move |c| c.arg(arg));
+        }
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let cli = match Cli::from_arg_matches(&cli_command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     // lapin logs every returned (unroutable) message at warn; gearmq reports those as
     // results itself, so lapin is quiet unless asked for by name.
     let directives = if cli.log.contains("lapin") {
@@ -211,6 +248,54 @@ mod tests {
             &["audit", "verify"],
         ] {
             assert!(!has(other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn config_shows_only_in_the_help_of_commands_that_read_it() {
+        let mut cmd = cli_command();
+        cmd.build();
+        let shown = |path: &[&str]| {
+            let mut c = &cmd;
+            for p in path {
+                c = c.find_subcommand(p).unwrap_or_else(|| panic!("no {p}"));
+            }
+            c.get_arguments()
+                .any(|a| a.get_id() == "config" && !a.is_hide_set())
+        };
+        for reads in [
+            &["ping"][..],
+            &["install"],
+            &["broker", "check"],
+            &["enroll", "host"],
+            &["enroll", "approve"],
+        ] {
+            assert!(shown(reads), "{reads:?}");
+        }
+        for not in [
+            &["init"][..],
+            &["issuer", "init"],
+            &["keygen"],
+            &["pki", "issue"],
+            &["audit", "verify"],
+            &["local", "status"],
+        ] {
+            assert!(!shown(not), "{not:?}");
+        }
+        // Still accepted anywhere, before or after the command.
+        use clap::FromArgMatches;
+        for args in [
+            &[
+                "gearmq", "--config", "/c.toml", "init", "--dir", "/d", "--hosts", "a",
+            ][..],
+            &[
+                "gearmq", "init", "--config", "/c.toml", "--dir", "/d", "--hosts", "a",
+            ],
+            &["gearmq", "ping", "--config", "/c.toml", "--all"],
+        ] {
+            let m = cli_command().try_get_matches_from(args).unwrap();
+            let cli = Cli::from_arg_matches(&m).unwrap();
+            assert_eq!(cli.config, PathBuf::from("/c.toml"), "{args:?}");
         }
     }
 }
