@@ -159,6 +159,8 @@ struct Shared {
     routes: Mutex<HashMap<Uuid, mpsc::Sender<Event>>>,
     rejections: Mutex<BTreeMap<Rejection, u64>>,
     max_message_bytes: usize,
+    /// `defaults.persistent_reads`.
+    persistent_reads: bool,
     audit: Option<AuditSink>,
     in_flight: InFlightMap,
     /// Per call in progress: what its audit records need (see [`CallBook`]).
@@ -280,6 +282,7 @@ impl Orchestrator {
             routes: Mutex::new(HashMap::new()),
             rejections: Mutex::new(BTreeMap::new()),
             max_message_bytes: config.limits.max_message_bytes,
+            persistent_reads: config.defaults.persistent_reads,
             audit,
             in_flight: InFlightMap::default(),
             books: Mutex::new(HashMap::new()),
@@ -570,7 +573,10 @@ impl Orchestrator {
         lock(&self.shared.correlator).register(request.id, digest, targets.clone());
 
         let mut props = BasicProperties::default()
-            .with_delivery_mode(2)
+            .with_delivery_mode(delivery_mode(
+                request.action.as_str(),
+                self.shared.persistent_reads,
+            ))
             .with_content_type(CONTENT_TYPE.into())
             .with_correlation_id(request.id.to_string().into())
             .with_reply_to(self.reply_queue.as_str().into());
@@ -977,6 +983,40 @@ impl Drop for Call {
             .and_then(|mut b| b.tally.summary(Some(self.id)));
         if let (Some(audit), Some(entry)) = (&self.shared.audit, summary) {
             audit.record_later(entry);
+        }
+    }
+}
+
+/// The AMQP delivery mode of a request for `action`: 2 (persistent) for the actions
+/// that change a host, 1 (transient) for those that only read unless `persistent_reads`.
+///
+/// Why reads may be transient (RELIABILITY.md, "What a request's durability buys"): a
+/// request lives seconds; a broker that loses a transient read in a restart also drops
+/// this process's connection, and the reconnect publishes every call in flight again,
+/// byte for byte; the agent's replay store answers a copy it has seen from the stored
+/// reply. A persistent message costs the broker a disk write before its confirm.
+pub fn delivery_mode(action: &str, persistent_reads: bool) -> u8 {
+    if persistent_reads || !gearmq_schemas::actions::READ_ONLY_ACTIONS.contains(&action) {
+        2
+    } else {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivery_mode;
+
+    #[test]
+    fn reads_are_transient_and_mutations_persistent() {
+        for read in gearmq_schemas::actions::READ_ONLY_ACTIONS {
+            assert_eq!(delivery_mode(read, false), 1, "{read}");
+            assert_eq!(delivery_mode(read, true), 2, "{read}");
+        }
+        for change in [
+            "install", "start", "stop", "restart", "reload", "delete", "enable",
+        ] {
+            assert_eq!(delivery_mode(change, false), 2, "{change}");
         }
     }
 }

@@ -75,6 +75,12 @@ pub struct CallDefaults {
     /// How long a call waits for replies.
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
+    /// Publish requests of the read-only actions (ping, status, list, logs, facts,
+    /// cancel, stats) as persistent messages too. Off: they are transient (not written
+    /// to the broker's disk); a read lost with a restarting broker is published again
+    /// by the reconnect, like every call in flight. Mutations are always persistent.
+    #[serde(default)]
+    pub persistent_reads: bool,
 }
 
 /// Limits on what is accepted from the network.
@@ -110,6 +116,7 @@ impl Default for CallDefaults {
     fn default() -> Self {
         CallDefaults {
             timeout: default_timeout(),
+            persistent_reads: false,
         }
     }
 }

@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// PID of the broker process, for its CPU time (default: the oldest beam.smp).
     #[arg(long)]
     broker_pid: Option<u32>,
+    /// Publish gearmq's requests as persistent messages, as before reads became
+    /// transient (`defaults.persistent_reads`): to measure what durability costs.
+    #[arg(long)]
+    persistent_reads: bool,
     /// Internal: serve the raw baseline's N queues (started by the benchmark itself).
     #[arg(long, hide = true, value_name = "N")]
     serve_raw: Option<usize>,
@@ -150,6 +154,11 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
     let mut notes = vec![
         "every reply is verified (signature, credential chain, digest) before it counts".to_string(),
         "durability as in production: each answered request is fsync'd to the agent's audit log and replay store; the orchestrator audit log is synced at the end of every call".to_string(),
+        if a.persistent_reads {
+            "gearmq's pings are persistent messages (--persistent-reads)".to_string()
+        } else {
+            "gearmq's pings are transient messages, as every read by default (defaults.persistent_reads = false)".to_string()
+        },
         "the emulator shares broker connections under one login, so the reply user_id check is off".to_string(),
         format!("work dir {} (its disk's fsync time is in every gearmq number)", dir.display()),
     ];
@@ -185,7 +194,8 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
         "  {max} hosts enrolled in {:.1} s",
         t.elapsed().as_secs_f64()
     ));
-    let config = OrchestratorConfig::load(&dir.join("orchestrator.toml"))?;
+    let mut config = OrchestratorConfig::load(&dir.join("orchestrator.toml"))?;
+    config.defaults.persistent_reads = a.persistent_reads;
     let names: Vec<Name> = (1..=max)
         .map(|i| Name::new(format!("emu-{i:05}").as_str()))
         .collect::<Result<_, _>>()?;

@@ -16,9 +16,14 @@ const ROWS: &[(&str, &str, &str)] = &[
         "tests/tests/e2e/faults.rs::orchestrator_reconnects_when_its_connection_drops_mid_call",
     ),
     (
-        "Broker restart mid fan-out",
-        "a RabbitMQ node of the test's own is stopped (`rabbitmqctl stop`) and booted again while a 3-host ping waits for one host whose request is queued, and a second call starts while the node is down",
+        "Broker restart mid fan-out, transient read",
+        "a RabbitMQ node of the test's own is stopped (`rabbitmqctl stop`) and booted again while a 3-host ping (transient, the default for reads) waits for one host whose request is queued, and a second call starts while the node is down; the queued copy is lost with the restart and the reconnect's republished copy is answered",
         "tests/tests/e2e/faults.rs::broker_restart_mid_fan_out_ends_with_every_host_answered_once",
+    ),
+    (
+        "Broker restart mid fan-out, persistent request",
+        "the same with `defaults.persistent_reads = true` (the delivery of every mutation): the queued copy survives the restart",
+        "tests/tests/e2e/faults.rs::broker_restart_mid_fan_out_keeps_a_persistent_request_queued",
     ),
     (
         "Agent SIGKILL during install/start",

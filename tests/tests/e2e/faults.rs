@@ -65,14 +65,34 @@ async fn orchestrator_reconnects_when_its_connection_drops_mid_call() {
     orch.close().await;
 }
 
+/// Reads (ping) are published transient by default: the copy queued for an absent host
+/// is gone with the broker's restart, and the reconnected orchestrator's republished
+/// copy is what that host answers, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
+    broker_restart_mid_fan_out(false).await;
+}
+
+/// The same with `defaults.persistent_reads = true`, the delivery every mutation has:
+/// the queued copy survives the restart itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_fan_out_keeps_a_persistent_request_queued() {
+    broker_restart_mid_fan_out(true).await;
+}
+
+async fn broker_restart_mid_fan_out(persistent: bool) {
     let node = Arc::new(BrokerNode::plain());
     let vhost = Vhost::on(&node, "restart");
     let urls = [vhost.url()];
     let fleet = Fleet::builder("restart", &["h1", "h2", "h3"])
         .on(vhost, &urls)
         .init();
+    if persistent {
+        fleet.edit_orchestrator_toml(|t| {
+            t.replacen("[defaults]\n", "[defaults]\npersistent_reads = true\n", 1)
+        });
+        assert!(fleet.orchestrator_config().defaults.persistent_reads);
+    }
     let depth = |queue: &str| fleet.vhost.queue(queue).map_or(0, |q| q.messages());
     let mut agents: Vec<_> = fleet.hosts.iter().map(|h| fleet.start_agent(h)).collect();
     let orch = Orchestrator::connect(&fleet.orchestrator_config())
@@ -85,8 +105,8 @@ async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
         .unwrap();
     assert_eq!(warm.summary.ok, 3, "{:?}", warm.results);
 
-    // h3 is away: its copy of the next request stays queued (durable, persistent)
-    // while h1 and h2 answer at once.
+    // h3 is away: its copy of the next request stays queued while h1 and h2 answer at
+    // once.
     assert_eq!(agents[2].terminate(), Some(0));
     let mut call = orch
         .start(ping_spec(&all, Duration::from_secs(60)))
@@ -118,13 +138,16 @@ async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     node.boot();
     let booted = stopped.elapsed();
-    // The queued request survived (with the copies the reconnected orchestrator
-    // republished and the second call's, if they are in already).
+    // Persistent: the queued request survived (with the copies the reconnected
+    // orchestrator republished and the second call's, if they are in already).
+    // Transient: it did not; the republished copy takes its place.
     let depth_after_boot = depth("gearmq.host.h3");
-    assert!(
-        depth_after_boot >= 1,
-        "the queued request did not survive the restart"
-    );
+    if persistent {
+        assert!(
+            depth_after_boot >= 1,
+            "the queued request did not survive the restart"
+        );
+    }
     for a in &agents[..2] {
         wait_until("agent reconnect", Duration::from_secs(30), || {
             a.log_text().contains("reconnected to the broker")
@@ -147,8 +170,16 @@ async fn broker_restart_mid_fan_out_ends_with_every_host_answered_once() {
     let st1 = fleet.stats("h1");
     assert!(st1["reconnects"].as_u64().unwrap() >= 1, "{st1}");
     observe(
-        "broker_restart_mid_fan_out_ends_with_every_host_answered_once",
-        "test broker node stopped and started mid fan-out (3 hosts, one request queued)",
+        if persistent {
+            "broker_restart_mid_fan_out_keeps_a_persistent_request_queued"
+        } else {
+            "broker_restart_mid_fan_out_ends_with_every_host_answered_once"
+        },
+        if persistent {
+            "test broker node stopped and started mid fan-out (3 hosts, one persistent request queued)"
+        } else {
+            "test broker node stopped and started mid fan-out (3 hosts, one transient read queued)"
+        },
         json!({"first_call_ok": first.summary.ok, "second_call_ok": second.summary.ok,
                "broker_down_ms": booted.as_millis() as u64,
                "call_end_after_stop_ms": recovered.as_millis() as u64,
