@@ -249,6 +249,27 @@ fn render(v: &Value) -> String {
     }
 }
 
+/// What the two broker-restart rows show, and what each delivery guarantees.
+const DURABILITY: &str = "## What a request's durability buys\n\
+\n\
+Requests that change a host (`install`, `start`, `stop`, `restart`, `reload`, `delete`,\n\
+`enable`, `disable`, `revocation`) are persistent messages in durable queues: a copy\n\
+queued for a host survives a restart of its classic-queue node, and a quorum queue keeps\n\
+it through the loss of a node. Reads (`ping`, `status`, `list`, `logs`, `facts`, `cancel`,\n\
+`stats`) are transient unless `defaults.persistent_reads = true`: a restart drops a\n\
+queued read from a classic queue, and it is the orchestrator that brings it back — the\n\
+restart closes its connection too, and the reconnect publishes every call still in\n\
+flight again, byte for byte, until the call's deadline. Either way each host answers\n\
+once: a copy it has already answered gets the stored reply, and the orchestrator counts\n\
+a second reply as a duplicate. What transient reads give up: a read queued for a host\n\
+that is away when a broker restarts *and* whose caller is gone by then is lost — it had\n\
+no one to answer anyway. What they buy (BENCHMARKS.md, run F): the broker's disk write\n\
+before every confirm, a third of a 1,000-host ping's time. The two broker-restart rows\n\
+above show both deliveries: the transient copy lost and the republished one answered\n\
+once, the persistent copy kept; each host executed each call once.\n\
+\n\
+";
+
 /// What the cluster row cannot say in a cell: how to stop a node, and why.
 const BROKER_CLUSTER: &str = "## Broker cluster\n\
 \n\
@@ -298,6 +319,7 @@ fn main() -> Result<()> {
         };
         println!("| {what} | {how} | `{test}` | {observed} |");
     }
+    println!("\n{}", DURABILITY.trim_end());
     println!("\n{BROKER_CLUSTER}");
     println!("## Attacks\n");
     println!(
