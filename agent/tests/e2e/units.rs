@@ -767,6 +767,10 @@ async fn enabled_units_run_again_after_a_reboot_and_no_enable_ones_do_not() {
     let r: UnitChangeResult = data(&w.call("install", &no_enable).await);
     assert_eq!(r.state.unwrap().unit_file_state, "disabled");
     assert!(!wants.join("gearmq-off.service").exists());
+    // systemd reports a simple service started once it has forked: the program's own
+    // start line may come a moment later (seen on a loaded CI machine).
+    wait_starts(&on, 1).await;
+    wait_starts(&off, 1).await;
     assert_eq!((starts(&on), starts(&off)), (1, 1));
 
     // The manager stops (its units with it) and a new one starts on the same
