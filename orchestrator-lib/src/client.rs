@@ -161,6 +161,8 @@ struct Shared {
     max_message_bytes: usize,
     /// `defaults.persistent_reads`.
     persistent_reads: bool,
+    /// `defaults.broadcast_min_hosts`.
+    broadcast_min_hosts: usize,
     audit: Option<AuditSink>,
     in_flight: InFlightMap,
     /// Per call in progress: what its audit records need (see [`CallBook`]).
@@ -283,6 +285,7 @@ impl Orchestrator {
             rejections: Mutex::new(BTreeMap::new()),
             max_message_bytes: config.limits.max_message_bytes,
             persistent_reads: config.defaults.persistent_reads,
+            broadcast_min_hosts: config.defaults.broadcast_min_hosts,
             audit,
             in_flight: InFlightMap::default(),
             books: Mutex::new(HashMap::new()),
@@ -519,6 +522,14 @@ impl Orchestrator {
         }
         let signed_targets = self.signed_targets(resolved)?;
         let targets: BTreeSet<Name> = resolved.hosts.iter().cloned().collect();
+        let one_publish = resolved.discover
+            || publishes_once(
+                &signed_targets,
+                targets.len(),
+                self.inventory.len(),
+                self.shared.broadcast_min_hosts,
+                self.token.is_some() || self.role == Role::Host,
+            );
         let issued_at = now_ms();
         let mut request = Request::new(
             self.shared.name.clone(),
@@ -586,7 +597,7 @@ impl Orchestrator {
             props = props.with_user_id(self.broker_user.as_str().into());
         }
         let deadline = started + spec.timeout;
-        let routes: Vec<(Option<Name>, String)> = if resolved.discover {
+        let routes: Vec<(Option<Name>, String)> = if one_publish {
             vec![(None, "all".to_string())]
         } else {
             targets
@@ -605,6 +616,28 @@ impl Orchestrator {
             },
         );
         let published = self.link.publish(&keys, &bytes, &props, deadline).await;
+        if one_publish && !resolved.discover {
+            // One publish for every target: what became of it is theirs alike, except a
+            // nack (some host queue refused it, full): the others still answer.
+            let reason = match published.first() {
+                Some(Published::Unroutable) => {
+                    Some("not routable: no host queue is bound to the all route")
+                }
+                Some(Published::Unreachable) => {
+                    Some("the broker was unreachable until the deadline")
+                }
+                Some(Published::Refused) => {
+                    tracing::warn!(id = %request.id, "a host queue refused the request (full?); the hosts whose queues took it still answer");
+                    None
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                for h in &targets {
+                    results.insert(h.clone(), HostResult::no_reply(h.clone(), reason));
+                }
+            }
+        }
         for ((host, _), outcome) in routes.into_iter().zip(published) {
             let unroutable = match outcome {
                 Published::Delivered | Published::Pending => None,
@@ -626,7 +659,7 @@ impl Orchestrator {
                     results.insert(h.clone(), HostResult::no_reply(h, reason));
                 }
                 (Some(reason), None) => {
-                    tracing::warn!(%reason, "discovery broadcast not delivered")
+                    tracing::warn!(%reason, "request on the all route not delivered")
                 }
                 (None, _) => {}
             }
@@ -987,6 +1020,32 @@ impl Drop for Call {
     }
 }
 
+/// Whether a request signed for `signed`, meant for `targets` of `inventory` hosts,
+/// goes out as one publish on the `all` route (`defaults.broadcast_min_hosts` = `min`;
+/// 0 never) instead of one per host. Only where what is signed still denotes exactly
+/// the intended hosts among every host bound to `all`: `all` (signed only for a call to
+/// every inventory host) or a selector (each agent matches it against its own
+/// credential's labels) holding at least half the inventory, so the broker makes at
+/// most twice the copies needed. Never a host list (it names part of a selection: the
+/// rest would each verify and drop a request not meant for them) nor a `delegated`
+/// call (a host may publish to single hosts only).
+pub fn publishes_once(
+    signed: &Targets,
+    targets: usize,
+    inventory: usize,
+    min: usize,
+    delegated: bool,
+) -> bool {
+    if min == 0 || targets < min || delegated {
+        return false;
+    }
+    match signed {
+        Targets::All => true,
+        Targets::Selector(_) => targets.saturating_mul(2) >= inventory,
+        Targets::Hosts(_) => false,
+    }
+}
+
 /// The AMQP delivery mode of a request for `action`: 2 (persistent) for the actions
 /// that change a host, 1 (transient) for those that only read unless `persistent_reads`.
 ///
@@ -1005,7 +1064,29 @@ pub fn delivery_mode(action: &str, persistent_reads: bool) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::delivery_mode;
+    use super::{delivery_mode, publishes_once};
+    use gearmq_schemas::{LabelMatch, MatchOp, Name, Targets};
+
+    #[test]
+    fn whole_fleet_and_large_label_calls_publish_once() {
+        let selector = Targets::Selector(vec![LabelMatch {
+            key: "role".into(),
+            op: MatchOp::Eq,
+            value: "web".into(),
+        }]);
+        let list = Targets::hosts([Name::new("web1").unwrap()]);
+        // The whole inventory, at or above the threshold.
+        assert!(publishes_once(&Targets::All, 32, 32, 32, false));
+        assert!(!publishes_once(&Targets::All, 31, 31, 32, false));
+        // Off, or delegated.
+        assert!(!publishes_once(&Targets::All, 5000, 5000, 0, false));
+        assert!(!publishes_once(&Targets::All, 5000, 5000, 32, true));
+        // A selector: only when it holds half the inventory or more.
+        assert!(publishes_once(&selector, 500, 1000, 32, false));
+        assert!(!publishes_once(&selector, 499, 1000, 32, false));
+        // A host list never: it is a narrowed call.
+        assert!(!publishes_once(&list, 1000, 1000, 1, false));
+    }
 
     #[test]
     fn reads_are_transient_and_mutations_persistent() {

@@ -81,6 +81,13 @@ pub struct CallDefaults {
     /// by the reconnect, like every call in flight. Mutations are always persistent.
     #[serde(default)]
     pub persistent_reads: bool,
+    /// A call reaching at least this many hosts goes out as **one** publish on the
+    /// `all` route instead of one per host, when it is for the whole inventory (`--all`)
+    /// or for a label selection holding at least half of it; every host the broker
+    /// binds to `all` receives it, and those the signed targets do not name drop it
+    /// unanswered. 0: always one publish per host.
+    #[serde(default = "default_broadcast_min_hosts")]
+    pub broadcast_min_hosts: usize,
 }
 
 /// Limits on what is accepted from the network.
@@ -102,6 +109,9 @@ pub struct Limits {
 fn default_timeout() -> Duration {
     Duration::from_secs(5)
 }
+fn default_broadcast_min_hosts() -> usize {
+    32
+}
 fn default_max_message() -> usize {
     gearmq_schemas::DEFAULT_MAX_MESSAGE_BYTES
 }
@@ -117,6 +127,7 @@ impl Default for CallDefaults {
         CallDefaults {
             timeout: default_timeout(),
             persistent_reads: false,
+            broadcast_min_hosts: default_broadcast_min_hosts(),
         }
     }
 }

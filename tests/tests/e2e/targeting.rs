@@ -244,3 +244,129 @@ fn display_filters_rows_but_not_the_summary() {
     );
     assert!(out.stdout.contains("1/2 ok"), "{}", out.stdout);
 }
+
+/// Requests the broker has routed to `queue` so far (a passive declare counts them).
+async fn queued(ch: &lapin::Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .message_count()
+}
+
+async fn ping(orch: &Orchestrator, selection: Selection) -> gearmq_orchestrator::CallResult {
+    let resolved = orch.resolve(&selection).unwrap();
+    orch.start_resolved(
+        &resolved,
+        ActionName::new("ping").unwrap(),
+        codec::encode(&PingArgs {}),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+    .finish()
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_fleet_and_large_label_calls_are_published_once_on_the_all_route() {
+    let fleet = Fleet::init("onepub", &["w1", "w2", "d1"]);
+    label(&fleet, "w1", &["role=web"]);
+    label(&fleet, "w2", &["role=web"]);
+    label(&fleet, "d1", &["role=db"]);
+    let _w1 = fleet.start_agent("w1");
+    let _w2 = fleet.start_agent("w2");
+    let mut d1 = fleet.start_agent("d1");
+    // A probe queue bound to `all`, as every host queue is: what the broker routes on
+    // that key lands here once per publish.
+    let conn = fleet.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        "probe".into(),
+        lapin::options::QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        "probe".into(),
+        "gearmq.requests".into(),
+        "all".into(),
+        Default::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+
+    let mut config = fleet.orchestrator_config();
+    config.defaults.broadcast_min_hosts = 2;
+    let orch = Orchestrator::connect(&config).await.unwrap();
+    let web = || {
+        Selection::Where(vec![LabelMatch {
+            key: "role".into(),
+            op: MatchOp::Eq,
+            value: "web".into(),
+        }])
+    };
+
+    // --all: one publish, every host answers once.
+    let r = ping(&orch, Selection::All).await;
+    assert_eq!(r.summary.ok, 3, "{:?}", r.results);
+    assert_eq!(queued(&ch, "probe").await, 1);
+    // role=web holds 2 of 3 hosts (at least half): one publish on `all`, and d1, which
+    // it does not select, receives it and drops it unanswered.
+    let r = ping(&orch, web()).await;
+    assert_eq!(r.summary.ok, 2, "{:?}", r.results);
+    assert_eq!(r.results.len(), 2);
+    assert_eq!(queued(&ch, "probe").await, 2);
+    // role=db (1 host: under the threshold of 2) and a host list: one publish per host.
+    assert_eq!(
+        ping(
+            &orch,
+            Selection::Where(vec![LabelMatch {
+                key: "role".into(),
+                op: MatchOp::Eq,
+                value: "db".into(),
+            }])
+        )
+        .await
+        .summary
+        .ok,
+        1
+    );
+    let both = vec![Name::new("w1").unwrap(), Name::new("d1").unwrap()];
+    assert_eq!(ping(&orch, Selection::Hosts(both)).await.summary.ok, 2);
+    assert_eq!(queued(&ch, "probe").await, 2);
+    assert!(orch.rejections().is_empty(), "{:?}", orch.rejections());
+    orch.close().await;
+
+    // 0 turns it off: --all goes out once per host.
+    config.defaults.broadcast_min_hosts = 0;
+    let orch = Orchestrator::connect(&config).await.unwrap();
+    assert_eq!(ping(&orch, Selection::All).await.summary.ok, 3);
+    assert_eq!(queued(&ch, "probe").await, 2);
+    orch.close().await;
+
+    // The CLI reads it from orchestrator.toml.
+    fleet.edit_orchestrator_toml(|t| {
+        t.replace("[defaults]\n", "[defaults]\nbroadcast_min_hosts = 3\n")
+    });
+    let out = fleet.cli(&["ping", "--all", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["summary"]["ok"], 3);
+    assert_eq!(queued(&ch, "probe").await, 3);
+    let _ = conn.close(200, "done".into()).await;
+    // d1 dropped the role=web request as not a target (its counters, logged at
+    // shutdown); it answered every call that selected it.
+    assert_eq!(d1.terminate(), Some(0));
+    assert!(d1.log_text().contains("not_target=1"), "{}", d1.log_text());
+}
