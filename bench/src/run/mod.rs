@@ -9,11 +9,13 @@
 //! 2. `gearmq-bench emulate` with every host: fan-out pings to the first N hosts for
 //!    each `--sizes` N, `--rounds` times (time until every reply is verified), with
 //!    CPU per reply of this process (the orchestrator), the emulator and the broker;
-//!    RSS per virtual host idle and under load;
+//!    RSS per virtual host idle and under load; then the whole fleet once more, the
+//!    request published once on the `all` route (`defaults.broadcast_min_hosts`);
 //! 3. the same shapes over raw AMQP (lapin; durable classic queues with the same
 //!    arguments, persistent messages of the same sizes, publisher confirms and manual
 //!    acks on the responder side as the agent does; no signing, no verification, no
-//!    audit log, no replay store) served by a separate responder process
+//!    audit log, no replay store; the whole fleet also with one publish on a key
+//!    every queue is bound to) served by a separate responder process
 //!    (`gearmq-bench run --serve-raw`, which this command starts);
 //! 4. per-stage CPU of the cryptographic steps, timed here on real messages.
 //!
@@ -196,6 +198,10 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
     ));
     let mut config = OrchestratorConfig::load(&dir.join("orchestrator.toml"))?;
     config.defaults.persistent_reads = a.persistent_reads;
+    // Rows by size: one publish per host. The whole fleet once more below, published
+    // once on the `all` route (`defaults.broadcast_min_hosts`), beside the same shape
+    // over raw AMQP.
+    config.defaults.broadcast_min_hosts = 0;
     let names: Vec<Name> = (1..=max)
         .map(|i| Name::new(format!("emu-{i:05}").as_str()))
         .collect::<Result<_, _>>()?;
@@ -297,8 +303,38 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
         let cpu = per_reply(before, meters.read(), verified);
         fan_gearmq.push((n, times, verified, cpu));
     }
-    let emu_peak = rss_kib(emu.pid(), "VmHWM:");
     orch.close().await;
+    let mut once_gearmq = None;
+    if max >= 2 {
+        progress(format!(
+            "fan-out ping to all {max} emulated hosts, one publish on the all route: {} rounds",
+            a.rounds
+        ));
+        let mut once = config.clone();
+        once.defaults.broadcast_min_hosts = 1;
+        let orch = Orchestrator::connect(&once).await?;
+        ping_hosts(&orch, &names).await?; // warm-up
+        let before = meters.read();
+        let mut times = Vec::with_capacity(a.rounds);
+        let mut verified = 0;
+        for r in 0..a.rounds {
+            let t = Instant::now();
+            verified += ping_hosts(&orch, &names).await?;
+            times.push(t.elapsed());
+            if max >= 1000 {
+                progress(format!(
+                    "  round {}/{}: {:.1} ms",
+                    r + 1,
+                    a.rounds,
+                    times[r].as_secs_f64() * 1000.0
+                ));
+            }
+        }
+        let cpu = per_reply(before, meters.read(), verified);
+        once_gearmq = Some((times, verified, cpu));
+        orch.close().await;
+    }
+    let emu_peak = rss_kib(emu.pid(), "VmHWM:");
     emu.stop();
 
     // 3. The raw baselines: the transport's limit (transient) and gearmq's durability.
@@ -319,13 +355,19 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
     if let Some(d) = &descriptors {
         notes.push(d.note.clone());
     }
-    let mut fan_out = Vec::new();
-    for (i, (n, times, verified, cpu)) in fan_gearmq.into_iter().enumerate() {
+    let row = |n: usize,
+               one_publish: bool,
+               times: Vec<Duration>,
+               verified: usize,
+               cpu: report::CpuPerReply,
+               durable: &(Vec<Duration>, report::CpuPerReply),
+               transient: &(Vec<Duration>, report::CpuPerReply)| {
         let g = percentiles(times);
-        let r = percentiles(durable.fan[i].1.clone());
-        let t = percentiles(transient.fan[i].1.clone());
-        fan_out.push(FanOutRow {
+        let r = percentiles(durable.0.clone());
+        let t = percentiles(transient.0.clone());
+        FanOutRow {
             hosts: n,
+            one_publish,
             rounds: a.rounds,
             ratio_p50: g.p50_ms / r.p50_ms.max(1e-9),
             ratio_p99: g.p99_ms / r.p99_ms.max(1e-9),
@@ -337,10 +379,21 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
             replies_verified: verified,
             replies_expected: n * a.rounds,
             gearmq_cpu_per_reply: cpu,
-            raw_cpu_per_reply: durable.fan[i].2,
-            raw_transient_cpu_per_reply: transient.fan[i].2,
+            raw_cpu_per_reply: durable.1,
+            raw_transient_cpu_per_reply: transient.1,
             broker_bound: descriptors.as_ref().is_some_and(|d| d.bound(n)),
-        });
+        }
+    };
+    let mut fan_out = Vec::new();
+    for (i, (n, times, verified, cpu)) in fan_gearmq.into_iter().enumerate() {
+        let d = (durable.fan[i].1.clone(), durable.fan[i].2);
+        let t = (transient.fan[i].1.clone(), transient.fan[i].2);
+        fan_out.push(row(n, false, times, verified, cpu, &d, &t));
+    }
+    if let (Some((times, verified, cpu)), Some(d), Some(t)) =
+        (once_gearmq, &durable.once, &transient.once)
+    {
+        fan_out.push(row(max, true, times, verified, cpu, d, t));
     }
 
     progress("timing the cryptographic stages on real messages");
@@ -422,6 +475,8 @@ struct RawResults {
     rtts: Vec<Duration>,
     tp_secs: f64,
     fan: Vec<(usize, Vec<Duration>, report::CpuPerReply)>,
+    /// The whole fleet, one publish on the `all` key: its times and CPU per reply.
+    once: Option<(Vec<Duration>, report::CpuPerReply)>,
 }
 
 /// Runs one raw baseline against a responder process of its own.
@@ -472,8 +527,31 @@ async fn raw_baseline(s: &RawShape<'_>, a: &BenchArgs, mode: RawMode) -> Result<
         }
         fan.push((n, times, per_reply(before, meters.read(), n * a.rounds)));
     }
+    let mut once = None;
+    if s.max >= 2 {
+        progress(format!(
+            "raw fan-out, {}, to all {} queues, one publish: {} rounds",
+            mode.name(),
+            s.max,
+            a.rounds
+        ));
+        raw.fan_out_once(s.max).await?;
+        let before = meters.read();
+        let mut times = Vec::with_capacity(a.rounds);
+        for _ in 0..a.rounds {
+            let t = Instant::now();
+            raw.fan_out_once(s.max).await?;
+            times.push(t.elapsed());
+        }
+        once = Some((times, per_reply(before, meters.read(), s.max * a.rounds)));
+    }
     raw_proc.stop();
-    Ok(RawResults { rtts, tp_secs, fan })
+    Ok(RawResults {
+        rtts,
+        tp_secs,
+        fan,
+        once,
+    })
 }
 
 /// The local broker node's descriptor limit against what a fan-out to n hosts asks of

@@ -151,6 +151,16 @@ impl RawClient {
 
     /// One request to each of the first `n` raw queues; returns when all `n` replied.
     pub(super) async fn fan_out(&self, n: usize) -> Result<()> {
+        self.call(n, false).await
+    }
+
+    /// One request published once on the `all` key, which every one of the responder's
+    /// `n` queues is bound to; returns when all `n` replied.
+    pub(super) async fn fan_out_once(&self, n: usize) -> Result<()> {
+        self.call(n, true).await
+    }
+
+    async fn call(&self, n: usize, once: bool) -> Result<()> {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting
@@ -162,8 +172,12 @@ impl RawClient {
             .with_correlation_id(id.to_string().into())
             .with_reply_to(self.reply_queue.as_str().into());
         let mut confirms = Vec::with_capacity(n);
-        for i in 0..n {
-            let key = raw_key(i);
+        let keys: Vec<String> = if once {
+            vec![RAW_ALL.to_string()]
+        } else {
+            (0..n).map(raw_key).collect()
+        };
+        for key in keys {
             let c = self
                 .channel
                 .basic_publish(
@@ -213,6 +227,9 @@ pub(super) async fn raw_throughput(
     }
     Ok(started.elapsed().as_secs_f64())
 }
+
+/// The key every raw queue is also bound to (as every host queue is to `all`).
+const RAW_ALL: &str = "all";
 
 fn raw_key(i: usize) -> String {
     format!("raw.{i:05}")
@@ -272,15 +289,17 @@ pub(super) async fn serve_raw(
                     args,
                 )
                 .await?;
-            consume
-                .queue_bind(
-                    queue.as_str().into(),
-                    mode.requests().into(),
-                    raw_key(i).as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            for key in [raw_key(i), RAW_ALL.to_string()] {
+                consume
+                    .queue_bind(
+                        queue.as_str().into(),
+                        mode.requests().into(),
+                        key.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
             consume.basic_qos(32, BasicQosOptions::default()).await?;
             let mut consumer = consume
                 .basic_consume(

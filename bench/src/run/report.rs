@@ -48,6 +48,9 @@ pub(super) struct CpuPerReply {
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct FanOutRow {
     pub(super) hosts: usize,
+    /// One publish on the `all` route reaching every host (gearmq and both raw
+    /// baselines alike), not one per host.
+    pub(super) one_publish: bool,
     pub(super) rounds: usize,
     pub(super) gearmq: Percentiles,
     /// The durable raw baseline (gearmq's durability).
@@ -162,6 +165,14 @@ pub(super) fn machine(load_before: String) -> Machine {
     }
 }
 
+fn fan_label(what: &str, f: &FanOutRow) -> String {
+    if f.one_publish {
+        format!("{what}, {} hosts, 1 publish", f.hosts)
+    } else {
+        format!("{what}, {} hosts", f.hosts)
+    }
+}
+
 pub(super) fn print_table(r: &Report) {
     let m = &r.machine;
     println!();
@@ -176,12 +187,12 @@ pub(super) fn print_table(r: &Report) {
     );
     println!();
     println!(
-        "{:<34} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "{:<38} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "measure (p50)", "gearmq", "transient", "durable", "gearmq p99", "x transnt", "x durable"
     );
     let s = &r.single_host_round_trip;
     println!(
-        "{:<34} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>9.2} {:>9.2}",
+        "{:<38} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>9.2} {:>9.2}",
         "single host round trip, 1 in flight",
         s.gearmq.p50_ms,
         s.raw_transient.p50_ms,
@@ -192,8 +203,8 @@ pub(super) fn print_table(r: &Report) {
     );
     for f in &r.fan_out {
         println!(
-            "{:<34} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>9.2} {:>9.2}{}",
-            format!("fan-out ping, {} hosts", f.hosts),
+            "{:<38} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>9.2} {:>9.2}{}",
+            fan_label("fan-out ping", f),
             f.gearmq.p50_ms,
             f.raw_transient.p50_ms,
             f.raw.p50_ms,
@@ -220,13 +231,13 @@ pub(super) fn print_table(r: &Report) {
     }
     println!();
     println!(
-        "{:<34} {:>13} {:>13} {:>13} {:>13}",
+        "{:<38} {:>13} {:>13} {:>13} {:>13}",
         "CPU per reply (µs)", "orchestrator", "agent side", "broker", "raw broker"
     );
     for f in &r.fan_out {
         println!(
-            "{:<34} {:>13.1} {:>13.1} {:>13.1} {:>13.1}",
-            format!("fan-out, {} hosts", f.hosts),
+            "{:<38} {:>13.1} {:>13.1} {:>13.1} {:>13.1}",
+            fan_label("fan-out", f),
             f.gearmq_cpu_per_reply.orchestrator_us,
             f.gearmq_cpu_per_reply.agent_us,
             f.gearmq_cpu_per_reply.broker_us,
@@ -234,7 +245,7 @@ pub(super) fn print_table(r: &Report) {
         );
     }
     println!(
-        "{:<34} {:>13.1} {:>13.1} {:>13.1}",
+        "{:<38} {:>13.1} {:>13.1} {:>13.1}",
         "throughput, one real agent",
         t.gearmq_cpu_per_reply.orchestrator_us,
         t.gearmq_cpu_per_reply.agent_us,

@@ -153,13 +153,17 @@ fn a_tiny_bench_run_reports_every_shape_with_every_reply_verified() {
         "{}",
         out.stdout
     );
+    assert!(out.stdout.contains("3 hosts, 1 publish"), "{}", out.stdout);
     let text = std::fs::read_to_string(&json).expect("bench.json");
     let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(doc["all_replies_verified"], true);
     let fan = doc["fan_out"].as_array().expect("fan_out");
-    assert_eq!(fan.len(), 2);
-    for (row, n) in fan.iter().zip([1u64, 3]) {
+    // One row per size, published once per host, then the whole fleet with one
+    // publish on the all route.
+    assert_eq!(fan.len(), 3);
+    for (row, (n, once)) in fan.iter().zip([(1u64, false), (3, false), (3, true)]) {
         assert_eq!(row["hosts"], n);
+        assert_eq!(row["one_publish"], once, "{row}");
         assert_eq!(row["replies_verified"], n * 2);
         assert_eq!(row["replies_expected"], n * 2);
         for side in ["gearmq", "raw", "raw_transient"] {
