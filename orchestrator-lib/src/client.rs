@@ -8,7 +8,7 @@ use crate::inventory::Inventory;
 use crate::link::{InFlight, InFlightMap, Link, LinkSettings, Published};
 use crate::outcome::{CallResult, HostResult};
 use crate::tally::RejectTally;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use gearmq_io::files::{FileError, load_credential, load_signing_key, load_trusted_issuers};
 use gearmq_schemas::audit::Entry;
 use gearmq_schemas::envelope::{Opened, Signed};
@@ -752,12 +752,49 @@ impl Orchestrator {
     }
 }
 
-async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
-            Ok(d) => d,
-            Err(e) => {
+/// Replies being opened at once: opening one (credential chain, signature) is most of
+/// its CPU, and a fan-out's replies arrive together, so each is opened in a task of its
+/// own on the runtime's threads. As many as the broker delivers unacked (the
+/// prefetch): fewer would make the hop to a busy runtime thread the pace of the whole
+/// pipeline.
+const REPLY_OPENERS: usize = crate::link::REPLY_PREFETCH as usize;
+
+async fn take_replies(shared: Arc<Shared>, consumer: lapin::Consumer) {
+    // Opened in parallel on the runtime's threads, judged in delivery order: the
+    // correlator takes a host's streamed replies only in increasing `seq`.
+    let opener = shared.clone();
+    let mut opened = consumer
+        .map(move |delivery| {
+            let shared = opener.clone();
+            tokio::spawn(async move {
+                let delivery = delivery?;
+                let opened = open_reply(&delivery.data, shared.max_message_bytes, &shared.verifier);
+                Ok::<_, lapin::Error>((delivery, opened))
+            })
+        })
+        .buffered(REPLY_OPENERS);
+    // Acked in batches (`multiple`: the channel carries this consumer only, and
+    // deliveries are judged in order): one frame for every reply already judged when
+    // the next is not yet opened, or every ACK_BATCH replies.
+    let mut unacked: Option<lapin::Acker> = None;
+    let mut batch = 0usize;
+    let mut ahead = None;
+    loop {
+        let next = match ahead.take() {
+            Some(n) => n,
+            None => match opened.next().await {
+                Some(n) => n,
+                None => break,
+            },
+        };
+        let (delivery, opened_reply) = match next {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reply consumer stopped");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reply opener failed");
                 break;
             }
         };
@@ -766,9 +803,12 @@ async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
             .user_id()
             .as_ref()
             .map(|s| s.as_str().to_string());
-        let opened = open_reply(&delivery.data, shared.max_message_bytes, &shared.verifier);
-        let verdict =
-            lock(&shared.correlator).judge(opened, user_id.as_deref(), now_ms(), Instant::now());
+        let verdict = lock(&shared.correlator).judge(
+            opened_reply,
+            user_id.as_deref(),
+            now_ms(),
+            Instant::now(),
+        );
         let on_its_own =
             record_verdict(&shared, &verdict, &delivery.data, user_id.as_deref()).await;
         let (id, event) = match verdict {
@@ -804,7 +844,38 @@ async fn take_replies(shared: Arc<Shared>, mut consumer: lapin::Consumer) {
         }
         // Judged and on its way to the log: the broker may deliver the next one. Unacked
         // deliveries are bounded by the prefetch; the rest wait in the bounded queue.
-        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        unacked = Some(delivery.acker);
+        batch += 1;
+        let ended = match opened.next().now_or_never() {
+            Some(Some(n)) => {
+                ahead = Some(n);
+                false
+            }
+            Some(None) => true,
+            None => {
+                batch = ACK_BATCH;
+                false
+            }
+        };
+        if ended || batch >= ACK_BATCH {
+            ack_up_to(unacked.take()).await;
+            batch = 0;
+        }
+        if ended {
+            break;
+        }
+    }
+    ack_up_to(unacked.take()).await;
+}
+
+/// Replies judged before one ack covers them all (well under the prefetch).
+const ACK_BATCH: usize = 64;
+
+/// Acks every delivery up to and including `acker`'s.
+async fn ack_up_to(acker: Option<lapin::Acker>) {
+    if let Some(acker) = acker {
+        let opts = BasicAckOptions { multiple: true };
+        if let Err(e) = acker.ack(opts).await {
             tracing::debug!(error = %e, "reply ack failed (the connection is going)");
         }
     }
