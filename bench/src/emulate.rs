@@ -67,6 +67,9 @@ pub struct EmulateOptions {
     pub hosts_dir: PathBuf,
     /// Virtual hosts per broker connection.
     pub hosts_per_connection: usize,
+    /// `Some((k, n))`: serve only the hosts whose place in name order is k modulo n,
+    /// so n emulator processes share a fleet larger than one process's descriptors hold.
+    pub shard: Option<(usize, usize)>,
 }
 
 /// One virtual host, ready to serve.
@@ -319,7 +322,18 @@ pub fn rss_kib() -> Option<u64> {
 /// cannot be loaded or the broker session breaks.
 pub async fn run(opts: EmulateOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
-    let configs = find_hosts(&opts.hosts_dir)?;
+    let mut configs = find_hosts(&opts.hosts_dir)?;
+    if let Some((k, n)) = opts.shard {
+        configs = configs
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % n == k)
+            .map(|(_, c)| c)
+            .collect();
+        if configs.is_empty() {
+            bail!("shard {k}/{n} holds no host");
+        }
+    }
     let first = AgentConfig::load(&configs[0])?;
     info!(hosts = configs.len(), dir = %opts.hosts_dir.display(), "emulator: loading hosts");
     let writers = Arc::new(

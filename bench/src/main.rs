@@ -49,7 +49,25 @@ enum Command {
         /// Virtual hosts per broker connection.
         #[arg(long, value_name = "N", default_value_t = 250)]
         hosts_per_connection: usize,
+        /// Serve only shard K of N: the hosts whose place in name order is K modulo N
+        /// (N processes share a fleet larger than one process's open-file limit holds:
+        /// each virtual host keeps 3 files open).
+        #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
     },
+}
+
+/// `K/N` with K < N.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not K/N (e.g. 0/2)"))?;
+    let k: usize = k.parse().map_err(|_| format!("{k:?} is not a number"))?;
+    let n: usize = n.parse().map_err(|_| format!("{n:?} is not a number"))?;
+    if n == 0 || k >= n {
+        return Err(format!("shard {k}/{n}: K must be below N, N at least 1"));
+    }
+    Ok((k, n))
 }
 
 fn main() -> ExitCode {
@@ -65,11 +83,16 @@ fn main() -> ExitCode {
         Command::Emulate {
             hosts_dir,
             hosts_per_connection,
-        } => emulate(hosts_dir, hosts_per_connection),
+            shard,
+        } => emulate(hosts_dir, hosts_per_connection, shard),
     }
 }
 
-fn emulate(hosts_dir: PathBuf, hosts_per_connection: usize) -> ExitCode {
+fn emulate(
+    hosts_dir: PathBuf,
+    hosts_per_connection: usize,
+    shard: Option<(usize, usize)>,
+) -> ExitCode {
     // The emulator logs its own progress and problems: a line per request of thousands
     // of hosts would be most of what it does.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -93,6 +116,7 @@ fn emulate(hosts_dir: PathBuf, hosts_per_connection: usize) -> ExitCode {
     let opts = emulate::EmulateOptions {
         hosts_dir,
         hosts_per_connection,
+        shard,
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();

@@ -57,7 +57,8 @@ pub(super) fn find_broker_pid() -> Option<u32> {
 }
 
 pub(super) struct Meters {
-    pub(super) agent_pid: Option<u32>,
+    /// The agent side: one real agent, or every emulator process.
+    pub(super) agent_pids: Vec<u32>,
     pub(super) broker_pid: Option<u32>,
 }
 
@@ -65,7 +66,7 @@ impl Meters {
     pub(super) fn read(&self) -> Cpu {
         Cpu {
             orchestrator_us: proc_cpu_us(None),
-            agent_us: self.agent_pid.map(|p| proc_cpu_us(Some(p))).unwrap_or(0.0),
+            agent_us: self.agent_pids.iter().map(|&p| proc_cpu_us(Some(p))).sum(),
             broker_us: self.broker_pid.map(|p| proc_cpu_us(Some(p))).unwrap_or(0.0),
         }
     }

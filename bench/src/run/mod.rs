@@ -224,7 +224,7 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let real_idle = rss_kib(agent.pid(), "VmRSS:");
     let meters = Meters {
-        agent_pid: Some(agent.pid()),
+        agent_pids: vec![agent.pid()],
         broker_pid,
     };
     progress(format!(
@@ -253,27 +253,55 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
     agent.stop();
 
     // 2. The emulator.
-    progress(format!("starting gearmq-bench emulate with {max} hosts"));
+    let shards = emulator_shards(max);
+    progress(format!(
+        "starting gearmq-bench emulate with {max} hosts{}",
+        if shards > 1 {
+            format!(" in {shards} processes (open files: 3 per virtual host)")
+        } else {
+            String::new()
+        }
+    ));
+    if shards > 1 {
+        notes.push(format!(
+            "emulator: {shards} processes sharing the {max} hosts (each virtual host keeps 3 \
+             files open: state lock, replay journal, audit log; one process's limit holds \
+             {})",
+            hosts_per_emulator()
+        ));
+    }
     let t = Instant::now();
-    let mut emu = Proc::start(
-        Command::new(&bench)
-            .arg("emulate")
+    let mut emus = Vec::with_capacity(shards);
+    for k in 0..shards {
+        let mut cmd = Command::new(&bench);
+        cmd.arg("emulate")
             .arg(dir.join("hosts"))
             .arg("--hosts-per-connection")
-            .arg(a.hosts_per_connection.to_string()),
-        logs.join("emulator.log"),
-    )?;
-    emu.wait_for("emulator ready", Duration::from_secs(600))?;
+            .arg(a.hosts_per_connection.to_string());
+        let log = if shards > 1 {
+            cmd.arg("--shard").arg(format!("{k}/{shards}"));
+            logs.join(format!("emulator-{k}.log"))
+        } else {
+            logs.join("emulator.log")
+        };
+        emus.push(Proc::start(&mut cmd, log)?);
+    }
+    for emu in &mut emus {
+        emu.wait_for("emulator ready", Duration::from_secs(600))?;
+    }
     progress(format!(
         "  emulator ready in {:.1} s",
         t.elapsed().as_secs_f64()
     ));
+    let emu_pids: Vec<u32> = emus.iter().map(|e| e.pid()).collect();
+    let emu_rss =
+        |field: &str| -> Option<u64> { emu_pids.iter().map(|&p| rss_kib(p, field)).sum() };
     let orch = Orchestrator::connect(&config).await?;
     ping_hosts(&orch, &names[..max.min(10)]).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let emu_idle = rss_kib(emu.pid(), "VmRSS:");
+    let emu_idle = emu_rss("VmRSS:");
     let meters = Meters {
-        agent_pid: Some(emu.pid()),
+        agent_pids: emu_pids.clone(),
         broker_pid,
     };
     let mut fan_gearmq = Vec::new();
@@ -334,8 +362,10 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
         once_gearmq = Some((times, verified, cpu));
         orch.close().await;
     }
-    let emu_peak = rss_kib(emu.pid(), "VmHWM:");
-    emu.stop();
+    let emu_peak = emu_rss("VmHWM:");
+    for emu in &mut emus {
+        emu.stop();
+    }
 
     // 3. The raw baselines: the transport's limit (transient) and gearmq's durability.
     let (request_bytes, reply_bytes) = message_sizes(&dir)?;
@@ -498,7 +528,7 @@ async fn raw_baseline(s: &RawShape<'_>, a: &BenchArgs, mode: RawMode) -> Result<
     raw_proc.wait_for("raw responder ready", Duration::from_secs(600))?;
     let raw = RawClient::connect(s.url, s.request_bytes, mode).await?;
     let meters = Meters {
-        agent_pid: Some(raw_proc.pid()),
+        agent_pids: vec![raw_proc.pid()],
         broker_pid: s.broker_pid,
     };
     raw.fan_out(1).await?;
@@ -552,6 +582,31 @@ async fn raw_baseline(s: &RawShape<'_>, a: &BenchArgs, mode: RawMode) -> Result<
         fan,
         once,
     })
+}
+
+/// Files each virtual host keeps open (state lock, replay journal, audit log), and
+/// what an emulator process keeps beside them (connections, runtime, logs).
+const FILES_PER_VIRTUAL_HOST: u64 = 3;
+const FILES_PER_EMULATOR: u64 = 512;
+
+/// Virtual hosts one emulator process can hold under this process's open-file limit
+/// (which it inherits).
+fn hosts_per_emulator() -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(1024);
+    (limit.saturating_sub(FILES_PER_EMULATOR) / FILES_PER_VIRTUAL_HOST).max(1) as usize
+}
+
+/// Emulator processes for a fleet of `max` hosts.
+fn emulator_shards(max: usize) -> usize {
+    max.div_ceil(hosts_per_emulator()).max(1)
 }
 
 /// The local broker node's descriptor limit against what a fan-out to n hosts asks of
