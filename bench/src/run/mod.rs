@@ -6,7 +6,9 @@
 //! 1. one real `gearmq-agent` for the first host: its idle RSS, single-host round
 //!    trips with one request in flight, throughput with `--in-flight` requests, its
 //!    peak RSS under that load;
-//! 2. `gearmq-bench emulate` with every host: fan-out pings to the first N hosts for
+//! 2. `gearmq-bench emulate` with every host (several processes when one's open-file
+//!    limit cannot hold them): fan-out pings to a fleet of the first N hosts (an
+//!    inventory of those N, so the request is signed for `all` as on a fleet of N) for
 //!    each `--sizes` N, `--rounds` times (time until every reply is verified), with
 //!    CPU per reply of this process (the orchestrator), the emulator and the broker;
 //!    RSS per virtual host idle and under load; then the whole fleet once more, the
@@ -39,7 +41,7 @@ use report::{
     FanOutRow, Memory, Report, RoundTripRow, ThroughputRow, load, machine, percentiles, print_table,
 };
 use stages::{message_sizes, stages};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -311,13 +313,23 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
             "fan-out ping to {n} emulated hosts: {} rounds",
             a.rounds
         ));
-        ping_hosts(&orch, &names[..n]).await?; // warm-up
+        // A fleet of n hosts: an inventory of the first n, so the request is signed for
+        // `all` as `ping --all` on such a fleet signs it (pinging n hosts of the larger
+        // inventory would sign a list of n names: an n-fold request to each host).
+        let sized = if n < max {
+            let fleet = fleet_of(&dir, &config, &names[..n])?;
+            Some(Orchestrator::connect(&fleet).await?)
+        } else {
+            None
+        };
+        let o = sized.as_ref().unwrap_or(&orch);
+        ping_hosts(o, &names[..n]).await?; // warm-up
         let before = meters.read();
         let mut times = Vec::with_capacity(a.rounds);
         let mut verified = 0;
         for r in 0..a.rounds {
             let t = Instant::now();
-            verified += ping_hosts(&orch, &names[..n]).await?;
+            verified += ping_hosts(o, &names[..n]).await?;
             times.push(t.elapsed());
             if n >= 1000 {
                 progress(format!(
@@ -330,6 +342,9 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
         }
         let cpu = per_reply(before, meters.read(), verified);
         fan_gearmq.push((n, times, verified, cpu));
+        if let Some(o) = sized {
+            o.close().await;
+        }
     }
     orch.close().await;
     let mut once_gearmq = None;
@@ -582,6 +597,25 @@ async fn raw_baseline(s: &RawShape<'_>, a: &BenchArgs, mode: RawMode) -> Result<
         fan,
         once,
     })
+}
+
+/// The orchestrator's configuration for a fleet of only `hosts`: an inventory directory
+/// of links to their enrolled directories.
+fn fleet_of(dir: &Path, config: &OrchestratorConfig, hosts: &[Name]) -> Result<OrchestratorConfig> {
+    let inventory = dir.join("fleets").join(hosts.len().to_string());
+    if !inventory.exists() {
+        std::fs::create_dir_all(&inventory)
+            .with_context(|| format!("cannot create {}", inventory.display()))?;
+        for h in hosts {
+            let target = std::fs::canonicalize(config.inventory_dir.join(h.as_str()))
+                .with_context(|| format!("host {h} is not in the inventory"))?;
+            std::os::unix::fs::symlink(&target, inventory.join(h.as_str()))
+                .with_context(|| format!("cannot link {h} into {}", inventory.display()))?;
+        }
+    }
+    let mut sized = config.clone();
+    sized.inventory_dir = inventory;
+    Ok(sized)
 }
 
 /// Files each virtual host keeps open (state lock, replay journal, audit log), and
