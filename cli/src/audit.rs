@@ -635,6 +635,9 @@ impl Shown {
             "entry": r.entry.name(),
             "hash": hex::encode(self.view.hash),
             "log_id": hex::encode(*r.log_id),
+            // false: left unsigned by its writer, sealed by the next signed record
+            // (gearmq audit verify checks that one exists).
+            "signed": self.view.signed,
         });
         match &self.request {
             Some(Ok(q)) => {

@@ -23,7 +23,8 @@ mod writer;
 
 pub use sink::{AuditSink, AuditWriters, Done, OnError, QueueFull, SinkError, SinkOptions};
 pub use verify::{
-    Broken, MAX_REVOKED_LISTED, Problem, RevokedUse, Summary, VerifyOptions, verify_log,
+    Broken, MAX_REVOKED_LISTED, Problem, RevokedUse, Summary, VerifyOptions, is_unsigned,
+    verify_log,
 };
 pub use writer::{Appended, AuditError, AuditLog, AuditOptions, OnRepair, Repair, log_files};
 
@@ -588,24 +589,32 @@ pub struct RecordView {
     pub writer: Credential,
     /// SHA-256 of the envelope bytes (what the next record's `prev` holds).
     pub hash: [u8; 32],
+    /// Whether the writer signed it; if not, a later signed record of its batch seals
+    /// it ([`is_unsigned`]).
+    pub signed: bool,
 }
 
 /// Decodes a record's envelope, writer credential and body, checking none of the
 /// signatures: for `gearmq audit show` and for writers finding their tail. Only
 /// [`verify_log`] says whether a record is genuine.
 pub fn read_record(envelope: &[u8]) -> Result<RecordView, DecodeError> {
-    let (record, writer) = peek_signed::<AuditRecord>(envelope, MAX_RECORD_BYTES)?;
+    let env = Signed::decode(envelope, MAX_RECORD_BYTES)?;
+    let (record, writer) = peek_envelope::<AuditRecord>(&env, MAX_RECORD_BYTES)?;
     Ok(RecordView {
         record,
         writer,
         hash: crate::sha256(envelope),
+        signed: !is_unsigned(&env),
     })
 }
 
 /// Decodes a signed message's body and its signer's credential, checking no
 /// signature: for displaying embedded requests and replies.
 pub fn peek_signed<B: Body>(bytes: &[u8], max: usize) -> Result<(B, Credential), DecodeError> {
-    let env = Signed::decode(bytes, max)?;
+    peek_envelope(&Signed::decode(bytes, max)?, max)
+}
+
+fn peek_envelope<B: Body>(env: &Signed, max: usize) -> Result<(B, Credential), DecodeError> {
     let cred_env: IssuerSigned =
         codec::decode("credential envelope", &env.signer, MAX_CREDENTIAL_BYTES)?;
     let writer = decode_body::<Credential>(&cred_env.body, MAX_CREDENTIAL_BYTES)?;

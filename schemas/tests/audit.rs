@@ -636,6 +636,59 @@ fn a_torn_tail_is_cut_off_on_open_and_the_chain_goes_on() {
 }
 
 #[test]
+fn a_batch_is_signed_once_and_a_batch_cut_short_is_cut_off_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = orchestrator_log(dir.path());
+    let good = std::fs::read(&path).unwrap();
+    let records = verify(&one_file(&path)).unwrap().records;
+    let (r, _) = request(hosts(&["web1"]));
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    log.append_batch((0..3).map(|_| Entry::request_sent(&r)).collect())
+        .unwrap();
+    drop(log);
+    let batch = std::fs::read(&path).unwrap();
+    let spans = frame_spans(&batch);
+    let signed: Vec<bool> = spans[spans.len() - 3..]
+        .iter()
+        .map(|&(off, len)| {
+            audit::read_record(&batch[off + 4..off + len])
+                .unwrap()
+                .signed
+        })
+        .collect();
+    assert_eq!(
+        signed,
+        [false, false, true],
+        "only the batch's last is signed"
+    );
+    assert_eq!(verify(&one_file(&path)).unwrap().records, records + 3);
+
+    // The batch torn anywhere before its signed record is whole: cut off entirely.
+    let (last_off, last_len) = spans[spans.len() - 1];
+    let (second_off, _) = spans[spans.len() - 2];
+    for cut in [second_off, last_off, last_off + last_len / 2] {
+        std::fs::write(&path, &batch[..cut]).unwrap();
+        assert_eq!(
+            verify(&one_file(&path)).unwrap_err().problem.label(),
+            if cut == last_off + last_len / 2 {
+                "frame"
+            } else {
+                "unsealed_tail"
+            },
+            "verifying the file cut at {cut}"
+        );
+        let (opts, seen) = repairs_seen();
+        let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), opts).unwrap();
+        let repairs = seen.lock().unwrap().clone();
+        assert_eq!(repairs.len(), 1, "cut at {cut}");
+        assert_eq!(repairs[0].offset, good.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        log.append(Entry::request_sent(&r)).unwrap();
+        assert_eq!(verify(&one_file(&path)).unwrap().records, records + 1);
+    }
+}
+
+#[test]
 fn a_corrupt_record_that_is_not_a_torn_tail_stops_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let path = orchestrator_log(dir.path());

@@ -159,6 +159,20 @@ pub enum Problem {
         /// The name in the credential that did not sign.
         writer: Name,
     },
+    /// A record left unsigned (sealed by a later one) and the record whose signature
+    /// seals it carry different writer credentials.
+    #[error("sealed by a record with another writer credential than the unsigned record {record}")]
+    SealSigner {
+        /// The index of the first unsigned record of the run.
+        record: u64,
+    },
+    /// The log ends in records left unsigned that no later signed record seals (a
+    /// batch cut off before its signed last record, or a stripped signature).
+    #[error("the log ends in {records} unsigned record(s) that no signed record seals")]
+    UnsealedTail {
+        /// How many.
+        records: u64,
+    },
     /// The record body does not decode.
     #[error("record body: {0}")]
     Body(DecodeError),
@@ -452,6 +466,8 @@ impl Problem {
             Problem::Envelope(_) => "envelope",
             Problem::WriterCredential(_) => "writer_credential",
             Problem::WriterSignature { .. } => "writer_signature",
+            Problem::SealSigner { .. } => "seal_signer",
+            Problem::UnsealedTail { .. } => "unsealed_tail",
             Problem::Body(_) => "body",
             Problem::WriterWindow(_) => "writer_window",
             Problem::WriterChanged { .. } => "writer_changed",
@@ -576,7 +592,22 @@ struct Chain<'a> {
     callers: HashMap<Name, u32>,
     /// Executed requests by (caller number, id).
     executed: HashMap<(u32, Uuid), Execution>,
+    /// The run of unsigned records since the last signed one, if any.
+    unsealed: Option<Unsealed>,
     summary: Summary,
+}
+
+/// Records written unsigned, waiting for the signed record that seals them (its
+/// signature covers them through `prev`).
+struct Unsealed {
+    /// The writer credential's bytes: the sealing record must carry the same.
+    signer: Vec<u8>,
+    /// Where the run starts.
+    file: String,
+    record: u64,
+    offset: u64,
+    /// How many records it holds.
+    records: u64,
 }
 
 /// Verifies a chain given as files, oldest first, against the trusted issuers: the
@@ -616,6 +647,7 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
         answered: HashSet::new(),
         callers: HashMap::new(),
         executed: HashMap::new(),
+        unsealed: None,
         summary: Summary {
             files: files.len(),
             records: 0,
@@ -660,9 +692,17 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
                 }
             };
             chain
-                .record(name, file_no, pos, frame.bytes)
+                .record(name, file_no, pos, frame.offset, frame.bytes)
                 .map_err(|p| broken(&chain, frame.offset, p))?;
         }
+    }
+    if let Some(u) = chain.unsealed.take() {
+        return Err(Broken {
+            file: u.file,
+            record: u.record,
+            offset: u.offset,
+            problem: Problem::UnsealedTail { records: u.records },
+        });
     }
     chain.summary.records = chain.next_index;
     chain.summary.head = chain.prev;
@@ -683,12 +723,19 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
     Ok(chain.summary)
 }
 
+/// Whether a record envelope was left unsigned by its writer (its `sig` is 64 zero
+/// bytes): the next signed record of the chain seals it.
+pub fn is_unsigned(env: &Signed) -> bool {
+    env.sig.iter().all(|&b| b == 0)
+}
+
 impl Chain<'_> {
     fn record(
         &mut self,
         file: &str,
         file_no: usize,
         pos: usize,
+        offset: usize,
         bytes: &[u8],
     ) -> Result<(), Problem> {
         let env = Signed::decode(bytes, MAX_RECORD_BYTES).map_err(Problem::Envelope)?;
@@ -696,12 +743,37 @@ impl Chain<'_> {
             .verifier
             .verify(&env.signer)
             .map_err(Problem::WriterCredential)?;
-        writer
-            .public_key
-            .verify(Context::Audit, &env.body, env.sig.as_slice())
-            .map_err(|_| Problem::WriterSignature {
-                writer: writer.name.clone(),
-            })?;
+        if is_unsigned(&env) {
+            // Sealed by the next signed record, whose signature covers this one through
+            // the chain; the log may not end before it.
+            match &mut self.unsealed {
+                None => {
+                    self.unsealed = Some(Unsealed {
+                        signer: env.signer.clone(),
+                        file: file.to_string(),
+                        record: self.next_index,
+                        offset: offset as u64,
+                        records: 1,
+                    })
+                }
+                Some(u) if u.signer != env.signer => {
+                    return Err(Problem::SealSigner { record: u.record });
+                }
+                Some(u) => u.records += 1,
+            }
+        } else {
+            writer
+                .public_key
+                .verify(Context::Audit, &env.body, env.sig.as_slice())
+                .map_err(|_| Problem::WriterSignature {
+                    writer: writer.name.clone(),
+                })?;
+            if let Some(u) = self.unsealed.take()
+                && u.signer != env.signer
+            {
+                return Err(Problem::SealSigner { record: u.record });
+            }
+        }
         let record =
             decode_body::<AuditRecord>(&env.body, MAX_RECORD_BYTES).map_err(Problem::Body)?;
         let who = |n: &Name, r: Role| format!("{n} ({r})");

@@ -2,20 +2,23 @@
 //!
 //! Every append takes an exclusive `flock` on `.<name>.lock` beside the log, re-reads the tail of
 //! `<path>` (the last record's hash and index) if anyone else wrote since, appends, and
-//! fsyncs before unlocking. So two writers on one path (two CLIs at once) interleave
-//! into one valid chain. The lock file never moves, so rotation (which renames the log)
+//! fsyncs before unlocking. What one call appends (a record, or a batch) is signed
+//! once: its last record, whose signature covers the others through the chain; they
+//! are written with a zero signature. So two writers on one path (two CLIs at once)
+//! interleave into one valid chain. The lock file never moves, so rotation (which renames the log)
 //! cannot split writers onto two inodes.
 //!
 //! Files are created and rotated through `.<name>.tmp` and renames, so a crash leaves
 //! either the old state or the new one; `open` and `append` finish or undo a half-done
-//! rotation. A record torn by a crash mid-write is cut off (its bytes saved to
+//! rotation. A record torn by a crash mid-write, with the unsigned records of its
+//! batch before it, is cut off (its bytes saved to
 //! `.<name>.torn`) and reported through [`AuditOptions::on_repair`]; anything else that
 //! does not read as records stops the writer rather than be extended past.
 
-use super::{AuditRecord, Entry, MAX_RECORD_BYTES, frame, frames, read_record};
+use super::{AuditRecord, Entry, MAX_RECORD_BYTES, frame, frames, is_unsigned, read_record};
 use crate::codec;
 use crate::credential::{Credential, MAX_CREDENTIAL_BYTES};
-use crate::envelope::{IssuerSigned, Signed, decode_body};
+use crate::envelope::{Context, IssuerSigned, Signed, decode_body};
 use crate::keys::SigningKey;
 use crate::time::{Millis, now_ms};
 use std::fs::{File, OpenOptions};
@@ -383,14 +386,11 @@ impl AuditLog {
         (&tail.file)
             .read_to_end(&mut buf)
             .map_err(io_err("read", &path))?;
-        let mut last = None;
-        let mut before_last = None;
+        let mut complete = Vec::new();
         let mut torn_at = None;
         for f in frames(&buf) {
             match f {
-                Ok(f) => {
-                    before_last = last.replace(f);
-                }
+                Ok(f) => complete.push(f),
                 Err(e) => {
                     let off = match e {
                         super::FrameError::Truncated { offset, .. }
@@ -411,18 +411,29 @@ impl AuditLog {
             }
         }
         // A complete last frame that does not decode and ends in zeros is a write the
-        // file system extended but never filled: torn too. A valid record ends with a
-        // signature, never with 16 zero bytes.
+        // file system extended but never filled: torn too. (A record that decodes may
+        // end in zeros: one left unsigned, below.)
         if torn_at.is_none()
-            && let Some(f) = last
+            && let Some(f) = complete.last()
             && read_record(f.bytes).is_err()
             && f.bytes.len() >= 16
             && f.bytes[f.bytes.len() - 16..].iter().all(|&b| b == 0)
         {
             torn_at = Some(f.offset);
-            last = before_last;
+            complete.pop();
         }
-        if let Some(f) = last {
+        // A batch is written with its last record signed and the others not: whole
+        // records after the last signed one are a batch whose signed record was torn
+        // off or never reached the disk (the batch was not yet durable), so torn too.
+        let signed = |f: &super::Frame<'_>| {
+            Signed::decode(f.bytes, MAX_RECORD_BYTES).map_or(true, |e| !is_unsigned(&e))
+        };
+        let keep = complete.iter().rposition(signed).map_or(0, |i| i + 1);
+        if let Some(f) = complete.get(keep) {
+            torn_at = Some(f.offset);
+            complete.truncate(keep);
+        }
+        if let Some(f) = complete.last().copied() {
             let view = read_record(f.bytes).map_err(|e| AuditError::Corrupt {
                 path: path.clone(),
                 offset: start + f.offset as u64,
@@ -569,7 +580,7 @@ impl AuditLog {
     /// (at most once per record, so a record bigger than `max_bytes` still lands).
     fn write_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Appended>> {
         let mut out = Vec::with_capacity(entries.len());
-        let mut pending: Vec<u8> = Vec::new();
+        let mut pending = Pending::default();
         for mut entry in entries {
             let mut rotated = false;
             loop {
@@ -582,12 +593,20 @@ impl AuditLog {
                 };
                 let time = (self.options.clock)();
                 let record = AuditRecord::new(t.log_id, t.next_index, t.last_hash, time, entry);
-                let env = Signed::seal(&record, &self.key, &self.credential);
+                // Unsigned for now: only the last record of what is written at once is
+                // signed (`write_pending`), and its signature covers the others through
+                // the chain (PROTOCOL.md, Audit log).
+                let body = codec::encode(&record);
+                let env = codec::encode(&Signed {
+                    body: body.clone(),
+                    signer: self.credential.clone(),
+                    sig: serde_bytes::ByteArray::new([0; 64]),
+                });
                 let framed = frame(&env);
                 if !rotated
-                    && t.len + (pending.len() + framed.len()) as u64 > self.options.max_bytes
+                    && t.len + (pending.bytes.len() + framed.len()) as u64 > self.options.max_bytes
                 {
-                    self.write_pending(&mut pending)?;
+                    self.write_pending(&mut pending, &mut out)?;
                     self.rotate()?;
                     rotated = true;
                     // Re-chain the same entry to the rotation record.
@@ -595,7 +614,8 @@ impl AuditLog {
                     continue;
                 }
                 let hash = crate::sha256(&env);
-                pending.extend_from_slice(&framed);
+                pending.last = Some((body, pending.bytes.len(), out.len()));
+                pending.bytes.extend_from_slice(&framed);
                 if let Some(t) = self.tail.as_mut() {
                     t.next_index += 1;
                     t.last_hash = hash;
@@ -607,20 +627,32 @@ impl AuditLog {
                 break;
             }
         }
-        self.write_pending(&mut pending)?;
+        self.write_pending(&mut pending, &mut out)?;
         Ok(out)
     }
 
-    fn write_pending(&mut self, pending: &mut Vec<u8>) -> Result<()> {
+    /// Signs the last pending record (sealing those before it), writes them all, and
+    /// syncs.
+    fn write_pending(&mut self, pending: &mut Pending, out: &mut [Appended]) -> Result<()> {
         let Some(t) = self.tail.as_mut() else {
             return Ok(());
         };
-        if !pending.is_empty() {
+        if let Some((body, at, slot)) = pending.last.take() {
+            let env = Signed::seal_bytes(Context::Audit, body, &self.key, &self.credential);
+            let hash = crate::sha256(&env);
+            pending.bytes.truncate(at);
+            pending.bytes.extend_from_slice(&frame(&env));
+            t.last_hash = hash;
+            if let Some(a) = out.get_mut(slot) {
+                a.hash = hash;
+            }
+        }
+        if !pending.bytes.is_empty() {
             t.file
-                .write_all(pending)
+                .write_all(&pending.bytes)
                 .map_err(io_err("append to", &self.path))?;
-            t.len += pending.len() as u64;
-            pending.clear();
+            t.len += pending.bytes.len() as u64;
+            pending.bytes.clear();
         }
         if self.options.sync_on_append {
             t.file.sync_data().map_err(io_err("sync", &self.path))?;
@@ -696,6 +728,14 @@ fn rotated_numbers(path: &Path) -> Result<Vec<u64>> {
         }
     }
     Ok(out)
+}
+
+/// Records framed but not yet written: the bytes, and the last record's body, its
+/// place in the bytes and in the results (it is signed before the bytes are written).
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    last: Option<(Vec<u8>, usize, usize)>,
 }
 
 /// The files of the log at `path`, oldest first: the rotated files `<path>.<n>` by

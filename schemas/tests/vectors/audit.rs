@@ -35,13 +35,21 @@ struct Writer {
     key: SigningKey,
     credential: Vec<u8>,
     log_id: [u8; 16],
+    /// Records left unsigned, as a writer leaves all but the last of a batch: the next
+    /// signed record seals them.
+    unsigned: Vec<u64>,
 }
+
+/// ops wrote its records 3 to 5 (the replies of the ping call) in one batch: 3 and 4
+/// unsigned, sealed by 5's signature.
+const OPS_UNSIGNED: [u64; 2] = [3, 4];
 
 fn ops() -> Writer {
     Writer {
         key: operator_key(),
         credential: read_vector("credential-operator.bin"),
         log_id: OPS_LOG_ID,
+        unsigned: OPS_UNSIGNED.to_vec(),
     }
 }
 
@@ -50,6 +58,7 @@ fn web1() -> Writer {
         key: host_key(),
         credential: read_vector("credential-host.bin"),
         log_id: WEB1_LOG_ID,
+        unsigned: Vec::new(),
     }
 }
 
@@ -94,7 +103,15 @@ fn write(
         let (key, credential) = by
             .as_ref()
             .map_or((&w.key, &w.credential), |o| (&o.key, &o.credential));
-        let envelope = Signed::seal(&record, key, credential);
+        let envelope = if by.is_none() && w.unsigned.contains(&index) {
+            gearmq_schemas::codec::encode(&Signed {
+                body: gearmq_schemas::codec::encode(&record),
+                signer: credential.clone(),
+                sig: serde_bytes::ByteArray::new([0; 64]),
+            })
+        } else {
+            Signed::seal(&record, key, credential)
+        };
         prev = sha256(&envelope);
         files.last_mut().unwrap().extend(frame(&envelope));
     }
@@ -365,6 +382,7 @@ fn records_json(files: &Files) -> Vec<Value> {
                 "fields": entry_json(&r.entry),
                 "body_hex": hex::encode(&env.body),
                 "sig": hex::encode(env.sig.as_slice()),
+                "signed": view.signed,
             }));
         }
     }
@@ -559,11 +577,67 @@ fn must_refuse(m: &Messages, ops_files: &Files, web1_files: &Files) -> Vec<Refus
                 key: SigningKey::from_seed(&[4; 32]),
                 credential: read_vector("credential-web2.bin"),
                 log_id: WEB1_LOG_ID,
+                unsigned: Vec::new(),
             })
         }),
         "audit-web1.log",
         5,
         "writer_changed",
+    ));
+
+    cases.push(refusal(
+        "ops family whose last record (7) is left unsigned: nothing seals it",
+        write(
+            &Writer {
+                unsigned: vec![3, 4, 7],
+                ..ops()
+            },
+            "audit-ops.log",
+            &ops_plan,
+            &|_, _| {},
+            &|_| None,
+        ),
+        "audit-ops.log",
+        7,
+        "unsealed_tail",
+    ));
+
+    cases.push(refusal(
+        "ops family whose unsigned records 3 and 4 are sealed by record 5 signed by web2",
+        write(&ops_w, "audit-ops.log", &ops_plan, &|_, _| {}, &|i| {
+            (i == 5).then(|| Writer {
+                key: SigningKey::from_seed(&[4; 32]),
+                credential: read_vector("credential-web2.bin"),
+                log_id: OPS_LOG_ID,
+                unsigned: Vec::new(),
+            })
+        }),
+        "audit-ops.log",
+        5,
+        "seal_signer",
+    ));
+
+    // Record 4 (unsigned) rewritten after the fact: its own checks pass, but record 5's
+    // signed `prev` no longer matches it.
+    let live = &ops_files[1].1;
+    let f4 = audit::frames(live).nth(2).unwrap().unwrap();
+    let mut env = Signed::decode(f4.bytes, audit::MAX_RECORD_BYTES).unwrap();
+    let mut r4 = audit::read_record(f4.bytes).unwrap().record;
+    assert_eq!(r4.index, 4);
+    r4.time += 1;
+    env.body = gearmq_schemas::codec::encode(&r4);
+    let rewritten = [
+        &live[..f4.offset],
+        &frame(&gearmq_schemas::codec::encode(&env)),
+        &live[f4.offset + 4 + f4.bytes.len()..],
+    ]
+    .concat();
+    cases.push(refusal(
+        "ops family with unsigned record 4 rewritten (its time + 1 ms)",
+        vec![ops_files[0].clone(), ("audit-ops.log".into(), rewritten)],
+        "audit-ops.log",
+        5,
+        "prev_mismatch",
     ));
 
     cases.push(Refusal {

@@ -2,7 +2,7 @@
 //! named.
 
 use gearmq_orchestrator::{Orchestrator, Selection};
-use gearmq_schemas::audit::{frame, frames};
+use gearmq_schemas::audit::{frame, frames, read_record};
 use gearmq_schemas::codec;
 use gearmq_schemas::envelope::Signed;
 use gearmq_testkit::{CliOutput, Fleet, hosts, ping_spec, run_cli};
@@ -18,6 +18,11 @@ fn verify(fleet: &Fleet, files: &[&Path], extra: &[&str]) -> CliOutput {
 fn records(path: &Path) -> Vec<Vec<u8>> {
     let bytes = std::fs::read(path).unwrap();
     frames(&bytes).map(|f| frame(f.unwrap().bytes)).collect()
+}
+
+/// Whether a framed record is signed (not left for a later record of its batch to seal).
+fn signed(framed: &[u8]) -> bool {
+    read_record(&framed[4..]).unwrap().signed
 }
 
 fn write_records(path: &Path, recs: &[Vec<u8>]) {
@@ -92,11 +97,17 @@ async fn orchestrator_log_of_a_real_run_verifies_and_tampering_is_named() {
         out.stdout + &out.stderr
     };
 
-    // One flipped byte inside record 4.
+    // One flipped byte inside record 4: its own signature fails, or, if its batch left
+    // it unsigned, the signed `prev` of the record after it no longer matches it (unless
+    // the byte was one its own checks read).
     let mut flipped = recs.clone();
     let n = flipped[4].len();
     flipped[4][n / 2] ^= 0x01;
-    assert!(broken(&flipped).contains("record 4"));
+    let out = broken(&flipped);
+    assert!(
+        out.contains("record 4") || (!signed(&recs[4]) && out.contains("record 5")),
+        "{out}"
+    );
 
     // A deleted record.
     let mut deleted = recs.clone();
@@ -121,9 +132,22 @@ async fn orchestrator_log_of_a_real_run_verifies_and_tampering_is_named() {
     let idx = recs.len();
     assert!(broken(&appended).contains(&format!("record {idx}")));
 
-    // A cut-off tail is caught only with the head noted elsewhere.
+    // A cut-off tail is caught only with the head noted elsewhere. Cut after a signed
+    // record (one cut inside a batch leaves an unsigned tail: caught on its own).
     let mut cut = recs.clone();
     cut.pop();
+    if !signed(cut.last().unwrap()) {
+        let mut inside = cut.clone();
+        write_records(&copy, &inside);
+        let unsealed = verify(&fleet, &[&copy], &[]);
+        assert_eq!(unsealed.code, 1, "{}", unsealed.stdout);
+        let said = unsealed.stdout + &unsealed.stderr;
+        assert!(said.contains("unsigned"), "{said}");
+        while !signed(inside.last().unwrap()) {
+            inside.pop();
+        }
+        cut = inside;
+    }
     write_records(&copy, &cut);
     let silent = verify(&fleet, &[&copy], &[]);
     assert_eq!(silent.code, 0, "a shorter valid chain verifies on its own");
