@@ -156,6 +156,19 @@ fn benches(c: &mut Criterion) {
             .expect("append")
         })
     });
+    // A fan-out's reply records reach the writer together: one signature seals the
+    // batch. Divide by the batch size for the cost per record.
+    const BATCH: usize = 64;
+    c.bench_function("audit append, batch of 64 (no fsync)", |b| {
+        b.iter(|| {
+            log.append_batch(
+                (0..BATCH)
+                    .map(|_| Entry::request_handled(&f.request_bytes, Some(&f.reply_bytes)))
+                    .collect(),
+            )
+            .expect("append")
+        })
+    });
 }
 
 criterion_group! {
