@@ -323,24 +323,7 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
             None
         };
         let o = sized.as_ref().unwrap_or(&orch);
-        ping_hosts(o, &names[..n]).await?; // warm-up
-        let before = meters.read();
-        let mut times = Vec::with_capacity(a.rounds);
-        let mut verified = 0;
-        for r in 0..a.rounds {
-            let t = Instant::now();
-            verified += ping_hosts(o, &names[..n]).await?;
-            times.push(t.elapsed());
-            if n >= 1000 {
-                progress(format!(
-                    "  round {}/{}: {:.1} ms",
-                    r + 1,
-                    a.rounds,
-                    times[r].as_secs_f64() * 1000.0
-                ));
-            }
-        }
-        let cpu = per_reply(before, meters.read(), verified);
+        let (times, verified, cpu) = fan_rounds(o, &names[..n], a.rounds, &meters).await?;
         fan_gearmq.push((n, times, verified, cpu));
         if let Some(o) = sized {
             o.close().await;
@@ -356,25 +339,7 @@ async fn bench(a: &BenchArgs) -> Result<Report> {
         let mut once = config.clone();
         once.defaults.broadcast_min_hosts = 1;
         let orch = Orchestrator::connect(&once).await?;
-        ping_hosts(&orch, &names).await?; // warm-up
-        let before = meters.read();
-        let mut times = Vec::with_capacity(a.rounds);
-        let mut verified = 0;
-        for r in 0..a.rounds {
-            let t = Instant::now();
-            verified += ping_hosts(&orch, &names).await?;
-            times.push(t.elapsed());
-            if max >= 1000 {
-                progress(format!(
-                    "  round {}/{}: {:.1} ms",
-                    r + 1,
-                    a.rounds,
-                    times[r].as_secs_f64() * 1000.0
-                ));
-            }
-        }
-        let cpu = per_reply(before, meters.read(), verified);
-        once_gearmq = Some((times, verified, cpu));
+        once_gearmq = Some(fan_rounds(&orch, &names, a.rounds, &meters).await?);
         orch.close().await;
     }
     let emu_peak = emu_rss("VmHWM:");
@@ -689,6 +654,33 @@ fn broker_descriptors(max: usize, hosts_per_connection: usize) -> Option<BrokerD
         ),
     };
     Some(BrokerDescriptors { note, ..d })
+}
+
+/// A warm-up ping, then `rounds` timed pings of `hosts`: the round times, the replies
+/// verified, and CPU per reply over the timed rounds.
+async fn fan_rounds(
+    orch: &Orchestrator,
+    hosts: &[Name],
+    rounds: usize,
+    meters: &Meters,
+) -> Result<(Vec<Duration>, usize, report::CpuPerReply)> {
+    ping_hosts(orch, hosts).await?;
+    let before = meters.read();
+    let mut times = Vec::with_capacity(rounds);
+    let mut verified = 0;
+    for r in 0..rounds {
+        let t = Instant::now();
+        verified += ping_hosts(orch, hosts).await?;
+        times.push(t.elapsed());
+        if hosts.len() >= 1000 {
+            progress(format!(
+                "  round {}/{rounds}: {:.1} ms",
+                r + 1,
+                times[r].as_secs_f64() * 1000.0
+            ));
+        }
+    }
+    Ok((times, verified, per_reply(before, meters.read(), verified)))
 }
 
 /// Pings `hosts` (one signed request published to each) and waits for every verified
