@@ -596,12 +596,12 @@ impl AuditLog {
                 // Unsigned for now: only the last record of what is written at once is
                 // signed (`write_pending`), and its signature covers the others through
                 // the chain (PROTOCOL.md, Audit log).
-                let body = codec::encode(&record);
-                let env = codec::encode(&Signed {
-                    body: body.clone(),
+                let unsigned = Signed {
+                    body: codec::encode(&record),
                     signer: self.credential.clone(),
                     sig: serde_bytes::ByteArray::new([0; 64]),
-                });
+                };
+                let env = codec::encode(&unsigned);
                 let framed = frame(&env);
                 if !rotated
                     && t.len + (pending.bytes.len() + framed.len()) as u64 > self.options.max_bytes
@@ -614,7 +614,7 @@ impl AuditLog {
                     continue;
                 }
                 let hash = crate::sha256(&env);
-                pending.last = Some((body, pending.bytes.len(), out.len()));
+                pending.last = Some((unsigned.body, pending.bytes.len(), out.len()));
                 pending.bytes.extend_from_slice(&framed);
                 if let Some(t) = self.tail.as_mut() {
                     t.next_index += 1;
