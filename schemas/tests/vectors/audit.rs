@@ -62,6 +62,16 @@ fn web1() -> Writer {
     }
 }
 
+/// Host web2 signing into the chain `log_id`: another writer, for broken families.
+fn web2(log_id: [u8; 16]) -> Writer {
+    Writer {
+        key: SigningKey::from_seed(&[4; 32]),
+        credential: read_vector("credential-web2.bin"),
+        log_id,
+        unsigned: Vec::new(),
+    }
+}
+
 /// One step of a family: a record (an entry at a time), or the start of a new file
 /// (its `rotation` record at a time).
 #[derive(Clone)]
@@ -573,12 +583,7 @@ fn must_refuse(m: &Messages, ops_files: &Files, web1_files: &Files) -> Vec<Refus
     cases.push(refusal(
         "web1 family with record 5 signed by web2 (another host)",
         write(&web1_w, "audit-web1.log", &web1_plan, &|_, _| {}, &|i| {
-            (i == 5).then(|| Writer {
-                key: SigningKey::from_seed(&[4; 32]),
-                credential: read_vector("credential-web2.bin"),
-                log_id: WEB1_LOG_ID,
-                unsigned: Vec::new(),
-            })
+            (i == 5).then(|| web2(WEB1_LOG_ID))
         }),
         "audit-web1.log",
         5,
@@ -605,12 +610,7 @@ fn must_refuse(m: &Messages, ops_files: &Files, web1_files: &Files) -> Vec<Refus
     cases.push(refusal(
         "ops family whose unsigned records 3 and 4 are sealed by record 5 signed by web2",
         write(&ops_w, "audit-ops.log", &ops_plan, &|_, _| {}, &|i| {
-            (i == 5).then(|| Writer {
-                key: SigningKey::from_seed(&[4; 32]),
-                credential: read_vector("credential-web2.bin"),
-                log_id: OPS_LOG_ID,
-                unsigned: Vec::new(),
-            })
+            (i == 5).then(|| web2(OPS_LOG_ID))
         }),
         "audit-ops.log",
         5,
