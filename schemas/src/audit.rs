@@ -1,4 +1,4 @@
-//! Audit logs: hash-chained, writer-signed records of every request and reply.
+//! Audit logs: hash-chained, writer-signed records of every request, reply and event.
 //!
 //! A log is a chain of [`AuditRecord`]s, each a [`Signed`](crate::Signed) envelope
 //! (context `gearmq/v1/audit`) by the log's writer: the orchestrator's operator key or
@@ -152,6 +152,12 @@ pub enum Entry {
         /// When the last of them was refused (ms since epoch), not before `first_time`.
         last_time: Millis,
     },
+    /// The orchestrator accepted this event of a host (PROTOCOL.md, "Events").
+    EventAccepted {
+        /// The signed event, exactly as received.
+        #[serde(with = "serde_bytes")]
+        event: Vec<u8>,
+    },
 }
 
 /// A [`Entry::ReplyRejected`]'s fields, borrowed ([`Entry::as_rejected_reply`]).
@@ -198,6 +204,13 @@ impl Entry {
     pub fn reply_accepted(reply: &[u8]) -> Entry {
         Entry::ReplyAccepted {
             reply: reply.to_vec(),
+        }
+    }
+
+    /// A [`Entry::EventAccepted`] for the signed event bytes.
+    pub fn event_accepted(event: &[u8]) -> Entry {
+        Entry::EventAccepted {
+            event: event.to_vec(),
         }
     }
 
@@ -336,6 +349,7 @@ impl Entry {
             Entry::RequestHandled { .. } => "request_handled",
             Entry::RequestRepeated { .. } => "request_repeated",
             Entry::RepliesRejected { .. } => "replies_rejected",
+            Entry::EventAccepted { .. } => "event_accepted",
         }
     }
 
@@ -635,6 +649,7 @@ mod tests {
             },
             Entry::request_sent(b"req"),
             Entry::reply_accepted(b"rep"),
+            Entry::event_accepted(b"ev"),
             Entry::reply_rejected(&[1; 2000], "forged", Some("web1")),
             Entry::reply_rejected(b"short", "malformed", None),
             Entry::request_handled(b"req", Some(b"rep")),

@@ -33,6 +33,8 @@ pub enum Context {
     EnrollRequest,
     /// The issuer's answer to an enrollment request.
     EnrollReply,
+    /// An event a host publishes of itself (started, alive, stopping, unit).
+    Event,
 }
 
 /// Alias kept for readers who think of the body's `kind` field.
@@ -50,6 +52,7 @@ impl Context {
             Context::Audit => b"gearmq/v1/audit",
             Context::EnrollRequest => b"gearmq/v1/enroll-request",
             Context::EnrollReply => b"gearmq/v1/enroll-reply",
+            Context::Event => b"gearmq/v1/event",
         }
     }
 
@@ -64,6 +67,7 @@ impl Context {
             Context::Audit => "audit",
             Context::EnrollRequest => "enroll-request",
             Context::EnrollReply => "enroll-reply",
+            Context::Event => "event",
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::actions::{InstallArgs, MAX_ARGS_BYTES};
 use crate::audit::{self, AuditRecord, VerifyOptions};
 use crate::credential::verify_credential;
 use crate::envelope::{self, IssuerSigned, Signed};
+use crate::event::{Event, event_route};
 use crate::revocation::verify_revocation;
 use crate::{
     CredentialVerifier, DEFAULT_MAX_MESSAGE_BYTES, PublicKey, Reply, Request, SigningKey,
@@ -39,6 +40,14 @@ pub fn request(data: &[u8]) {
 /// Opens `data` as a signed reply, as the orchestrator does on its reply queue.
 pub fn reply(data: &[u8]) {
     let _ = envelope::open::<Reply>(data, DEFAULT_MAX_MESSAGE_BYTES, &verifier());
+}
+
+/// Opens `data` as a signed event, as an orchestrator does with what the events stream
+/// delivers, and derives the routing key it must have come with.
+pub fn event(data: &[u8]) {
+    if let Ok(e) = envelope::open::<Event>(data, DEFAULT_MAX_MESSAGE_BYTES, &verifier()) {
+        let _ = event_route(&e.body().host, &e.body().what);
+    }
 }
 
 /// Verifies `data` as an issuer-signed credential (a `.cred` file or a signer field).
@@ -111,5 +120,6 @@ pub fn envelope(data: &[u8]) {
         codec::decode::<IssuerSigned>("issuer-signed envelope", data, DEFAULT_MAX_MESSAGE_BYTES);
     let _ = audit::peek_signed::<Request>(data, DEFAULT_MAX_MESSAGE_BYTES);
     let _ = audit::peek_signed::<Reply>(data, DEFAULT_MAX_MESSAGE_BYTES);
+    let _ = audit::peek_signed::<Event>(data, DEFAULT_MAX_MESSAGE_BYTES);
     let _ = audit::peek_signed::<AuditRecord>(data, audit::MAX_RECORD_BYTES);
 }

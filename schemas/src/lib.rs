@@ -13,6 +13,7 @@ pub mod codec;
 pub mod credential;
 pub mod enroll;
 pub mod envelope;
+pub mod event;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keys;

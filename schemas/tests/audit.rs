@@ -11,6 +11,7 @@ use gearmq_schemas::audit::{
 };
 use gearmq_schemas::credential::{Credential, Role};
 use gearmq_schemas::envelope::Signed;
+use gearmq_schemas::event::{Event, UnitChange, What};
 use gearmq_schemas::request::{LabelMatch, MatchOp, Request, Targets, reply_queue_name};
 use gearmq_schemas::time::{Millis, now_ms};
 use gearmq_schemas::{ActionName, Name, Reply, SigningKey, Status, TrustAnchors, sha256};
@@ -1518,5 +1519,169 @@ fn streamed_replies_accepted_twice_out_of_order_or_after_the_final_are_caught() 
             }
         ),
         "{b}"
+    );
+}
+
+const BOOT_A: [u8; 16] = [0xa1; 16];
+const BOOT_B: [u8; 16] = [0xb2; 16];
+
+fn alive() -> What {
+    What::Alive {
+        agent_version: "0.1.0".into(),
+        interval_ms: 10_000,
+    }
+}
+
+/// An event of `host`'s boot `boot`, number `seq`, signed with `key` and `cred`.
+fn event(
+    host: &str,
+    key: &SigningKey,
+    cred: &[u8],
+    boot: [u8; 16],
+    seq: u64,
+    what: What,
+) -> Vec<u8> {
+    let ev = Event::new(name(host), boot, seq, RECORD_TIME - 500, what);
+    Signed::seal(&ev, key, cred)
+}
+
+/// An event of web1, signed by web1.
+fn web1_event(boot: [u8; 16], seq: u64, what: What) -> Vec<u8> {
+    event("web1", &web1_key(), &web1_credential(), boot, seq, what)
+}
+
+/// The orchestrator's log of `events` accepted one by one, verified.
+fn events_log(events: &[Vec<u8>]) -> Result<Summary, Broken> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    for e in events {
+        log.append(Entry::event_accepted(e)).unwrap();
+    }
+    verify(&one_file(&path))
+}
+
+#[test]
+fn accepted_events_in_order_per_boot_verify_and_are_counted() {
+    let unit = What::Unit {
+        unit: "web".into(),
+        change: UnitChange::Failed,
+        active_state: "failed".into(),
+        sub_state: "failed".into(),
+        result: "exit-code".into(),
+        restarts: 0,
+    };
+    let db1 = |seq| event("db1", &db1_key(), &db1_credential(), BOOT_A, seq, alive());
+    let s = events_log(&[
+        web1_event(BOOT_A, 0, alive()),
+        // Another host's events of the same boot id are its own sequence.
+        db1(4),
+        web1_event(BOOT_A, 1, unit),
+        // Gaps are allowed: a lost event is never invented.
+        web1_event(BOOT_A, 5, What::Stopping {}),
+        db1(5),
+        // A new boot starts its own sequence again.
+        web1_event(BOOT_B, 0, alive()),
+        web1_event(BOOT_B, 1, alive()),
+    ])
+    .unwrap();
+    assert_eq!((s.records, s.events_accepted), (8, 7));
+    assert_eq!(s.replies_accepted, 0);
+}
+
+#[test]
+fn the_same_event_accepted_again_or_late_verifies() {
+    // A watch that starts over reads its window back; two watches may share a log.
+    let s = events_log(&[
+        web1_event(BOOT_A, 0, alive()),
+        web1_event(BOOT_A, 1, alive()),
+        web1_event(BOOT_A, 1, alive()),
+        web1_event(BOOT_B, 9, alive()),
+        web1_event(BOOT_A, 0, alive()),
+        web1_event(BOOT_A, 2, alive()),
+    ])
+    .unwrap();
+    assert_eq!(s.events_accepted, 6);
+}
+
+#[test]
+fn two_different_events_with_one_seq_of_a_boot_are_caught() {
+    let stopping = web1_event(BOOT_A, 1, What::Stopping {});
+    let b = broken_at(
+        events_log(&[
+            web1_event(BOOT_A, 0, alive()),
+            web1_event(BOOT_A, 1, alive()),
+            web1_event(BOOT_A, 2, alive()),
+            stopping,
+        ]),
+        4,
+    );
+    assert!(
+        matches!(&b.problem, Problem::EventConflict { host, boot, seq: 1 }
+            if host.as_str() == "web1" && *boot == hex::encode(BOOT_A)),
+        "{b}"
+    );
+    assert_eq!(b.problem.label(), "event_conflict");
+    // The same seq in another boot is another event.
+    events_log(&[
+        web1_event(BOOT_A, 1, alive()),
+        web1_event(BOOT_B, 1, What::Stopping {}),
+    ])
+    .unwrap();
+}
+
+#[test]
+fn an_event_signed_by_another_host_than_it_names_is_caught() {
+    // db1 signs, with its own valid credential, an event that says it is web1's.
+    let claimed = event("web1", &db1_key(), &db1_credential(), BOOT_A, 0, alive());
+    let b = broken_at(events_log(&[claimed]), 1);
+    assert!(
+        matches!(&b.problem, Problem::NotSigner { what: "event", claimed, signer }
+            if claimed.as_str() == "web1" && signer.as_str() == "db1"),
+        "{b}"
+    );
+    // web1's credential, someone else's key: it does not open.
+    let forged = event("web1", &evil_key(), &web1_credential(), BOOT_A, 0, alive());
+    let b = broken_at(events_log(&[forged]), 1);
+    assert!(
+        matches!(b.problem, Problem::Embedded { what: "event", .. }),
+        "{b}"
+    );
+}
+
+#[test]
+fn an_operator_signed_event_is_caught() {
+    let by_ops = event("ops", &ops_key(), &ops_credential(), BOOT_A, 0, alive());
+    let b = broken_at(events_log(&[by_ops]), 1);
+    assert!(
+        matches!(
+            b.problem,
+            Problem::WrongRole {
+                what: "event",
+                role: Role::Operator,
+                ..
+            }
+        ),
+        "{b}"
+    );
+}
+
+#[test]
+fn an_accepted_event_of_a_revoked_host_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let mut log = AuditLog::open(&path, ops_key(), &ops_credential(), options()).unwrap();
+    log.append(Entry::event_accepted(&web1_event(BOOT_A, 0, alive())))
+        .unwrap();
+    let s = verify_with_revocations(
+        &one_file(&path),
+        vec![revocations(&[], &[("web1", RECORD_TIME - 1)], RECORD_TIME)],
+    );
+    assert_eq!(
+        s.revoked
+            .iter()
+            .map(|u| (u.record, u.what, u.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "event", "web1")]
     );
 }

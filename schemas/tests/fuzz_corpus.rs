@@ -11,6 +11,7 @@ use gearmq_schemas::actions::{InstallArgs, MAX_ARGS_BYTES};
 use gearmq_schemas::audit::{self, VerifyOptions};
 use gearmq_schemas::credential::verify_credential;
 use gearmq_schemas::envelope::open;
+use gearmq_schemas::event::Event;
 use gearmq_schemas::fuzzing::{self, ISSUER_SEED};
 use gearmq_schemas::revocation::{RevocationList, RevokedName, verify_revocation};
 use gearmq_schemas::time::Millis;
@@ -29,6 +30,7 @@ type Seeds = Vec<(String, Vec<u8>)>;
 const TARGETS: &[(&str, Target)] = &[
     ("request", fuzzing::request),
     ("reply", fuzzing::reply),
+    ("event", fuzzing::event),
     ("credential", fuzzing::credential),
     ("revocation", fuzzing::revocation),
     ("audit_log", fuzzing::audit_log),
@@ -110,6 +112,7 @@ fn base_seeds_pass_every_check() {
     let max = DEFAULT_MAX_MESSAGE_BYTES;
     open::<Request>(&read("request/seed-ping"), max, &verifier).unwrap();
     open::<Reply>(&read("reply/seed-ping"), max, &verifier).unwrap();
+    open::<Event>(&read("event/seed-unit"), max, &verifier).unwrap();
     verify_credential(&read("credential/seed-host"), &[issuer]).unwrap();
     verify_credential(&read("credential/seed-operator"), &[issuer]).unwrap();
     verify_revocation(&read("revocation/seed-list"), &[issuer]).unwrap();
@@ -136,6 +139,7 @@ fn base_seeds_pass_every_check() {
         ),
         (1, 1, 2, 2)
     );
+    assert_eq!(s.events_accepted, 1);
     let args: InstallArgs = codec::decode(
         "install args",
         &read("unit_spec/seed-install"),
@@ -181,6 +185,7 @@ fn write_seeds() {
     let issuer = SigningKey::from_seed(&ISSUER_SEED);
     let request = vector("request-ping.bin");
     let reply = vector("reply-ping.bin");
+    let event = vector("event-unit.bin");
     let host = vector("credential-host.bin");
     let operator = vector("credential-operator.bin");
 
@@ -229,6 +234,7 @@ fn write_seeds() {
             [with_mutations("seed-ping", &request), must_refuse()].concat(),
         ),
         ("reply", with_mutations("seed-ping", &reply)),
+        ("event", with_mutations("seed-unit", &event)),
         (
             "credential",
             [
@@ -261,6 +267,7 @@ fn write_seeds() {
             vec![
                 ("seed-request".into(), request),
                 ("seed-reply".into(), reply),
+                ("seed-event".into(), event),
                 ("seed-credential".into(), host),
                 ("seed-audit-record".into(), first_record),
             ],

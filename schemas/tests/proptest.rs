@@ -733,6 +733,9 @@ fn context_tags_are_ascii_and_prefix_free() {
         Context::Token,
         Context::Revocation,
         Context::Audit,
+        Context::EnrollRequest,
+        Context::EnrollReply,
+        Context::Event,
     ];
     for a in all {
         assert!(a.tag().is_ascii());

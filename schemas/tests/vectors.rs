@@ -32,6 +32,7 @@ use gearmq_schemas::actions::{PingArgs, PingResult};
 use gearmq_schemas::codec;
 use gearmq_schemas::credential::{Credential, Role, verify_credential};
 use gearmq_schemas::envelope::{self, Context, IssuerSigned, OpenError, Signed};
+use gearmq_schemas::event::{Event, UnitChange, What, event_route};
 use gearmq_schemas::request::{Request, Targets, is_reply_queue_of};
 use gearmq_schemas::{
     ActionName, CredentialVerifier, DEFAULT_MAX_MESSAGE_BYTES, Name, Reply, SigningKey, Status,
@@ -72,6 +73,12 @@ const STARTED_AT: u64 = ISSUED_AT + 150;
 const FINISHED_AT: u64 = ISSUED_AT + 152;
 const AGENT_VERSION: &str = "0.1.0";
 const UPTIME_MS: u64 = DAY_MS;
+/// The boot id of web1's agent run that signed the event vector.
+const EVENT_BOOT: u128 = 0x7a1c3e5f_0b2d_4f61_8a9c_e0f2143658ba;
+/// The event vector's number in its boot.
+const EVENT_SEQ: u64 = 5;
+/// 2026-01-01T00:02:28Z: when web1 signed the event vector, 2 s before [`NOW`].
+const EVENT_TIME: u64 = NOW - 2_000;
 
 const MAX: usize = DEFAULT_MAX_MESSAGE_BYTES;
 
@@ -184,12 +191,34 @@ fn ping_reply(request_body: &[u8]) -> Reply {
     }
 }
 
+/// The `unit` event: web1's unit `web` exited with an error and systemd started it
+/// again (its second restart).
+fn unit_event() -> Event {
+    Event {
+        kind: "event".into(),
+        version: VERSION,
+        host: name("web1"),
+        boot: serde_bytes::ByteArray::new(EVENT_BOOT.to_be_bytes()),
+        seq: EVENT_SEQ,
+        time: EVENT_TIME,
+        what: What::Unit {
+            unit: "web".into(),
+            change: UnitChange::Restarted,
+            active_state: "activating".into(),
+            sub_state: "auto-restart".into(),
+            result: "exit-code".into(),
+            restarts: 2,
+        },
+    }
+}
+
 /// Every vector, as built from the seeds.
 struct Built {
     host_credential: Vec<u8>,
     operator_credential: Vec<u8>,
     request: Vec<u8>,
     reply: Vec<u8>,
+    event: Vec<u8>,
 }
 
 impl Built {
@@ -204,20 +233,23 @@ impl Built {
             &host_key(),
             &host_credential,
         );
+        let event = Signed::seal(&unit_event(), &host_key(), &host_credential);
         Built {
             host_credential,
             operator_credential,
             request,
             reply,
+            event,
         }
     }
 
-    fn files(&self) -> [(&'static str, &[u8]); 4] {
+    fn files(&self) -> [(&'static str, &[u8]); 5] {
         [
             ("credential-host.bin", &self.host_credential),
             ("credential-operator.bin", &self.operator_credential),
             ("request-ping.bin", &self.request),
             ("reply-ping.bin", &self.reply),
+            ("event-unit.bin", &self.event),
         ]
     }
 }
@@ -296,6 +328,38 @@ fn reply_json(r: &Reply) -> Value {
         "error": r.error,
         "started_at": r.started_at,
         "finished_at": r.finished_at,
+    })
+}
+
+fn event_json(e: &Event) -> Value {
+    let what = match &e.what {
+        What::Unit {
+            unit,
+            change,
+            active_state,
+            sub_state,
+            result,
+            restarts,
+        } => json!({"unit": {
+            "unit": unit,
+            "change": change.as_str(),
+            "active_state": active_state,
+            "sub_state": sub_state,
+            "result": result,
+            "restarts": restarts,
+        }}),
+        _ => unreachable!("the vector is a unit event"),
+    };
+    json!({
+        "kind": e.kind,
+        "version": e.version,
+        "host": e.host.as_str(),
+        "boot": hex::encode(e.boot.as_slice()),
+        "seq": e.seq,
+        "time": e.time,
+        "what": what,
+        "what_hex": hex::encode(codec::encode(&e.what)),
+        "routing_key": event_route(&e.host, &e.what),
     })
 }
 
@@ -526,6 +590,14 @@ fn listing(b: &Built) -> Value {
             key_json("host web1", &HOST_SEED),
             reply_json(&ping_reply(&request_body)),
         ),
+        signed_json(
+            "event-unit.bin",
+            &b.event,
+            Context::Event,
+            "credential-host.bin",
+            key_json("host web1", &HOST_SEED),
+            event_json(&unit_event()),
+        ),
     ];
     let refuse: Vec<Value> = must_refuse(b)
         .into_iter()
@@ -549,6 +621,7 @@ fn listing(b: &Built) -> Value {
             "token": "gearmq/v1/token",
             "revocation": "gearmq/v1/revocation",
             "audit": "gearmq/v1/audit",
+            "event": "gearmq/v1/event",
         },
         "vectors": vectors,
         "must_refuse": {
@@ -642,7 +715,7 @@ fn vectors_are_rebuilt_byte_for_byte_from_the_seeds() {
 fn listing_agrees_with_the_checked_in_files() {
     let listing = read_listing();
     let vectors = listing["vectors"].as_array().unwrap();
-    assert_eq!(vectors.len(), 4);
+    assert_eq!(vectors.len(), 5);
     for v in vectors {
         let file = v["file"].as_str().unwrap();
         let bytes = read_vector(file);
@@ -802,6 +875,59 @@ fn reply_vector_digest_is_sha256_of_the_request_body() {
 }
 
 #[test]
+fn event_vector_opens_with_every_field() {
+    let bytes = read_vector("event-unit.bin");
+    let env = Signed::decode(&bytes, MAX).unwrap();
+    assert_eq!(env.signer, read_vector("credential-host.bin"));
+
+    let opened = envelope::open::<Event>(&bytes, MAX, &verifier()).unwrap();
+    let e = opened.body();
+    assert_eq!(e.kind, "event");
+    assert_eq!(e.version, 1);
+    assert_eq!(e.host.as_str(), "web1");
+    assert_eq!(
+        hex::encode(e.boot.as_slice()),
+        "7a1c3e5f0b2d4f618a9ce0f2143658ba"
+    );
+    assert_eq!(e.seq, 5);
+    assert_eq!(e.time, 1_767_225_748_000);
+    assert_eq!(
+        e.what,
+        What::Unit {
+            unit: "web".into(),
+            change: UnitChange::Restarted,
+            active_state: "activating".into(),
+            sub_state: "auto-restart".into(),
+            result: "exit-code".into(),
+            restarts: 2,
+        }
+    );
+    assert_eq!(e, &unit_event());
+    assert_eq!(event_route(&e.host, &e.what), "web1.unit");
+
+    // Signed by the host it names, with a host credential valid now.
+    assert_eq!(opened.signer().name, e.host);
+    assert_eq!(opened.signer().role, Role::Host);
+    assert!(opened.signer().check_window(NOW, 0).is_ok());
+    // Its own context: an event is no reply, and a reply no event.
+    assert_eq!(
+        refusal(&envelope::open::<Reply>(&bytes, MAX, &verifier()).unwrap_err()),
+        "signature"
+    );
+    let reply = read_vector("reply-ping.bin");
+    assert!(envelope::open::<Event>(&reply, MAX, &verifier()).is_err());
+    let as_reply = codec::encode(&Signed {
+        body: env.body.clone(),
+        signer: env.signer.clone(),
+        sig: serde_bytes::ByteArray::new(host_key().sign(Context::Reply, &env.body)),
+    });
+    assert_eq!(
+        refusal(&envelope::open::<Event>(&as_reply, MAX, &verifier()).unwrap_err()),
+        "signature"
+    );
+}
+
+#[test]
 fn must_refuse_vectors_are_refused_at_the_stated_step() {
     let listing = read_listing();
     let cases = listing["must_refuse"]["cases"].as_array().unwrap();
@@ -827,6 +953,9 @@ fn every_vector_window_contains_now() {
     }
     let r = ping_request();
     assert!(r.issued_at <= NOW && NOW <= r.expires_at);
+    // The event is fresh at now: within 3 default intervals (10 s) before it.
+    let e = unit_event();
+    assert!(e.time <= NOW && NOW - e.time < 3 * 10_000);
     // The token's window (token.json) is the ping request's.
     let listing: Value = serde_json::from_slice(&read_vector("token.json")).unwrap();
     let claims = &listing["claims"];

@@ -9,6 +9,7 @@ use super::{AuditRecord, Entry, FrameError, MAX_RECORD_BYTES, frames};
 use crate::codec::DecodeError;
 use crate::credential::{Credential, CredentialError, Role};
 use crate::envelope::{Body, Context, OpenError, Opened, Signed, decode_body, open};
+use crate::event::Event;
 use crate::names::Name;
 use crate::reply::Reply;
 use crate::request::{Request, Targets};
@@ -17,7 +18,7 @@ use crate::status::Status;
 use crate::time::Millis;
 use crate::trust::{CredentialVerifier, TrustAnchors};
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -55,9 +56,14 @@ impl Default for VerifyOptions {
 /// Most [`RevokedUse`]s a [`Summary`] lists; the rest are only counted.
 pub const MAX_REVOKED_LISTED: usize = 1000;
 
+/// How many of a host boot's latest distinct events the verifier remembers to compare
+/// a later one with the same sequence number against: far more than the window a watch
+/// reads back when it starts again (three or four per host), at 40 bytes each.
+pub const EVENTS_REMEMBERED: usize = 64;
+
 /// A record that used a credential at or after the moment a revocation list revokes
-/// it: written by it, or holding a request or reply it signed that was sent, accepted
-/// or executed (a request the agent refused is not listed).
+/// it: written by it, or holding a request, reply or event it signed that was sent,
+/// accepted or executed (a request the agent refused is not listed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevokedUse {
     /// The file the record is in (as named by the caller).
@@ -66,7 +72,7 @@ pub struct RevokedUse {
     pub record: u64,
     /// The record's time (ms since epoch).
     pub time: Millis,
-    /// `writer`, `request` or `reply`: what the credential signed.
+    /// `writer`, `request`, `reply` or `event`: what the credential signed.
     pub what: &'static str,
     /// The credential's name.
     pub name: Name,
@@ -102,6 +108,8 @@ pub struct Summary {
     pub rejection_summaries: u64,
     /// Refused replies counted in those summaries (the sum of their `messages`).
     pub replies_summarised: u64,
+    /// `event_accepted` records.
+    pub events_accepted: u64,
     /// Records that used a revoked credential (with [`VerifyOptions::revocations`]),
     /// the first [`MAX_REVOKED_LISTED`] of them.
     pub revoked: Vec<RevokedUse>,
@@ -239,10 +247,10 @@ pub enum Problem {
     /// A rotation record whose `previous_file_head` is not its `prev`.
     #[error("rotation record's previous_file_head differs from its prev")]
     RotationHeadMismatch,
-    /// An embedded request or reply does not open.
+    /// An embedded request, reply or event does not open.
     #[error("embedded {what} does not open: {error}")]
     Embedded {
-        /// `request` or `reply`.
+        /// `request`, `reply` or `event`.
         what: &'static str,
         /// Why.
         error: OpenError,
@@ -250,7 +258,7 @@ pub enum Problem {
     /// An embedded message signed by a role that may not sign it.
     #[error("embedded {what} is signed by {name}, a {role}, which may not sign it")]
     WrongRole {
-        /// `request` or `reply`.
+        /// `request`, `reply` or `event`.
         what: &'static str,
         /// The signer.
         name: Name,
@@ -260,7 +268,7 @@ pub enum Problem {
     /// An embedded message whose `caller`/`host` is not its signer.
     #[error("embedded {what} names {claimed} but is signed by {signer}")]
     NotSigner {
-        /// `request` or `reply`.
+        /// `request`, `reply` or `event`.
         what: &'static str,
         /// The name in the body.
         claimed: Name,
@@ -270,7 +278,7 @@ pub enum Problem {
     /// An embedded message's credential was not valid at the record's time.
     #[error("embedded {what}: signer credential not valid at the record's time: {error}")]
     EmbeddedWindow {
-        /// `request` or `reply`.
+        /// `request`, `reply` or `event`.
         what: &'static str,
         /// Why.
         error: CredentialError,
@@ -343,6 +351,19 @@ pub enum Problem {
         after: u32,
         /// Whether that reply was the host's final one.
         after_final: bool,
+    },
+    /// Two different events signed by a host for the same place in one boot's sequence:
+    /// its key signed twice where the agent signs once.
+    #[error(
+        "two different events from {host} are both event {seq} of boot {boot}: a host signs one event per sequence number"
+    )]
+    EventConflict {
+        /// The host.
+        host: Name,
+        /// The boot id (hex).
+        boot: String,
+        /// The sequence number both claim.
+        seq: u64,
     },
     /// A `request_handled` or `request_repeated` record by a writer that is not a host.
     #[error("{entry} records are written by hosts, this one by {writer} ({role})")]
@@ -490,6 +511,7 @@ impl Problem {
             Problem::NotATarget { .. } => "not_a_target",
             Problem::DuplicateReply { .. } => "duplicate_reply",
             Problem::ReplyOutOfOrder { .. } => "reply_out_of_order",
+            Problem::EventConflict { .. } => "event_conflict",
             Problem::HandledByNonHost { .. } => "handled_by_non_host",
             Problem::ExpiredNotRefused { .. } => "expired_not_refused",
             Problem::OutsideRequestWindow { .. } => "outside_request_window",
@@ -585,6 +607,9 @@ struct Chain<'a> {
     requests: HashMap<Uuid, SentRequest>,
     /// Per (request, host): the last accepted reply's seq and whether it was final.
     accepted: HashMap<(Uuid, Name), (u32, bool)>,
+    /// Per (host, boot): the seq and SHA-256 of its last [`EVENTS_REMEMBERED`] distinct
+    /// accepted events.
+    events: HashMap<(Name, [u8; 16]), VecDeque<(u64, [u8; 32])>>,
     /// (SHA-256 of the request message, SHA-256 of the reply) of every
     /// `request_handled` record with a reply: what a `request_repeated` may repeat.
     answered: HashSet<([u8; 32], [u8; 32])>,
@@ -613,8 +638,9 @@ struct Unsealed {
 /// Verifies a chain given as files, oldest first, against the trusted issuers: the
 /// framing, every record's writer signature and credential (at the record's time), the
 /// hash chain and index across files, genesis and rotation placement, every embedded
-/// request and reply (signature, role, credential at the record's time), that every
-/// accepted reply answers a logged request, that a host refused every request its
+/// request, reply and event (signature, role, credential at the record's time), that
+/// every accepted reply answers a logged request, that no host signed two different
+/// events with one sequence number of a boot, that a host refused every request its
 /// signer could not make or that was out of its window (whatever status it answered
 /// otherwise) and executed none twice, and that every repeat points to a logged
 /// answer. Returns the first broken record; uses of credentials revoked by
@@ -644,6 +670,7 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
         prev: [0; 32],
         requests: HashMap::new(),
         accepted: HashMap::new(),
+        events: HashMap::new(),
         answered: HashSet::new(),
         callers: HashMap::new(),
         executed: HashMap::new(),
@@ -659,6 +686,7 @@ pub fn verify_log<N: AsRef<str>, B: AsRef<[u8]>>(
             requests_repeated: 0,
             rejection_summaries: 0,
             replies_summarised: 0,
+            events_accepted: 0,
             revoked: Vec::new(),
             revoked_uses: 0,
             head: [0; 32],
@@ -1005,6 +1033,34 @@ impl Chain<'_> {
                 self.summary.replies_summarised =
                     self.summary.replies_summarised.saturating_add(*messages);
             }
+            Entry::EventAccepted { event } => {
+                let ev = self.open_event(event)?;
+                self.in_window("event", &ev, time)?;
+                self.used.push(("event", ev.signer().clone()));
+                let body = ev.body();
+                let (seq, host) = (body.seq, body.host.clone());
+                let digest = crate::sha256(event);
+                let seen = self.events.entry((host.clone(), *body.boot)).or_default();
+                match seen.iter().find(|(s, _)| *s == seq) {
+                    // The same event again: a watch that started over reads its window
+                    // back, and two watches may share a log. Not news, not a fault.
+                    Some((_, d)) if *d == digest => {}
+                    Some(_) => {
+                        return Err(Problem::EventConflict {
+                            host,
+                            boot: hex::encode(*body.boot),
+                            seq,
+                        });
+                    }
+                    None => {
+                        if seen.len() == EVENTS_REMEMBERED {
+                            seen.pop_front();
+                        }
+                        seen.push_back((seq, digest));
+                    }
+                }
+                self.summary.events_accepted += 1;
+            }
         }
         Ok(())
     }
@@ -1144,6 +1200,27 @@ impl Chain<'_> {
             });
         }
         Ok(rep)
+    }
+
+    /// An event, signed by a host credential of the host it names.
+    fn open_event(&self, bytes: &[u8]) -> Result<Opened<Event>, Problem> {
+        let ev = open_embedded::<Event>("event", bytes, &self.verifier)?;
+        let signer = ev.signer();
+        if signer.role != Role::Host {
+            return Err(Problem::WrongRole {
+                what: "event",
+                name: signer.name.clone(),
+                role: signer.role,
+            });
+        }
+        if ev.body().host != signer.name {
+            return Err(Problem::NotSigner {
+                what: "event",
+                claimed: ev.body().host.clone(),
+                signer: signer.name.clone(),
+            });
+        }
+        Ok(ev)
     }
 
     fn in_window<B>(&self, what: &'static str, m: &Opened<B>, time: Millis) -> Result<(), Problem> {

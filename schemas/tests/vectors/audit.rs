@@ -3,6 +3,9 @@
 //! family of two files, holding every record kind; what `verify_log` makes of them; and
 //! broken families with the record and problem each must be refused at.
 //!
+//! Records added later go at the end of a family, so that the broken families keep
+//! their record numbers.
+//!
 //! Records are signed here one by one (not through `AuditLog`, whose log id is random),
 //! so the files rebuild byte for byte.
 
@@ -15,6 +18,7 @@ use gearmq_schemas::audit::{
 };
 use gearmq_schemas::credential::Credential;
 use gearmq_schemas::envelope::Signed;
+use gearmq_schemas::event::What;
 use gearmq_schemas::request::{Request, Targets};
 use gearmq_schemas::revocation::RevocationList;
 use gearmq_schemas::time::Millis;
@@ -188,6 +192,7 @@ struct Messages {
     install_ok: Vec<u8>,
     delegated: Vec<u8>,
     delegated_reply: Vec<u8>,
+    event: Vec<u8>,
 }
 
 fn messages() -> Messages {
@@ -231,6 +236,7 @@ fn messages() -> Messages {
         install_ok,
         delegated,
         delegated_reply,
+        event: read_vector("event-unit.bin"),
     }
 }
 
@@ -271,6 +277,7 @@ fn ops_steps(m: &Messages) -> Vec<Step> {
             )
             .unwrap(),
         ),
+        Step::Record(NOW, Entry::event_accepted(&m.event)),
     ]
 }
 
@@ -321,6 +328,7 @@ fn summary_json(s: &Summary) -> Value {
         "requests_repeated": s.requests_repeated,
         "rejection_summaries": s.rejection_summaries,
         "replies_summarised": s.replies_summarised,
+        "events_accepted": s.events_accepted,
         "head": hex::encode(s.head),
         "log_id": hex::encode(s.log_id),
         "writer": s.writer.as_str(),
@@ -339,6 +347,7 @@ fn entry_json(e: &Entry) -> Value {
         }
         Entry::RequestSent { request } => json!({"request_sha256": h(&sha256(request))}),
         Entry::ReplyAccepted { reply } => json!({"reply_sha256": h(&sha256(reply))}),
+        Entry::EventAccepted { event } => json!({"event_sha256": h(&sha256(event))}),
         Entry::ReplyRejected { .. } => {
             let x = e.as_rejected_reply().expect("a rejected reply");
             json!({
@@ -591,14 +600,14 @@ fn must_refuse(m: &Messages, ops_files: &Files, web1_files: &Files) -> Vec<Refus
     ));
 
     cases.push(refusal(
-        "ops family whose last record (7) is left unsigned: nothing seals it",
+        "ops family cut after record 7, which is left unsigned: nothing seals it",
         write(
             &Writer {
                 unsigned: vec![3, 4, 7],
                 ..ops()
             },
             "audit-ops.log",
-            &ops_plan,
+            &ops_plan[..8],
             &|_, _| {},
             &|_| None,
         ),
@@ -658,6 +667,24 @@ fn must_refuse(m: &Messages, ops_files: &Files, web1_files: &Files) -> Vec<Refus
         record: 7,
         problem: "head_mismatch",
     });
+
+    // web1 signs a second, different event with event-unit.bin's boot and seq.
+    let mut other = super::unit_event();
+    other.what = What::Stopping {};
+    let other = Signed::seal(
+        &other,
+        &super::host_key(),
+        &read_vector("credential-host.bin"),
+    );
+    let mut conflict = ops_plan.clone();
+    conflict.push(Step::Record(NOW + 10, Entry::event_accepted(&other)));
+    cases.push(refusal(
+        "ops family accepting a second, different event with event-unit.bin's boot and seq",
+        plain(&ops_w, "audit-ops.log", &conflict),
+        "audit-ops.log",
+        9,
+        "event_conflict",
+    ));
     cases
 }
 
@@ -759,9 +786,10 @@ fn audit_vectors_rebuild_and_verify() {
             s.replies_accepted,
             s.replies_rejected
         ),
-        (8, 1, 1, 2)
+        (9, 1, 1, 2)
     );
     assert_eq!((s.rejection_summaries, s.replies_summarised), (2, 9));
+    assert_eq!(s.events_accepted, 1);
     let s = verify(&web1_on_disk, &VerifyOptions::default()).unwrap();
     assert_eq!(
         (
@@ -783,6 +811,7 @@ fn audit_vectors_rebuild_and_verify() {
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
         [
+            "event_accepted",
             "genesis",
             "replies_rejected",
             "reply_accepted",
@@ -793,7 +822,8 @@ fn audit_vectors_rebuild_and_verify() {
             "rotation",
         ]
     );
-    assert_eq!(revoked_summary.revoked_uses, 1);
+    // Records 7 and 8, written by ops after its revocation.
+    assert_eq!(revoked_summary.revoked_uses, 2);
 }
 
 #[test]

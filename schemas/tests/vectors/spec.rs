@@ -7,6 +7,9 @@ use super::{read_vector, sha256, vectors_dir};
 use gearmq_schemas::audit::{MAX_EXCERPT_BYTES, MAX_RECORD_BYTES, MAX_SUMMARY_REASONS};
 use gearmq_schemas::credential::MAX_CREDENTIAL_BYTES;
 use gearmq_schemas::envelope::Context;
+use gearmq_schemas::event::{
+    MAX_AGENT_VERSION, MAX_EVENT_LABELS, MAX_INTERVAL_MS, MAX_STATE_WORD, MIN_INTERVAL_MS,
+};
 use gearmq_schemas::request::{
     MAX_SELECTOR_COUNT, MAX_SELECTOR_REGEX, MAX_SELECTOR_WEIGHT, MAX_TARGET_HOSTS,
 };
@@ -264,6 +267,10 @@ fn the_document_states_the_codes_limits_and_constants() {
         format!("1 to {MAX_TOKEN_USES} |"),
         format!("`suite` (str,\n`\"{SUITE}\"`)"),
         format!("`{}`", String::from_utf8_lossy(HPKE_INFO)),
+        format!("1 to {MAX_AGENT_VERSION} bytes of `A-Z a-z 0-9 . - + _`"),
+        format!("from {MIN_INTERVAL_MS} to {MAX_INTERVAL_MS} (1 s to"),
+        format!("each 1 to {MAX_STATE_WORD} bytes of `a-z 0-9 -`"),
+        format!("| labels in a `started` event | {MAX_EVENT_LABELS} |"),
     ];
     for phrase in expected {
         assert!(doc.contains(&phrase), "PROTOCOL.md does not say {phrase:?}");
@@ -275,6 +282,7 @@ fn the_document_states_the_codes_limits_and_constants() {
         Context::Token,
         Context::Revocation,
         Context::Audit,
+        Context::Event,
     ] {
         let tag = String::from_utf8_lossy(ctx.tag());
         assert!(
