@@ -27,6 +27,42 @@ pub const HOST_QUEUE_MAX_LENGTH: i64 = 10_000;
 /// Content type of every gearmq message.
 pub const CONTENT_TYPE: &str = "application/x-gearmq";
 
+/// Topic exchange hosts publish signed events to (routing key `<host>.<event>`:
+/// `web1.alive`); provisioning lets each host publish only under its own name.
+pub const EVENTS_EXCHANGE: &str = "gearmq.events";
+/// The stream every event is kept in for a while, read by orchestrators from a point
+/// in time (`gearmq hosts` reads the last minutes, `gearmq watch` what comes).
+pub const EVENTS_STREAM: &str = "gearmq.events";
+/// How long the events stream keeps events.
+pub const EVENTS_MAX_AGE: &str = "1h";
+/// Most bytes the events stream keeps (older segments go first).
+pub const EVENTS_MAX_BYTES: i64 = 1 << 30;
+/// The events stream's segment size: retention drops whole segments.
+pub const EVENTS_SEGMENT_BYTES: i64 = 16 << 20;
+
+/// Arguments of the events stream: a stream keeping [`EVENTS_MAX_AGE`] or
+/// [`EVENTS_MAX_BYTES`], whichever is less.
+pub fn events_stream_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    args.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(EVENTS_MAX_AGE.into()),
+    );
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(EVENTS_MAX_BYTES),
+    );
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(EVENTS_SEGMENT_BYTES),
+    );
+    args
+}
+
 /// Direct exchange hosts publish enrollment requests to (routing key [`ENROLL_ROUTE`]).
 pub const ENROLL_EXCHANGE: &str = "gearmq.enroll";
 /// The routing key of enrollment requests.
@@ -209,6 +245,46 @@ pub async fn declare_shared(
     .await?;
     if !passive {
         bind(ch, DEAD_QUEUE, DEAD_EXCHANGE, "", limit).await?;
+    }
+    Ok(())
+}
+
+/// Declares the events exchange and stream and binds them (`#`), each operation
+/// limited to `limit`; `passive` (a provisioned broker) only checks that they exist.
+pub async fn declare_events(
+    ch: &Channel,
+    passive: bool,
+    limit: Duration,
+) -> Result<(), BrokerOpError> {
+    let opts = ExchangeDeclareOptions {
+        passive,
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    timed(
+        format!("declaring exchange {EVENTS_EXCHANGE}"),
+        limit,
+        ch.exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            lapin::ExchangeKind::Topic,
+            opts,
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let args = if passive {
+        FieldTable::default()
+    } else {
+        events_stream_arguments()
+    };
+    timed(
+        format!("declaring stream {EVENTS_STREAM}"),
+        limit,
+        ch.queue_declare(EVENTS_STREAM.into(), durable_queue(passive), args),
+    )
+    .await?;
+    if !passive {
+        bind(ch, EVENTS_STREAM, EVENTS_EXCHANGE, "#", limit).await?;
     }
     Ok(())
 }

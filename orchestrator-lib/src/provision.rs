@@ -81,11 +81,12 @@ pub fn password_hash(user: &str, password: &str) -> String {
 pub const ARTIFACT_STREAMS: &str = "gearmq\\.artifact\\.[0-9a-f]{64}";
 
 /// The permissions (configure, write, read) of a host: its own queue and the artifact
-/// streams to read, `gearmq.replies` to publish to.
+/// streams to read, `gearmq.replies` and `gearmq.events` to publish to (the latter
+/// only under its own name: [`host_event_topic`]).
 pub fn host_permissions(host: &Name) -> (String, String, String) {
     (
         "^$".into(),
-        "^gearmq\\.replies$".into(),
+        "^(gearmq\\.replies|gearmq\\.events)$".into(),
         format!(
             "^(gearmq\\.host\\.{}|{ARTIFACT_STREAMS})$",
             escape(host.as_str())
@@ -99,7 +100,7 @@ pub fn delegator_permissions(host: &Name) -> (String, String, String) {
     let h = escape(host.as_str());
     (
         format!("^gearmq\\.reply\\.{h}\\."),
-        format!("^(gearmq\\.replies|gearmq\\.requests|gearmq\\.reply\\.{h}\\..*)$"),
+        format!("^(gearmq\\.replies|gearmq\\.events|gearmq\\.requests|gearmq\\.reply\\.{h}\\..*)$"),
         format!(
             "^(gearmq\\.host\\.{h}|gearmq\\.replies|gearmq\\.reply\\.{h}\\..*|{ARTIFACT_STREAMS})$"
         ),
@@ -108,7 +109,7 @@ pub fn delegator_permissions(host: &Name) -> (String, String, String) {
 
 /// The permissions of an operator / orchestrator: its own reply queues; requests to
 /// publish; artifact streams to declare, bind to `gearmq.artifacts` and fill;
-/// enrollment requests to read and answers to publish.
+/// enrollment requests to read and answers to publish; the events stream to read.
 pub fn operator_permissions(op: &Name) -> (String, String, String) {
     let o = escape(op.as_str());
     (
@@ -117,9 +118,15 @@ pub fn operator_permissions(op: &Name) -> (String, String, String) {
             "^(gearmq\\.requests|gearmq\\.artifacts|gearmq\\.enroll\\.replies|gearmq\\.reply\\.{o}\\..*|{ARTIFACT_STREAMS})$"
         ),
         format!(
-            "^(gearmq\\.replies|gearmq\\.artifacts|gearmq\\.enroll\\.requests|gearmq\\.reply\\.{o}\\..*)$"
+            "^(gearmq\\.replies|gearmq\\.events|gearmq\\.artifacts|gearmq\\.enroll\\.requests|gearmq\\.reply\\.{o}\\..*)$"
         ),
     )
+}
+
+/// The topic permission (write, read) of host `host` on `gearmq.events`: routing keys
+/// `<host>.…` only, so no host can publish an event under another's name.
+pub fn host_event_topic(host: &Name) -> (String, String) {
+    (format!("^{}\\.", escape(host.as_str())), "^$".into())
 }
 
 /// The broker regex of enrollment reply queues, without anchors.
@@ -164,6 +171,8 @@ pub fn definitions(plan: &Plan) -> Value {
         users.push(user(h.as_str()));
         let delegator = plan.delegators.contains(h);
         let hq = escape(h.as_str());
+        let (ew, er) = host_event_topic(h);
+        topic_permissions.push(topic(h.as_str(), v, "gearmq.events", &ew, &er));
         if delegator {
             permissions.push(perm(h.as_str(), v, delegator_permissions(h)));
             // Requests only to single hosts, never the `all` route.
@@ -223,7 +232,17 @@ pub fn definitions(plan: &Plan) -> Value {
             "x-max-length": gearmq_io::topology::ENROLL_QUEUE_MAX_LENGTH,
             "x-overflow": "reject-publish"}}),
     );
+    // Events: one stream fed by the events exchange, read by operators.
+    queues.push(json!({"name": "gearmq.events", "vhost": v, "durable": true,
+        "auto_delete": false, "arguments": {
+            "x-queue-type": "stream",
+            "x-max-age": gearmq_io::topology::EVENTS_MAX_AGE,
+            "x-max-length-bytes": gearmq_io::topology::EVENTS_MAX_BYTES,
+            "x-stream-max-segment-size-bytes": gearmq_io::topology::EVENTS_SEGMENT_BYTES}}));
     let mut bindings = vec![
+        json!({"source": "gearmq.events", "vhost": v,
+        "destination": "gearmq.events", "destination_type": "queue", "routing_key": "#",
+        "arguments": {}}),
         json!({"source": "gearmq.dead", "vhost": v,
         "destination": "gearmq.dead", "destination_type": "queue", "routing_key": "",
         "arguments": {}}),
@@ -269,7 +288,8 @@ pub fn definitions(plan: &Plan) -> Value {
         "topic_permissions": topic_permissions,
         "exchanges": [exchange("gearmq.requests", "topic"), exchange("gearmq.replies", "topic"),
                       exchange("gearmq.dead", "fanout"), exchange("gearmq.artifacts", "direct"),
-                      exchange("gearmq.enroll", "direct"), exchange("gearmq.enroll.replies", "direct")],
+                      exchange("gearmq.enroll", "direct"), exchange("gearmq.enroll.replies", "direct"),
+                      exchange("gearmq.events", "topic")],
         "queues": queues,
         "bindings": bindings,
         "policies": policies,
@@ -617,7 +637,7 @@ mod tests {
             .find(|p| p["user"] == "web1")
             .unwrap();
         assert_eq!(web1["configure"], "^$");
-        assert_eq!(web1["write"], "^gearmq\\.replies$");
+        assert_eq!(web1["write"], "^(gearmq\\.replies|gearmq\\.events)$");
         assert_eq!(
             web1["read"],
             "^(gearmq\\.host\\.web1|gearmq\\.artifact\\.[0-9a-f]{64})$"
@@ -638,6 +658,30 @@ mod tests {
         let text = d.to_string();
         assert!(!text.contains("{username}"));
         assert!(!text.contains("impersonator"));
+    }
+
+    #[test]
+    fn hosts_publish_events_under_their_own_name_only() {
+        let d = definitions(&plan());
+        let t = d["topic_permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["user"] == "web1" && t["exchange"] == "gearmq.events")
+            .unwrap();
+        let write = regex::Regex::new(t["write"].as_str().unwrap()).unwrap();
+        assert!(write.is_match("web1.alive"));
+        for other in ["web2.alive", "web1x.alive", "a.alive", "alive"] {
+            assert!(!write.is_match(other), "{other}");
+        }
+        assert_eq!(t["read"], "^$");
+        let stream = d["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "gearmq.events")
+            .unwrap();
+        assert_eq!(stream["arguments"]["x-queue-type"], "stream");
     }
 
     #[test]

@@ -180,6 +180,27 @@ async fn host_user_cannot_publish_a_reply_as_another_host() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_user_cannot_publish_an_event_as_another_host() {
+    let fleet = tls_fleet("evt", "evt-ops", &["evt-a", "evt-b"]);
+    let conn = fleet.connect_as("evt-a").await;
+    // In its own name: taken into the events stream.
+    let ok = publish_confirmed(&conn, "gearmq.events", "evt-a.alive", b"e", Some("evt-a")).await;
+    assert_eq!(ok, Ok(true), "a host publishes events in its own name");
+    // Under another host's routing key: refused by the topic permission.
+    for key in ["evt-b.alive", "evt-ab.alive", "alive"] {
+        let err = publish_confirmed(&conn, "gearmq.events", key, b"e", Some("evt-a"))
+            .await
+            .expect_err("an event under another host's key must be refused");
+        assert!(err.contains("ACCESS_REFUSED"), "{key}: {err}");
+    }
+    // With another host's user id: refused by the broker's user_id check.
+    let err = publish_confirmed(&conn, "gearmq.events", "evt-a.alive", b"e", Some("evt-b"))
+        .await
+        .expect_err("user_id of another host must be refused");
+    assert!(err.contains("PRECONDITION_FAILED"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_user_cannot_declare_a_queue() {
     let fleet = tls_fleet("decl", "decl-ops", &["decl-a"]);
     let conn = fleet.connect_as("decl-a").await;
