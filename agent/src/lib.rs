@@ -9,7 +9,9 @@
 //! goes out. Unit actions go through [`systemd`] (D-Bus), [`unit_files`],
 //! [`unit_output`] and [`records`]; `logs --follow` streams are tracked in [`streams`].
 //! Health for the host's own tooling (a Prometheus endpoint, a status file) is in
-//! [`metrics`]. Revocation lists are held in [`revocation`]; the broker's config section, TLS and
+//! [`metrics`]. Signed presence and unit events go out through [`events`]; the unit
+//! changes they report come from systemd's D-Bus signals in [`unit_watch`]. Revocation
+//! lists are held in [`revocation`]; the broker's config section, TLS and
 //! password files and topology come from `gearmq-io`, shared with the orchestrator.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,6 +21,7 @@ pub mod artifacts;
 pub mod config;
 pub mod dispatch;
 pub mod enroll;
+pub mod events;
 pub mod fault;
 pub mod handler;
 pub mod housekeeping;
@@ -38,4 +41,5 @@ pub mod streams;
 pub mod systemd;
 pub mod unit_files;
 pub mod unit_output;
+pub mod unit_watch;
 pub mod verifier;

@@ -11,6 +11,9 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use gearmq_agent::actions::Services;
 use gearmq_agent::config::AgentConfig;
+use gearmq_agent::events::{
+    EventIdentity, EventSource, forward_unit_changes, unit_filter, watched_patterns,
+};
 use gearmq_agent::fault::Fault;
 use gearmq_agent::handler::Handler;
 use gearmq_agent::identity::{Expiry, HostIdentity, expiry, load_host_key};
@@ -19,6 +22,7 @@ use gearmq_agent::replay::ReplayStore;
 use gearmq_agent::revocation::{Revocations, Update};
 use gearmq_agent::server::{Server, ServerSettings};
 use gearmq_agent::session::Endpoint;
+use gearmq_agent::unit_watch::WatchSettings;
 use gearmq_agent::verifier::{now_ms, rfc3339};
 use gearmq_schemas::audit::{AuditOptions, AuditSink, SinkOptions};
 use std::io::IsTerminal;
@@ -403,6 +407,9 @@ async fn run(args: Args) -> Result<(), Failure> {
         None => None,
     };
     let status_path = cfg.metrics.status_path(&state_dir);
+    let credential_bytes = identity.credential_bytes.clone();
+    let credential_labels = identity.credential.labels.clone();
+    let credential_not_after = identity.credential.not_after;
     let handler = Arc::new(Handler::for_host(
         identity,
         store,
@@ -423,9 +430,60 @@ async fn run(args: Args) -> Result<(), Failure> {
             reconnect_max: cfg.broker.reconnect_max,
         },
     );
+    let events = if cfg.events.enabled {
+        let source = EventSource::new(
+            EventIdentity {
+                host: cfg.name.clone(),
+                key: load_host_key(&cfg.key_file).map_err(|e| Failure::Config(e.into()))?,
+                credential: credential_bytes.clone(),
+                labels: credential_labels.clone(),
+                not_after: credential_not_after,
+            },
+            cfg.events.interval,
+        );
+        info!(
+            interval = %humantime::format_duration(cfg.events.interval),
+            boot = %hex::encode(source.boot()),
+            "events: publishing started, alive and stopping to gearmq.events"
+        );
+        Some(Arc::new(source))
+    } else {
+        info!("events are off ([events] enabled = false)");
+        None
+    };
+    let server = match &events {
+        Some(ev) => server.with_events(ev.clone()),
+        None => server,
+    };
     let shutdown = CancellationToken::new();
     spawn_signal_watch(shutdown.clone()).map_err(Failure::Runtime)?;
     spawn_reload_on_hangup(revocations).map_err(Failure::Runtime)?;
+    let watch_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let unit_watch = match &events {
+        Some(source) if cfg.events.units => {
+            let settings = WatchSettings {
+                quiet: services.quiet.clone(),
+                ..WatchSettings::new(
+                    systemd.bus,
+                    systemd.address.clone(),
+                    watched_patterns(&services.policy.existing),
+                )
+            };
+            info!(bus = %settings.describe(), patterns = ?settings.patterns,
+                "events: watching units for failed, exited and restarted");
+            let filter = unit_filter(systemd.unit_dir.clone(), services.policy.existing.clone());
+            let (tx, rx) = tokio::sync::mpsc::channel(gearmq_agent::events::UNIT_QUEUE);
+            tokio::spawn(forward_unit_changes(source.clone(), rx));
+            Some(tokio::spawn(gearmq_agent::unit_watch::run(
+                settings,
+                filter,
+                tx,
+                watch_dropped.clone(),
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
     let upkeep = tokio::spawn(gearmq_agent::housekeeping::run(
         services.clone(),
         shutdown.clone(),
@@ -449,6 +507,9 @@ async fn run(args: Args) -> Result<(), Failure> {
     status_stop.cancel();
     let _ = status.await;
     let _ = upkeep.await;
+    if let Some(w) = unit_watch {
+        let _ = w.await;
+    }
     let flushed = tokio::task::spawn_blocking(move || audit.flush()).await;
     if !matches!(flushed, Ok(Ok(()))) {
         warn!(result = ?flushed, "audit log: final flush failed");
@@ -469,6 +530,16 @@ async fn run(args: Args) -> Result<(), Failure> {
         refused = ?s.refused,
         "agent stopped"
     );
+    if let Some(ev) = &events {
+        let c = ev.counts();
+        info!(
+            published = c.published.load(std::sync::atomic::Ordering::Relaxed),
+            failed = c.failed.load(std::sync::atomic::Ordering::Relaxed),
+            dropped = c.dropped.load(std::sync::atomic::Ordering::Relaxed)
+                + watch_dropped.load(std::sync::atomic::Ordering::Relaxed),
+            "events"
+        );
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! handler task (at most `prefetch` at once), reconnect with capped exponential backoff
 //! and jitter when the session breaks, and drain in-flight work on shutdown.
 
+use crate::events::EventSource;
 use crate::handler::Handler;
 use crate::session::{Endpoint, Session, host_queue};
 use futures_util::StreamExt;
@@ -20,6 +21,8 @@ use tracing::{error, info, warn};
 const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// How long shutdown waits for log streams to send their final reply.
 const STREAM_DRAIN: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the `stopping` event's confirm.
+const EVENTS_DRAIN: Duration = Duration::from_secs(4);
 
 /// Settings of the main loop.
 #[derive(Debug, Clone)]
@@ -45,6 +48,7 @@ pub struct ServerSettings {
 pub struct Server {
     handler: Arc<Handler>,
     settings: ServerSettings,
+    events: Option<Arc<EventSource>>,
 }
 
 enum SessionEnd {
@@ -55,7 +59,17 @@ enum SessionEnd {
 impl Server {
     /// A server handing deliveries to `handler`.
     pub fn new(handler: Arc<Handler>, settings: ServerSettings) -> Self {
-        Server { handler, settings }
+        Server {
+            handler,
+            settings,
+            events: None,
+        }
+    }
+
+    /// Publishes `events` on every session (started, alive, unit events, stopping).
+    pub fn with_events(mut self, events: Arc<EventSource>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Connects, serves and reconnects until `shutdown`; then drains and closes.
@@ -139,6 +153,20 @@ impl Server {
     ) -> SessionEnd {
         let publisher = session.publisher();
         self.handler.session_started(&publisher);
+        // Events go out on a channel of their own for as long as the session lasts.
+        let session_end = CancellationToken::new();
+        let mut events = None;
+        if let Some(ev) = self.events.clone() {
+            match session.event_publisher().await {
+                Ok(p) => {
+                    let (end, shutdown) = (session_end.clone(), shutdown.clone());
+                    events = Some(tokio::spawn(async move { ev.run(p, end, shutdown).await }));
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot open the events channel; no events this session")
+                }
+            }
+        }
         let permits = Arc::new(Semaphore::new(usize::from(self.settings.prefetch)));
         let mut tasks = JoinSet::new();
         let end = loop {
@@ -197,9 +225,17 @@ impl Server {
                 if !streams.shut_down(STREAM_DRAIN).await {
                     warn!("log streams did not end in time");
                 }
+                // `stopping` went out when shutdown began; wait for its confirm.
+                if let Some(task) = events
+                    && tokio::time::timeout(EVENTS_DRAIN, task).await.is_err()
+                {
+                    warn!("the events task did not end in time");
+                }
+                session_end.cancel();
                 session.close().await;
             }
             SessionEnd::Lost(_) => {
+                session_end.cancel();
                 // Their acks cannot reach the broker any more; let them finish (their
                 // replies are recorded and resent on redelivery) without holding up
                 // the reconnect.

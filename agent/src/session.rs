@@ -192,6 +192,7 @@ impl Session {
         let ch = &self.consume_channel;
         topology::declare_shared(ch, provisioned, OPERATION_TIMEOUT).await?;
         topology::declare_host_queue(ch, host, provisioned, OPERATION_TIMEOUT).await?;
+        topology::declare_events(ch, provisioned, OPERATION_TIMEOUT).await?;
         Ok(())
     }
 
@@ -229,6 +230,28 @@ impl Session {
             user_id: self.endpoint.user_id.clone(),
             broken: self.broken.clone(),
         }
+    }
+
+    /// A channel of its own (in confirm mode) for events: a broker refusing an event
+    /// (a host whose topic permission does not allow the route) closes that channel
+    /// only, never the one replies go out on.
+    pub async fn event_publisher(&self) -> Result<EventPublisher, SessionError> {
+        let channel = timed(
+            "opening the events channel",
+            OPERATION_TIMEOUT,
+            self.conn.create_channel(),
+        )
+        .await?;
+        timed(
+            "confirm.select",
+            OPERATION_TIMEOUT,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(EventPublisher {
+            channel,
+            user_id: self.endpoint.user_id.clone(),
+        })
     }
 
     /// Cancelled when the session has broken.
@@ -363,6 +386,50 @@ impl ReplyPublisher {
             Confirmation::Nack(_) => Ok(Published::Refused),
             Confirmation::NotRequested => Err(SessionError::Nacked {
                 reply_to: reply_to.to_string(),
+            }),
+        }
+    }
+}
+
+/// Publishes signed events to `gearmq.events` on a channel of their own.
+#[derive(Debug, Clone)]
+pub struct EventPublisher {
+    channel: Channel,
+    user_id: String,
+}
+
+impl EventPublisher {
+    /// Whether the channel is still open (the broker closes it on a refused route).
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes `bytes` with routing key `route` (transient, not mandatory: no
+    /// orchestrator needs to be watching) and waits for the broker's confirm.
+    pub async fn publish(&self, route: &str, bytes: &[u8]) -> Result<Published, SessionError> {
+        let props = BasicProperties::default()
+            .with_user_id(self.user_id.as_str().into())
+            .with_delivery_mode(1)
+            .with_content_type(CONTENT_TYPE.into());
+        let what = format!("publishing the event {route}");
+        let confirm = timed(
+            what.clone(),
+            OPERATION_TIMEOUT,
+            self.channel.basic_publish(
+                topology::EVENTS_EXCHANGE.into(),
+                route.into(),
+                BasicPublishOptions::default(),
+                bytes,
+                props,
+            ),
+        )
+        .await?;
+        match timed(what, OPERATION_TIMEOUT, confirm).await? {
+            Confirmation::Ack(None) => Ok(Published::Delivered),
+            Confirmation::Ack(Some(_returned)) => Ok(Published::Unroutable),
+            Confirmation::Nack(_) => Ok(Published::Refused),
+            Confirmation::NotRequested => Err(SessionError::Nacked {
+                reply_to: route.to_string(),
             }),
         }
     }

@@ -82,6 +82,9 @@ pub struct Services {
     pub revocations: Arc<Revocations>,
     /// The agent's counters; the handler updates them, the `stats` action reads them.
     pub stats: Arc<Stats>,
+    /// The units a job of the agent's own is changing now; shared with the unit watcher
+    /// ([`crate::unit_watch`]) so those changes are not reported as events.
+    pub quiet: crate::unit_watch::Quiet,
 }
 
 impl Services {
@@ -138,9 +141,13 @@ impl Services {
         // Records matter while a request can still be redelivered and pass its
         // window checks: its lifetime plus skew on both ends.
         let keep = limits.max_request_lifetime + 2 * limits.clock_skew;
+        let quiet = crate::unit_watch::Quiet::new();
         Services {
             agent_started: Instant::now(),
-            systemd: Arc::new(Systemd::new(settings, limits.action_timeout)),
+            systemd: Arc::new(
+                Systemd::new(settings, limits.action_timeout).with_quiet(quiet.clone()),
+            ),
+            quiet,
             units: UnitFiles::new(&settings.unit_dir, state_dir),
             output: UnitOutput::new(state_dir, limits.unit_log_max_bytes),
             artifacts: crate::artifacts::ArtifactStore::new(

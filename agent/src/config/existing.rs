@@ -86,6 +86,24 @@ impl Allowlist {
             .collect()
     }
 
+    /// Whether any entry's pattern matches `unit` (its unit events are published).
+    pub fn names(&self, unit: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.units.iter().any(|p| glob(p, unit)))
+    }
+
+    /// Every pattern of every entry, in order, each once.
+    pub fn patterns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in self.entries.iter().flat_map(|e| e.units.iter()) {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
     /// Whether an entry whose pattern matches `unit` lists `action`.
     pub fn allows(&self, unit: &str, action: &str) -> bool {
         self.entries
@@ -170,6 +188,8 @@ mod tests {
         assert!(!l.allows("nginx.service", "stop"));
         assert!(l.allows("postgresql@15.service", "status"));
         assert!(!l.allows("redis.service", "status"));
+        assert!(l.names("postgresql@15.service") && !l.names("redis.service"));
+        assert_eq!(l.patterns(), ["nginx.service", "postgresql@*.service"]);
         assert_eq!(l.actions_for("nginx.service"), ["status", "restart"]);
         let e = l.refusal("nginx.service", "stop");
         assert!(

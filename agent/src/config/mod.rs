@@ -76,6 +76,45 @@ pub struct AgentConfig {
     /// `[metrics]`: health outside the broker (a Prometheus endpoint, the status file).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[events]`: the signed events this host publishes of itself.
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// The `[events]` section: signed presence (`started`, `alive`, `stopping`) and unit
+/// events, published to `gearmq.events` for orchestrators to watch.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Publish events at all (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often `alive` is sent (default 10s; 1s to 1h). Orchestrators call a host
+    /// down after three intervals without one.
+    #[serde(default = "default_events_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Publish unit events (failed, exited, restarted by systemd) of the units gearmq
+    /// manages and those `[[existing]]` names (default true).
+    #[serde(default = "default_true")]
+    pub units: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: true,
+            interval: default_events_interval(),
+            units: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_events_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The `[metrics]` section: the agent's health for the host's own tooling, outside the
@@ -546,6 +585,15 @@ impl AgentConfig {
                 ),
             ));
         }
+        let interval = gearmq_schemas::time::duration_ms(self.events.interval);
+        if !(gearmq_schemas::event::MIN_INTERVAL_MS..=gearmq_schemas::event::MAX_INTERVAL_MS)
+            .contains(&interval)
+        {
+            return Err(invalid(
+                "events.interval",
+                "must be between 1s and 1h".into(),
+            ));
+        }
         if self.audit.max_bytes == Some(0) {
             return Err(invalid("audit.max_bytes", "must be more than 0".into()));
         }
@@ -743,6 +791,8 @@ mod tests {
             Some(Path::new("/etc/gearmq/revocations.bin"))
         );
         assert_eq!(cfg.audit.max_bytes(), DEFAULT_AUDIT_MAX_BYTES);
+        assert_eq!(cfg.events, EventsConfig::default());
+        assert_eq!(cfg.events.interval, Duration::from_secs(10));
         assert_eq!(
             cfg.audit.path(Path::new("/var/lib/gearmq/web1")),
             PathBuf::from("/var/lib/gearmq/web1/audit.log")
@@ -885,6 +935,28 @@ urls = ["amqp://db2:pw@broker:5672/%2f"]
         assert_eq!(cfg.broker.prefetch(), 8);
         assert_eq!(cfg.limits.clock_skew, Duration::from_secs(5));
         assert_eq!(cfg.broker.urls.len(), 2);
+    }
+
+    #[test]
+    fn an_events_interval_outside_1s_to_1h_is_refused() {
+        for bad in ["500ms", "2h"] {
+            let env: HashMap<String, String> = [(
+                "GEARMQ_AGENT__EVENTS__INTERVAL".to_string(),
+                bad.to_string(),
+            )]
+            .into();
+            let e = AgentConfig::load_with_env(&example_path(), Some(env))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("events.interval"), "{bad}: {e}");
+        }
+        let env: HashMap<String, String> = [(
+            "GEARMQ_AGENT__EVENTS__INTERVAL".to_string(),
+            "1s".to_string(),
+        )]
+        .into();
+        let cfg = AgentConfig::load_with_env(&example_path(), Some(env)).unwrap();
+        assert_eq!(cfg.events.interval, Duration::from_secs(1));
     }
 
     #[test]

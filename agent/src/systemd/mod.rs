@@ -122,6 +122,7 @@ pub struct Systemd {
     address: Option<String>,
     job_timeout: Duration,
     conn: tokio::sync::Mutex<Option<Connection>>,
+    quiet: crate::unit_watch::Quiet,
 }
 
 /// Where unit jobs go: [`Systemd`] (the manager over D-Bus) in the agent and in
@@ -193,7 +194,15 @@ impl Systemd {
             address: settings.address.clone(),
             job_timeout,
             conn: tokio::sync::Mutex::new(None),
+            quiet: crate::unit_watch::Quiet::new(),
         }
+    }
+
+    /// The same client, marking the units it stops, restarts or reloads in `quiet`
+    /// while the job runs, so the unit watcher does not report them as failed or exited.
+    pub fn with_quiet(mut self, quiet: crate::unit_watch::Quiet) -> Self {
+        self.quiet = quiet;
+        self
     }
 
     /// The bus, for messages: `the user bus at unix:path=/run/user/1000/bus`.
@@ -289,6 +298,10 @@ impl Systemd {
 
     /// Runs `job` on `unit` and waits for it to finish successfully.
     pub async fn run_job(&self, job: Job, unit: &str) -> Result<(), SystemdError> {
+        // Taken before the job is asked for and held until it is over: the state changes
+        // a stop, restart or reload makes are the agent's, not news. A start is not
+        // quiet: a program that fails as it starts is reported.
+        let _quiet = (job != Job::Start).then(|| self.quiet.quiet(unit));
         let conn = self.connection().await?;
         let what = format!("{} {unit}", job.verb());
         let manager = match manager(&conn).await {

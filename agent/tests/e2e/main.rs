@@ -10,6 +10,7 @@ mod hardening;
 mod journal;
 mod metrics;
 mod trust;
+mod unit_watch;
 mod units;
 
 /// A reply's typed data; panics (showing the error) unless it is ok.
