@@ -26,6 +26,7 @@ fn count_failure(missing: Option<MissingCount>) -> audit::Done {
 }
 
 /// A handle on the audit log, shared by the calls and the reply consumer.
+#[derive(Clone)]
 pub struct AuditSink {
     sink: Arc<audit::AuditSink>,
 }

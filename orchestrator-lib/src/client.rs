@@ -8,6 +8,7 @@ use crate::inventory::Inventory;
 use crate::link::{InFlight, InFlightMap, Link, LinkSettings, Published};
 use crate::outcome::{CallResult, HostResult};
 use crate::tally::RejectTally;
+use crate::watch::{EventWatch, WatchInputs, WatchOptions};
 use futures_util::{FutureExt, StreamExt};
 use gearmq_io::files::{FileError, load_credential, load_signing_key, load_trusted_issuers};
 use gearmq_schemas::audit::Entry;
@@ -198,6 +199,10 @@ pub struct Orchestrator {
     role: Role,
     /// The broker was provisioned: declare nothing (the artifacts exchange exists).
     provisioned: bool,
+    /// The `[broker]` section (an events watch connects on its own).
+    broker: crate::config::BrokerConfig,
+    /// `limits.clock_skew`.
+    skew: Duration,
 }
 
 /// How long one artifact chunk may wait for the broker (declare, publish, confirm).
@@ -316,6 +321,8 @@ impl Orchestrator {
             token: None,
             role: cred.role,
             provisioned: config.broker.provisioned,
+            broker: config.broker.clone(),
+            skew: config.limits.clock_skew,
         })
     }
 
@@ -380,6 +387,29 @@ impl Orchestrator {
             .iter()
             .map(|(r, n)| (r.as_str(), *n))
             .collect()
+    }
+
+    /// Watches the fleet's signed events (started, alive, stopping, unit) on a
+    /// connection of its own: reads those of the last `options.since` first, then
+    /// follows the stream. Only verified events are yielded; the rest are counted by
+    /// reason ([`EventWatch::rejections`]). [`EventWatch::presence`] gives each
+    /// inventory host's presence.
+    pub async fn events(&self, options: WatchOptions) -> Result<EventWatch, OrchestratorError> {
+        let shared = self.shared.clone();
+        let inputs = WatchInputs {
+            broker: self.broker.clone(),
+            name: self.shared.name.clone(),
+            inventory: self.inventory.names().into_iter().collect(),
+            verifier: Arc::new(CredentialVerifier::new(
+                self.shared.verifier.anchors().clone(),
+                100_000,
+            )),
+            revoked: Arc::new(move |c| lock(&shared.correlator).revocations_mut().revokes(c)),
+            audit: self.shared.audit.clone(),
+            max_message_bytes: self.shared.max_message_bytes,
+            skew: self.skew,
+        };
+        EventWatch::start(inputs, options).await
     }
 
     /// Signs and publishes a request and collects every target's result.

@@ -35,14 +35,18 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod correlate;
+pub mod events;
 pub mod inventory;
 mod link;
 pub mod outcome;
 pub mod provision;
 pub mod tally;
+pub mod watch;
 
 pub use client::{Call, CallSpec, Orchestrator, OrchestratorError, Progress, Resolved, Selection};
 pub use config::OrchestratorConfig;
 pub use correlate::Rejection;
+pub use events::{EventRejection, HostPresence, PresenceState, VerifiedEvent};
 pub use inventory::Inventory;
 pub use outcome::{Batch, CallResult, HostResult, HostStatus, Summary};
+pub use watch::{EventWatch, WatchOptions};

@@ -1,0 +1,486 @@
+//! The events stream as an orchestrator reads it: a connection of its own, the
+//! `gearmq.events` stream read from a point in time and then followed, every event
+//! judged ([`EventJudge`]) and taken into the [`Presence`] view, accepted ones
+//! recorded in the audit log and handed to the caller.
+//!
+//! When the connection breaks, the watch reconnects over the configured URLs with
+//! backoff and resumes at the offset after the last event it read, so nothing the
+//! stream still holds is missed. While it is away the presence view says "unknown
+//! since"; if the stream dropped events in the meantime (its retention), the gap stays
+//! unknown until the hosts are heard again.
+
+use crate::audit::AuditSink;
+use crate::client::OrchestratorError;
+use crate::config::BrokerConfig;
+use crate::events::{EventJudge, EventRejection, HostPresence, Presence, VerifiedEvent};
+use futures_util::StreamExt;
+use gearmq_io::broker::{backoff_delay, redact_url};
+use gearmq_io::topology::{self, EVENTS_STREAM};
+use gearmq_schemas::audit::Entry;
+use gearmq_schemas::envelope::open;
+use gearmq_schemas::event::Event;
+use gearmq_schemas::time::now_ms;
+use gearmq_schemas::{Credential, CredentialVerifier, Name};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties, Consumer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// How long one connection attempt may take.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+/// A history read has reached the stream's end once nothing came for this long.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Most events read from the broker and not yet acknowledged.
+const STREAM_PREFETCH: u16 = 512;
+/// Most verified events waiting for the caller.
+const HANDED_QUEUE: usize = 4096;
+
+/// How to watch.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Read the events signed in this much time before now first (the presence view is
+    /// then right at once); zero reads only what comes.
+    pub since: Duration,
+    /// Record each accepted event in the audit log (when one is configured).
+    pub record: bool,
+    /// Hand verified events to [`EventWatch::next`]; without it only the presence view
+    /// and the counts are kept.
+    pub yield_events: bool,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            since: Duration::from_secs(35),
+            record: true,
+            yield_events: true,
+        }
+    }
+}
+
+/// What the watch shares with its reader.
+pub(crate) struct WatchInputs {
+    pub broker: BrokerConfig,
+    pub name: Name,
+    pub inventory: BTreeSet<Name>,
+    pub verifier: Arc<CredentialVerifier>,
+    pub revoked: Arc<dyn Fn(&Credential) -> bool + Send + Sync>,
+    pub audit: Option<AuditSink>,
+    pub max_message_bytes: usize,
+    pub skew: Duration,
+}
+
+struct State {
+    judge: EventJudge,
+    presence: Presence,
+}
+
+/// A running watch of the fleet's events ([`crate::Orchestrator::events`]).
+pub struct EventWatch {
+    state: Arc<Mutex<State>>,
+    rx: Option<mpsc::Receiver<VerifiedEvent>>,
+    caught_up: Arc<(AtomicBool, Notify)>,
+    listening: Arc<AtomicBool>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Critical sections are map updates that cannot leave them half done.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventWatch {
+    /// Connects (to the first reachable URL; an error if none is) and starts reading.
+    pub(crate) async fn start(
+        inputs: WatchInputs,
+        options: WatchOptions,
+    ) -> Result<EventWatch, OrchestratorError> {
+        let now = now_ms();
+        let since_ms = gearmq_schemas::time::duration_ms(options.since);
+        let heard_from = now.saturating_sub(since_ms);
+        let state = Arc::new(Mutex::new(State {
+            judge: EventJudge::new(
+                inputs.inventory.clone(),
+                inputs.broker.require_user_id(),
+                gearmq_schemas::time::duration_ms(inputs.skew),
+                heard_from,
+            ),
+            presence: Presence::new(inputs.inventory.clone(), heard_from),
+        }));
+        let first = connect(&inputs, 0, true).await?;
+        let (tx, rx) = if options.yield_events {
+            let (tx, rx) = mpsc::channel(HANDED_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let caught_up = Arc::new((AtomicBool::new(false), Notify::new()));
+        let listening = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let reader = Reader {
+            inputs,
+            record: options.record,
+            state: state.clone(),
+            tx,
+            caught_up: caught_up.clone(),
+            listening: listening.clone(),
+            stop: stop.clone(),
+            from: Start::Time(heard_from),
+            lead: options.since > Duration::ZERO,
+        };
+        let task = tokio::spawn(reader.run(first));
+        Ok(EventWatch {
+            state,
+            rx,
+            caught_up,
+            listening,
+            stop,
+            task,
+        })
+    }
+
+    /// The next verified event (`None` once the watch is closed, or if it was started
+    /// without `yield_events`).
+    pub async fn next(&mut self) -> Option<VerifiedEvent> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => None,
+        }
+    }
+
+    /// Waits (up to `limit`) until the history asked for is read: the stream had
+    /// nothing more for a moment. Whether it was.
+    pub async fn caught_up(&self, limit: Duration) -> bool {
+        let (flag, notify) = &*self.caught_up;
+        let wait = async {
+            loop {
+                let notified = notify.notified();
+                if flag.load(Ordering::Acquire) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Whether the watch is connected and reading now.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// The presence of every inventory host now, in name order.
+    pub fn presence(&self) -> Vec<HostPresence> {
+        lock(&self.state).presence.view(now_ms())
+    }
+
+    /// Events rejected so far, by reason label.
+    pub fn rejections(&self) -> BTreeMap<&'static str, u64> {
+        lock(&self.state)
+            .judge
+            .counts()
+            .iter()
+            .map(|(r, n)| (r.as_str(), *n))
+            .collect()
+    }
+
+    /// Stops reading and closes the connection.
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// Events stored from this time (ms since epoch) on.
+    Time(u64),
+    /// From this offset on.
+    Offset(i64),
+}
+
+struct Reader {
+    inputs: WatchInputs,
+    record: bool,
+    state: Arc<Mutex<State>>,
+    tx: Option<mpsc::Sender<VerifiedEvent>>,
+    caught_up: Arc<(AtomicBool, Notify)>,
+    listening: Arc<AtomicBool>,
+    stop: CancellationToken,
+    from: Start,
+    /// Reading from a time: the stream starts at a chunk's beginning, so events from
+    /// before that time may come first; they are skipped, not counted as stale.
+    lead: bool,
+}
+
+struct Linked {
+    connection: Connection,
+    index: usize,
+}
+
+async fn connect(
+    inputs: &WatchInputs,
+    start: usize,
+    first: bool,
+) -> Result<Linked, OrchestratorError> {
+    let urls = &inputs.broker.urls;
+    let mut last = String::from("no URL configured");
+    for i in 0..urls.len() {
+        let index = (start + i) % urls.len();
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("gearmq-watch {}", inputs.name).into());
+        match gearmq_io::broker::connect(
+            &urls[index],
+            &inputs.broker.files(),
+            None,
+            props,
+            CONNECT_LIMIT,
+        )
+        .await
+        {
+            Ok(connection) => {
+                // A provisioned broker holds the stream; otherwise make it (declaring
+                // it again is harmless).
+                if !first || inputs.broker.provisioned {
+                    return Ok(Linked { connection, index });
+                }
+                let declared = async {
+                    let ch = connection
+                        .create_channel()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    topology::declare_events(&ch, false, CONNECT_LIMIT)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = ch.close(200, "declared".into()).await;
+                    Ok::<(), String>(())
+                }
+                .await;
+                match declared {
+                    Ok(()) => return Ok(Linked { connection, index }),
+                    Err(e) => {
+                        let _ = connection.close(200, "bye".into()).await;
+                        return Err(OrchestratorError::Connect {
+                            urls: redact_url(&urls[index]),
+                            reason: e,
+                        });
+                    }
+                }
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(OrchestratorError::Connect {
+        urls: urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: last,
+    })
+}
+
+impl Reader {
+    async fn run(mut self, mut link: Linked) {
+        loop {
+            let why = match self.subscribe(&link.connection).await {
+                Ok(consumer) => {
+                    self.listening.store(true, Ordering::Relaxed);
+                    let why = self.read(consumer).await;
+                    self.listening.store(false, Ordering::Relaxed);
+                    why
+                }
+                Err(e) => e,
+            };
+            if self.stop.is_cancelled() {
+                let _ = link.connection.close(200, "bye".into()).await;
+                return;
+            }
+            lock(&self.state).presence.deaf(now_ms());
+            tracing::warn!(broker = %redact_url(&self.inputs.broker.urls[link.index]),
+                reason = %why, "events watch lost the broker; reconnecting");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                link.connection.close(320, "reconnecting".into()),
+            )
+            .await;
+            let mut attempt = 0u32;
+            let mut next = link.index.wrapping_add(1);
+            link = loop {
+                let delay = backoff_delay(
+                    attempt,
+                    self.inputs.broker.reconnect_initial,
+                    self.inputs.broker.reconnect_max,
+                );
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                match connect(&self.inputs, next, false).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tracing::debug!(error = %e, attempt, "events watch: reconnect failed");
+                        attempt = attempt.saturating_add(1);
+                        next = next.wrapping_add(1);
+                    }
+                }
+            };
+        }
+    }
+
+    async fn subscribe(&self, connection: &Connection) -> Result<Consumer, String> {
+        let ch = connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        ch.basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut args = FieldTable::default();
+        let offset = match self.from {
+            Start::Time(ms) => AMQPValue::Timestamp(ms / 1000),
+            Start::Offset(o) => AMQPValue::LongLongInt(o),
+        };
+        args.insert("x-stream-offset".into(), offset);
+        ch.basic_consume(
+            EVENTS_STREAM.into(),
+            ShortString::from(format!("gearmq-watch-{}", self.inputs.name)),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))
+    }
+
+    /// Reads until the consumer ends (the connection broke) or the watch stops.
+    async fn read(&mut self, mut consumer: Consumer) -> String {
+        let mut first_after_resume = true;
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => return "stopped".into(),
+                n = tokio::time::timeout(SETTLE, consumer.next()) => n,
+            };
+            let delivery = match next {
+                Err(_) => {
+                    let (flag, notify) = &*self.caught_up;
+                    if !flag.swap(true, Ordering::AcqRel) {
+                        notify.notify_waiters();
+                    }
+                    continue;
+                }
+                Ok(None) => return "the broker ended the stream consumer".into(),
+                Ok(Some(Err(e))) => return e.to_string(),
+                Ok(Some(Ok(d))) => d,
+            };
+            let offset = stream_offset(&delivery.properties);
+            if first_after_resume {
+                first_after_resume = false;
+                let lost = match (self.from, offset) {
+                    (Start::Offset(want), Some(got)) => got > want,
+                    _ => false,
+                };
+                if lost {
+                    tracing::warn!(
+                        "events watch: the stream no longer held every event of the time away"
+                    );
+                }
+                lock(&self.state).presence.listening(now_ms(), lost);
+            }
+            if let Some(o) = offset {
+                self.from = Start::Offset(o.saturating_add(1));
+            }
+            self.take(&delivery.data, &delivery.routing_key, &delivery.properties)
+                .await;
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                return format!("ack failed: {e}");
+            }
+        }
+    }
+
+    async fn take(
+        &mut self,
+        bytes: &[u8],
+        routing_key: &ShortString,
+        props: &lapin::BasicProperties,
+    ) {
+        let opened = open::<Event>(bytes, self.inputs.max_message_bytes, &self.inputs.verifier);
+        // Events from before the window, in the stream's first chunk, are skipped
+        // until the first one the window covers.
+        if self.lead
+            && let Ok(o) = &opened
+        {
+            let heard_from = lock(&self.state).presence.heard_from();
+            let skew = gearmq_schemas::time::duration_ms(self.inputs.skew);
+            if o.body().time.saturating_add(skew) < heard_from {
+                tracing::debug!(host = %o.body().host, "event from before the window skipped");
+                return;
+            }
+            self.lead = false;
+        }
+        let user_id = props.user_id().as_ref().map(|u| u.as_str());
+        let verdict = {
+            let mut st = lock(&self.state);
+            let v = st.judge.judge(
+                opened,
+                &*self.inputs.revoked,
+                user_id,
+                routing_key.as_str(),
+                now_ms(),
+            );
+            if let Ok(o) = &v {
+                st.presence.record(o.body());
+            }
+            v
+        };
+        match verdict {
+            Ok(o) => {
+                if self.record
+                    && let Some(a) = &self.inputs.audit
+                {
+                    a.record_later(Entry::event_accepted(bytes));
+                }
+                if let Some(tx) = &self.tx {
+                    let ev = o.body();
+                    let verified = VerifiedEvent {
+                        host: ev.host.clone(),
+                        boot: *ev.boot,
+                        seq: ev.seq,
+                        time: ev.time,
+                        what: ev.what.clone(),
+                        bytes: bytes.to_vec(),
+                    };
+                    let _ = tx.send(verified).await;
+                }
+            }
+            Err(r) => {
+                let level_security = !matches!(r.reason, EventRejection::Stale);
+                if level_security {
+                    tracing::warn!(reason = r.reason.as_str(), host = ?r.host, detail = %r.detail, "event rejected");
+                } else {
+                    tracing::info!(reason = r.reason.as_str(), host = ?r.host, detail = %r.detail, "event rejected");
+                }
+            }
+        }
+    }
+}
+
+fn stream_offset(props: &lapin::BasicProperties) -> Option<i64> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from("x-stream-offset"))? {
+        AMQPValue::LongLongInt(o) => Some(*o),
+        AMQPValue::LongInt(o) => Some(i64::from(*o)),
+        _ => None,
+    }
+}
