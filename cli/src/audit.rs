@@ -10,6 +10,7 @@ use gearmq_schemas::audit::{
     self, Broken, Entry, MAX_RECORD_BYTES, RecordView, RevokedUse, Summary, VerifyOptions, frames,
     peek_signed, read_record,
 };
+use gearmq_schemas::event::{Event, What};
 use gearmq_schemas::request::Targets;
 use gearmq_schemas::revocation::{RevocationList, verify_revocation};
 use gearmq_schemas::time::{Millis, duration_ms};
@@ -25,8 +26,8 @@ use uuid::Uuid;
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check audit logs offline: the hash chain, every record's writer signature and
-    /// every embedded request and reply, with credentials judged at each record's
-    /// time; that every request a host answered other than by a refusal was one its
+    /// every embedded request, reply and event, with credentials judged at each
+    /// record's time; that every request a host answered other than by a refusal was one its
     /// signer could make, in its window, and executed once.
     ///
     /// Exit codes: 0 the log holds (a summary is printed); 1 a record is broken (the
@@ -74,7 +75,8 @@ pub enum AuditCommand {
         /// Only records about this request id.
         #[arg(long, value_name = "ID")]
         request: Option<Uuid>,
-        /// Only records about this host (writer, reply host, named target, broker user).
+        /// Only records about this host (writer, reply host, event host, named target,
+        /// broker user).
         #[arg(long, value_name = "H")]
         host: Option<String>,
         /// One JSON document on stdout instead of text.
@@ -245,7 +247,7 @@ fn print_summary(s: &Summary, tail_checked: bool, lists: usize) {
         rfc3339(s.last_time),
     );
     println!(
-        "requests: {}  replies: {}  rejected: {} (+{} summarised in {} record{})  handled: {} ({} not ok)  repeated: {}",
+        "requests: {}  replies: {}  rejected: {} (+{} summarised in {} record{})  handled: {} ({} not ok)  repeated: {}  events: {}",
         s.requests_sent,
         s.replies_accepted,
         s.replies_rejected,
@@ -255,6 +257,7 @@ fn print_summary(s: &Summary, tail_checked: bool, lists: usize) {
         s.requests_handled,
         s.handled_not_ok,
         s.requests_repeated,
+        s.events_accepted,
     );
     println!("head: {}", hex::encode(s.head));
     if !tail_checked {
@@ -287,6 +290,7 @@ fn revoked_line(u: &RevokedUse) -> String {
     let what = match u.what {
         "writer" => "written",
         "request" => "holds a request signed",
+        "event" => "holds an event signed",
         _ => "holds a reply signed",
     };
     format!(
@@ -320,6 +324,7 @@ fn summary_json(
         "handled": s.requests_handled,
         "handled_not_ok": s.handled_not_ok,
         "repeated": s.requests_repeated,
+        "events": s.events_accepted,
         "head": hex::encode(s.head),
         "tail_checked": tail_checked,
         "notice": (!tail_checked).then_some(CUT_TAIL_NOTICE),
@@ -432,14 +437,36 @@ struct ShownReply {
     error: Option<String>,
 }
 
+/// An event as shown (decoded, not verified).
+struct ShownEvent {
+    host: Name,
+    boot: [u8; 16],
+    seq: u64,
+    /// When the host signed it (ms since epoch).
+    time: Millis,
+    what: What,
+}
+
+impl ShownEvent {
+    /// The boot id's first 4 bytes in hex: enough to tell a host's boots apart.
+    fn boot_prefix(&self) -> String {
+        hex::encode(&self.boot[..4])
+    }
+}
+
 struct Shown {
     file: String,
     view: RecordView,
     request: Option<Result<ShownRequest, String>>,
     reply: Option<Result<ShownReply, String>>,
+    event: Option<Result<ShownEvent, String>>,
 }
 
 fn describe(file: &str, view: &RecordView) -> Shown {
+    let event = match &view.record.entry {
+        Entry::EventAccepted { event } => Some(shown_event(event)),
+        _ => None,
+    };
     let (request, reply) = match &view.record.entry {
         Entry::RequestSent { request } => (Some(shown_request(request)), None),
         Entry::ReplyAccepted { reply } => (None, Some(shown_reply(reply))),
@@ -454,6 +481,7 @@ fn describe(file: &str, view: &RecordView) -> Shown {
         view: view.clone(),
         request,
         reply,
+        event,
     }
 }
 
@@ -509,10 +537,22 @@ fn shown_reply(bytes: &[u8]) -> Result<ShownReply, String> {
     })
 }
 
+fn shown_event(bytes: &[u8]) -> Result<ShownEvent, String> {
+    let (e, _) = peek_signed::<Event>(bytes, MAX_RECORD_BYTES).map_err(|e| e.to_string())?;
+    Ok(ShownEvent {
+        host: e.host,
+        boot: e.boot.into_array(),
+        seq: e.seq,
+        time: e.time,
+        what: e.what,
+    })
+}
+
 impl Shown {
     fn matches(&self, request: Option<Uuid>, host: Option<&Name>) -> bool {
         let req = self.request.as_ref().and_then(|r| r.as_ref().ok());
         let rep = self.reply.as_ref().and_then(|r| r.as_ref().ok());
+        let ev = self.event.as_ref().and_then(|e| e.as_ref().ok());
         let summarised_for = match &self.view.record.entry {
             Entry::RepliesRejected { request_id, .. } => *request_id,
             _ => None,
@@ -532,6 +572,7 @@ impl Shown {
             let about = self.view.writer.name == *h
                 || req.is_some_and(|r| r.target_hosts.contains(h))
                 || rep.is_some_and(|r| r.host == *h)
+                || ev.is_some_and(|e| e.host == *h)
                 || rejected_from == Some(h.as_str());
             if !about {
                 return false;
@@ -579,6 +620,34 @@ impl Shown {
                 }
             }
             Some(Err(e)) => out.push_str(&format!(" reply undecodable: {e}")),
+            None => {}
+        }
+        match &self.event {
+            Some(Ok(e)) => {
+                out.push_str(&format!(
+                    " {} from {} boot {} seq {}",
+                    e.what.name(),
+                    e.host,
+                    e.boot_prefix(),
+                    e.seq
+                ));
+                if let What::Unit {
+                    unit,
+                    change,
+                    active_state,
+                    sub_state,
+                    result,
+                    restarts,
+                } = &e.what
+                {
+                    out.push_str(&format!(
+                        ": {unit} {} ({active_state}/{sub_state}, result {result}, {restarts} restart{})",
+                        change.as_str(),
+                        if *restarts == 1 { "" } else { "s" }
+                    ));
+                }
+            }
+            Some(Err(e)) => out.push_str(&format!(" event undecodable: {e}")),
             None => {}
         }
         if let Some(x) = r.entry.as_rejected_reply() {
@@ -666,6 +735,11 @@ impl Shown {
             Some(Err(e)) => v["reply"] = json!({ "error": e }),
             None => {}
         }
+        match &self.event {
+            Some(Ok(e)) => v["event"] = event_json(e),
+            Some(Err(e)) => v["event"] = json!({ "error": e }),
+            None => {}
+        }
         if let Some(x) = r.entry.as_rejected_reply() {
             v["rejected"] = json!({
                 "reason": x.reason,
@@ -695,9 +769,124 @@ impl Shown {
     }
 }
 
+fn event_json(e: &ShownEvent) -> Value {
+    let mut v = json!({
+        "host": e.host.as_str(),
+        "event": e.what.name(),
+        "boot": hex::encode(e.boot),
+        "boot_prefix": e.boot_prefix(),
+        "seq": e.seq,
+        "time": rfc3339(e.time),
+        "time_ms": e.time,
+    });
+    match &e.what {
+        What::Started {
+            agent_version,
+            labels,
+            credential_not_after,
+            interval_ms,
+        } => {
+            v["agent_version"] = json!(agent_version);
+            v["labels"] = json!(labels);
+            v["credential_not_after"] = json!(rfc3339(*credential_not_after));
+            v["interval_ms"] = json!(interval_ms);
+        }
+        What::Alive {
+            agent_version,
+            interval_ms,
+        } => {
+            v["agent_version"] = json!(agent_version);
+            v["interval_ms"] = json!(interval_ms);
+        }
+        What::Stopping {} => {}
+        What::Unit {
+            unit,
+            change,
+            active_state,
+            sub_state,
+            result,
+            restarts,
+        } => {
+            v["unit"] = json!(unit);
+            v["change"] = json!(change.as_str());
+            v["active_state"] = json!(active_state);
+            v["sub_state"] = json!(sub_state);
+            v["result"] = json!(result);
+            v["restarts"] = json!(restarts);
+        }
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gearmq_schemas::audit::AuditRecord;
+    use gearmq_schemas::event::UnitChange;
+    use gearmq_schemas::{Credential, Role, Signed, SigningKey};
+
+    /// An `event_accepted` record by operator `ops` holding `what` of host `web1`.
+    fn event_record(what: What) -> Shown {
+        let issuer = SigningKey::from_seed(&[1; 32]);
+        let cred = |seed: u8, name: &str, role| {
+            let key = SigningKey::from_seed(&[seed; 32]);
+            let c = Credential::new(1, Name::new(name).unwrap(), role, key.public_key(), 0, 1);
+            (key, c.issue(&issuer))
+        };
+        let (web1_key, web1) = cred(2, "web1", Role::Host);
+        let (ops_key, ops) = cred(3, "ops", Role::Operator);
+        let mut boot = [0xee; 16];
+        boot[..4].copy_from_slice(&[0x01, 0x23, 0x45, 0x67]);
+        let ev = Event::new(Name::new("web1").unwrap(), boot, 7, 1_000, what);
+        let entry = Entry::event_accepted(&Signed::seal(&ev, &web1_key, &web1));
+        let record = AuditRecord::new([0; 16], 3, [0; 32], 1_000, entry);
+        let view = read_record(&Signed::seal(&record, &ops_key, &ops)).unwrap();
+        describe("audit.log", &view)
+    }
+
+    #[test]
+    fn an_accepted_event_shows_its_host_boot_seq_and_unit() {
+        let shown = event_record(What::Unit {
+            unit: "web".into(),
+            change: UnitChange::Restarted,
+            active_state: "activating".into(),
+            sub_state: "auto-restart".into(),
+            result: "exit-code".into(),
+            restarts: 2,
+        });
+        let line = shown.line();
+        assert!(
+            line.ends_with(
+                " ops event_accepted unit from web1 boot 01234567 seq 7: web restarted (activating/auto-restart, result exit-code, 2 restarts)"
+            ),
+            "{line}"
+        );
+        let v = shown.to_json();
+        assert_eq!(v["event"]["host"], "web1");
+        assert_eq!(v["event"]["event"], "unit");
+        assert_eq!(v["event"]["boot_prefix"], "01234567");
+        assert_eq!(v["event"]["seq"], 7);
+        assert_eq!(v["event"]["unit"], "web");
+        assert_eq!(v["event"]["change"], "restarted");
+        // --host matches the event's host as well as the writer; --request never.
+        assert!(shown.matches(None, Some(&Name::new("web1").unwrap())));
+        assert!(shown.matches(None, Some(&Name::new("ops").unwrap())));
+        assert!(!shown.matches(None, Some(&Name::new("db1").unwrap())));
+        assert!(!shown.matches(Some(Uuid::nil()), None));
+
+        let alive = event_record(What::Alive {
+            agent_version: "0.1.0".into(),
+            interval_ms: 10_000,
+        });
+        assert!(
+            alive
+                .line()
+                .ends_with(" event_accepted alive from web1 boot 01234567 seq 7"),
+            "{}",
+            alive.line()
+        );
+        assert_eq!(alive.to_json()["event"]["interval_ms"], 10_000);
+    }
 
     #[test]
     fn rotated_families_are_put_in_chain_order() {

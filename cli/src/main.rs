@@ -17,6 +17,7 @@ mod join;
 mod local;
 mod observe;
 mod pki;
+mod presence;
 mod render;
 mod revoke;
 mod token;
@@ -108,6 +109,14 @@ enum Command {
     /// Agents' counters: verified, executed, refused by reason, dead-lettered,
     /// reconnects, uptime.
     Stats(observe::StatsCmd),
+    /// The inventory with each host's presence from its signed events: up, down (no
+    /// event for three of its intervals), stopped, never seen. Exit 1 if a selected
+    /// host is not up.
+    Hosts(presence::HostsCmd),
+    /// A live stream of the fleet's verified events (started, alive, stopping, unit
+    /// failed/exited/restarted) and of hosts going down or coming up; --json for one
+    /// object a line. Accepted events go to the audit log.
+    Watch(presence::WatchCmd),
     /// Delegation tokens: let host A call named actions on host B, briefly.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -203,6 +212,8 @@ fn main() -> ExitCode {
         Command::Logs(a) => units::logs(&ctx, a),
         Command::Facts(a) => units::facts(&ctx, a),
         Command::Stats(a) => observe::stats(&ctx, a),
+        Command::Hosts(a) => presence::hosts(&ctx, a),
+        Command::Watch(a) => presence::watch(&ctx, a),
         Command::Dead(c) => dead::run(&ctx, c),
         Command::Local(a) => local::run(a),
         Command::Token(c) => token::run(&ctx, c),
