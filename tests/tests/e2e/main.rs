@@ -14,6 +14,7 @@ mod cluster;
 mod delegation;
 mod emulate;
 mod enrollment;
+mod events;
 mod faults;
 mod json_shape;
 mod local;

@@ -1,0 +1,393 @@
+//! Signed presence and unit events, end to end: real agents publishing `started`,
+//! `alive`, `stopping` and unit events to `gearmq.events`, the library's watch
+//! verifying them and keeping the presence view, the CLI's `hosts` and `watch`, and a
+//! real `systemd --user` whose units fail and are restarted.
+
+use gearmq_orchestrator::{EventWatch, Orchestrator, PresenceState, VerifiedEvent, WatchOptions};
+use gearmq_schemas::Signed;
+use gearmq_schemas::event::{Event, UnitChange, What};
+use gearmq_schemas::time::now_ms;
+use gearmq_testkit::systemd::UserSystemd;
+use gearmq_testkit::{Fleet, name};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Agents of these tests send `alive` every second.
+const FAST: &str = "[events]\ninterval = \"1s\"\n";
+
+fn fast_fleet(tag: &str, hosts: &[&str]) -> Fleet {
+    let fleet = Fleet::init(tag, hosts);
+    for h in hosts {
+        fleet.append_agent_toml(h, FAST);
+    }
+    fleet
+}
+
+async fn watch(fleet: &Fleet, since: Duration) -> (Orchestrator, EventWatch) {
+    let orch = Orchestrator::connect(&fleet.orchestrator_config())
+        .await
+        .expect("orchestrator connects");
+    let w = orch
+        .events(WatchOptions {
+            since,
+            record: true,
+            yield_events: true,
+        })
+        .await
+        .expect("watch starts");
+    (orch, w)
+}
+
+fn state_of(w: &EventWatch, host: &str) -> PresenceState {
+    w.presence()
+        .into_iter()
+        .find(|p| p.host.as_str() == host)
+        .unwrap_or_else(|| panic!("{host} is not in the presence view"))
+        .state
+}
+
+/// Waits until `host` is in `state`; how long that took.
+async fn wait_state(w: &EventWatch, host: &str, state: PresenceState, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if state_of(w, host) == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{host} not {state:?} within {limit:?}: {:?}",
+            w.presence()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next verified event `pick` wants (others are passed over), within `limit`.
+async fn next_event(
+    w: &mut EventWatch,
+    limit: Duration,
+    mut pick: impl FnMut(&VerifiedEvent) -> bool,
+) -> VerifiedEvent {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, w.next()).await {
+            Ok(Some(ev)) if pick(&ev) => return ev,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the watch ended"),
+            Err(_) => panic!("no such event within {limit:?}"),
+        }
+    }
+}
+
+fn unit_event(ev: &VerifiedEvent, want_unit: &str) -> Option<(UnitChange, u32, String)> {
+    match &ev.what {
+        What::Unit {
+            unit,
+            change,
+            restarts,
+            result,
+            ..
+        } if unit == want_unit => Some((*change, *restarts, result.clone())),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_is_down_within_three_intervals_and_up_after_it_continues() {
+    let fleet = fast_fleet("presence", &["web1", "web2"]);
+    let mut web1 = fleet.start_agent("web1");
+    let web2 = fleet.start_agent("web2");
+    let (orch, w) = watch(&fleet, Duration::from_secs(5)).await;
+    for h in ["web1", "web2"] {
+        wait_state(&w, h, PresenceState::Up, Duration::from_secs(15)).await;
+    }
+    let p = w.presence();
+    assert!(
+        p.iter().all(
+            |h| h.agent_version.as_deref() == Some(env!("CARGO_PKG_VERSION"))
+                && h.interval_ms == Some(1000)
+        ),
+        "{p:?}"
+    );
+
+    // Frozen: no alive from web2 any more. Down once three 1-s intervals passed since
+    // its last event, which was at most when it was stopped.
+    web2.signal("STOP");
+    let down = wait_state(&w, "web2", PresenceState::Down, Duration::from_secs(10)).await;
+    assert!(down <= Duration::from_millis(3_600), "down after {down:?}");
+    assert_eq!(state_of(&w, "web1"), PresenceState::Up);
+
+    // The CLI says the same, and exits 1.
+    let out = fleet.cli(&["hosts", "--json", "--since", "5s"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let doc = out.json();
+    let states: BTreeMap<&str, &str> = doc["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["host"].as_str().unwrap(), h["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, BTreeMap::from([("web1", "up"), ("web2", "down")]));
+    assert_eq!(doc["summary"]["complete"], true, "{doc}");
+    let only_down = fleet.cli(&["hosts", "--down", "--since", "5s"]);
+    assert_eq!(only_down.code, 1, "{}", only_down.stderr);
+    assert!(
+        only_down.stdout.contains("web2  down"),
+        "{}",
+        only_down.stdout
+    );
+    assert!(!only_down.stdout.contains("web1 "), "{}", only_down.stdout);
+    assert!(
+        only_down.stdout.contains("2 hosts: 1 down, 1 up"),
+        "{}",
+        only_down.stdout
+    );
+
+    // Continued: up again at its next alive.
+    web2.signal("CONT");
+    wait_state(&w, "web2", PresenceState::Up, Duration::from_secs(5)).await;
+    let out = fleet.cli(&["hosts", "web1,web2", "--since", "5s"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    // A clean shutdown says so.
+    assert_eq!(web1.terminate(), Some(0));
+    wait_state(&w, "web1", PresenceState::Stopped, Duration::from_secs(5)).await;
+
+    // Every event taken is in the orchestrator's audit log, which verifies.
+    assert!(w.rejections().is_empty(), "{:?}", w.rejections());
+    w.close().await;
+    orch.flush_audit().await.unwrap();
+    orch.close().await;
+    let log = std::fs::read(fleet.audit_log()).unwrap();
+    let accepted = gearmq_schemas::audit::frames(&log)
+        .map(|f| gearmq_schemas::audit::read_record(f.unwrap().bytes).unwrap())
+        .filter(|v| v.record.entry.name() == "event_accepted")
+        .count();
+    assert!(accepted >= 6, "{accepted} event records");
+    let verified = fleet.verify_audit(&fleet.audit_log());
+    assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_that_fail_or_are_restarted_by_systemd_are_told_at_once() {
+    let fleet = fast_fleet("unitev", &["a"]);
+    fleet.append_agent_toml(
+        "a",
+        "[[existing]]\nunits = [\"ext-*.service\"]\nactions = [\"status\"]\n",
+    );
+    let sd = UserSystemd::start();
+    let _agent = fleet.start_agent_on("a", &sd);
+    let (orch, mut w) = watch(&fleet, Duration::ZERO).await;
+
+    // Exits non-zero half a second after it started: `failed`, within 2 s of that.
+    let out = fleet.cli(&[
+        "install",
+        "a",
+        "crash",
+        "--exec",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "sleep 0.5; exit 1",
+        "--start",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let installed = Instant::now();
+    let ev = next_event(&mut w, Duration::from_secs(10), |e| {
+        unit_event(e, "crash").is_some()
+    })
+    .await;
+    let took = installed.elapsed();
+    let (change, restarts, result) = unit_event(&ev, "crash").unwrap();
+    assert_eq!(
+        (change, restarts, result.as_str()),
+        (UnitChange::Failed, 0, "exit-code")
+    );
+    assert!(
+        took < Duration::from_millis(2_500),
+        "failed event after {took:?}"
+    );
+
+    // Restarted by systemd's Restart=on-failure: `restarted`, with the count rising.
+    let out = fleet.cli(&[
+        "install",
+        "a",
+        "flap",
+        "--exec",
+        "/bin/sh",
+        "--arg",
+        "-c",
+        "--arg",
+        "sleep 0.3; exit 3",
+        "--restart",
+        "on-failure",
+        "--start",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let mut counts = Vec::new();
+    while counts.len() < 2 {
+        let ev = next_event(&mut w, Duration::from_secs(10), |e| {
+            unit_event(e, "flap").is_some()
+        })
+        .await;
+        let (change, restarts, _) = unit_event(&ev, "flap").unwrap();
+        if change == UnitChange::Restarted {
+            counts.push(restarts);
+        }
+    }
+    assert!(counts[0] >= 1 && counts[1] > counts[0], "{counts:?}");
+    let out = fleet.cli(&["delete", "a", "flap"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+
+    // The host's own units: an allowlisted one is told by its full name, another never.
+    let failing = "[Service]\nExecStart=/bin/sh -c 'sleep 0.3; exit 2'\n";
+    sd.start_foreign_unit("stranger.service", failing);
+    sd.start_foreign_unit("ext-db.service", failing);
+    let ev = next_event(&mut w, Duration::from_secs(10), |e| {
+        unit_event(e, "ext-db.service").is_some() || unit_event(e, "stranger.service").is_some()
+    })
+    .await;
+    let (change, _, result) = unit_event(&ev, "ext-db.service").expect("the allowlisted unit");
+    assert_eq!((change, result.as_str()), (UnitChange::Failed, "exit-code"));
+
+    // A unit the operator stops is not reported as having exited on its own.
+    let out = fleet.cli(&[
+        "install",
+        "a",
+        "idle",
+        "--exec",
+        "/bin/sleep",
+        "--arg",
+        "600",
+        "--start",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = fleet.cli(&["stop", "a", "idle"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let quiet = tokio::time::timeout(Duration::from_millis(1_500), async {
+        loop {
+            match w.next().await {
+                Some(ev) if unit_event(&ev, "idle").is_some() => return ev,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        quiet.is_err(),
+        "an event for a unit gearmq stopped: {quiet:?}"
+    );
+
+    // The CLI's watch shows the same events, one JSON object a line.
+    let out = fleet.cli(&[
+        "watch",
+        "a",
+        "--json",
+        "--since",
+        "60s",
+        "--for",
+        "2s",
+        "--events-only",
+    ]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "started" && l["host"] == "a"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines.iter().any(|l| l["event"] == "unit"
+            && l["unit"] == "crash"
+            && l["change"] == "failed"
+            && l["result"] == "exit-code"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !lines.iter().any(|l| l["unit"] == "stranger.service"),
+        "a unit neither gearmq's nor allowlisted was told: {}",
+        out.stdout
+    );
+    w.close().await;
+    orch.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_replayed_and_garbage_events_are_rejected_and_counted() {
+    let fleet = fast_fleet("evforge", &["web1", "web2"]);
+    let _web1 = fleet.start_agent("web1");
+    let (orch, mut w) = watch(&fleet, Duration::ZERO).await;
+    let genuine = next_event(&mut w, Duration::from_secs(10), |e| {
+        e.host.as_str() == "web1" && matches!(e.what, What::Alive { .. })
+    })
+    .await;
+
+    let publish = |key: &'static str, bytes: Vec<u8>| {
+        let fleet = &fleet;
+        async move {
+            let r = fleet.publish("gearmq.events", key, &bytes, None).await;
+            assert_eq!(r, Ok(true), "publishing to {key}");
+        }
+    };
+    // Not an event at all.
+    publish("web1.alive", b"\x93not an event".to_vec()).await;
+    // web2's key signing an event that names web1.
+    let web2 = fleet.host_identity("web2");
+    let forged = Event::new(
+        name("web1"),
+        genuine.boot,
+        genuine.seq + 1_000,
+        now_ms(),
+        What::Stopping {},
+    );
+    publish(
+        "web1.stopping",
+        Signed::seal(&forged, &web2.key, &web2.credential),
+    )
+    .await;
+    // web2's own event, under web1's routing key.
+    let misrouted = Event::new(name("web2"), [9; 16], 0, now_ms(), What::Stopping {});
+    publish(
+        "web1.stopping",
+        Signed::seal(&misrouted, &web2.key, &web2.credential),
+    )
+    .await;
+    // web1's genuine alive, again.
+    publish("web1.alive", genuine.bytes.clone()).await;
+
+    let want = BTreeMap::from([("forged", 2), ("malformed", 1), ("replayed", 1)]);
+    gearmq_testkit::wait_until(
+        "the rejections are counted",
+        Duration::from_secs(10),
+        || w.rejections() == want,
+    );
+    // web1 is still up, and its next alive is still taken: nothing forged moved it.
+    let next = next_event(&mut w, Duration::from_secs(5), |e| {
+        e.host.as_str() == "web1"
+    })
+    .await;
+    assert!(next.seq > genuine.seq);
+    assert_eq!(state_of(&w, "web1"), PresenceState::Up);
+
+    // `hosts` reads the same history and counts the same rejections.
+    let out = fleet.cli(&["hosts", "web1", "--json", "--since", "30s"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let doc = out.json();
+    assert_eq!(
+        doc["summary"]["rejected"],
+        serde_json::json!({"forged": 2, "malformed": 1, "replayed": 1}),
+        "{doc}"
+    );
+    w.close().await;
+    orch.close().await;
+}
