@@ -56,6 +56,9 @@ impl Default for VerifyOptions {
 /// Most [`RevokedUse`]s a [`Summary`] lists; the rest are only counted.
 pub const MAX_REVOKED_LISTED: usize = 1000;
 
+/// Per (host, boot): (seq, SHA-256) of the latest distinct events accepted.
+type SeenEvents = VecDeque<(u64, [u8; 32])>;
+
 /// How many of a host boot's latest distinct events the verifier remembers to compare
 /// a later one with the same sequence number against: far more than the window a watch
 /// reads back when it starts again (three or four per host), at 40 bytes each.
@@ -609,7 +612,7 @@ struct Chain<'a> {
     accepted: HashMap<(Uuid, Name), (u32, bool)>,
     /// Per (host, boot): the seq and SHA-256 of its last [`EVENTS_REMEMBERED`] distinct
     /// accepted events.
-    events: HashMap<(Name, [u8; 16]), VecDeque<(u64, [u8; 32])>>,
+    events: HashMap<(Name, [u8; 16]), SeenEvents>,
     /// (SHA-256 of the request message, SHA-256 of the reply) of every
     /// `request_handled` record with a reply: what a `request_repeated` may repeat.
     answered: HashSet<([u8; 32], [u8; 32])>,
