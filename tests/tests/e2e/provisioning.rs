@@ -520,10 +520,11 @@ fn provision_check_and_deprovision_through_the_management_api_match_rabbitmqctl(
         Some(3),
         "{by_api:#}"
     );
-    // gearmq.dead, the two host queues and gearmq.enroll.requests.
+    // gearmq.dead, the two host queues, gearmq.enroll.requests and the gearmq.events
+    // stream.
     assert_eq!(
         by_api["queues"].as_array().map(Vec::len),
-        Some(4),
+        Some(5),
         "{by_api:#}"
     );
     let out = fleet.cli(&["broker", "provision", "--apply"]);
