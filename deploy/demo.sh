@@ -4,8 +4,9 @@
 # Two hosts (web1, web2), each an agent with a systemd user manager of its own (so the
 # demo needs no systemd as PID 1), one operator who installs, starts, inspects, stops
 # and deletes a service on both, ships a program with the request, sees it come back
-# after a "reboot" of web1's manager, and restarts a service of the hosts' own that
-# gearmq did not create; and an auditor who verifies the signed audit logs.
+# after a "reboot" of web1's manager, restarts a service of the hosts' own that
+# gearmq did not create, and watches the fleet's signed events (a crashing service, a
+# host that stops answering); and an auditor who verifies the signed audit logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +63,8 @@ for h in web1 web2; do
   printf '[[existing]]\nunits = ["webserver.service"]\nactions = ["status", "restart"]\n' \
     >>"$W/fleet/hosts/$h/agent.toml"
   printf '[Service]\nExecStart=/bin/sleep 3600\n' >"$W/$h/home/.config/systemd/user/webserver.service"
+  # alive every 2 s (10 s by default), so a silent host shows down within 6 s.
+  printf '[events]\ninterval = "2s"\n' >>"$W/fleet/hosts/$h/agent.toml"
   start_manager "$h"
   bus "$h" StartUnit ss webserver.service replace
   start_agent "$h"
@@ -110,6 +113,28 @@ echo
 echo "== the hosts' own service, by allowlist"
 run restart web1,web2 webserver.service
 run stop web1,web2 webserver.service
+
+echo
+echo "== presence and events"
+run hosts @all
+"$BIN/gearmq" --config "$W/fleet/orchestrator.toml" watch @all --since 1s --for 12s \
+  >"$W/watch.out" 2>&1 &
+WATCH=$!
+sleep 1
+run install web1 flaky --exec /bin/sh --arg -c --arg 'sleep 1; exit 3' --restart on-failure --start
+echo
+echo "(web2's agent is stopped with SIGSTOP: it says nothing more)"
+kill -STOP "${AGENT[web2]}"
+sleep 8
+run hosts @all
+echo "(exit code $("$BIN/gearmq" --config "$W/fleet/orchestrator.toml" hosts @all >/dev/null 2>&1; echo $?))"
+kill -CONT "${AGENT[web2]}"
+wait "$WATCH" || true
+echo
+echo "\$ gearmq watch @all   # running meanwhile, in another terminal"
+cat "$W/watch.out"
+run hosts @all --down
+run delete web1 flaky
 
 echo
 echo "== the auditor (needs only the logs, the issuer public key and gearmq)"
