@@ -20,8 +20,9 @@ pub enum QueueType {
     Quorum,
 }
 
-/// Declares the exchanges, the dead-letter queue and each of `hosts`' queues with its
-/// bindings (`host.<name>` and `all`), as an agent does, on the vhost at `url`.
+/// Declares the exchanges, the dead-letter queue, the events exchange and stream, and
+/// each of `hosts`' queues with its bindings (`host.<name>` and `all`), as an agent
+/// does, on the vhost at `url`.
 pub async fn declare_topology(url: &str, hosts: &[&str], queue_type: QueueType) {
     let conn = gearmq_testkit::raw::connect(url).await;
     let ch = conn.create_channel().await.unwrap();
@@ -63,6 +64,10 @@ pub async fn declare_topology(url: &str, hosts: &[&str], queue_type: QueueType) 
         bindings.push((q.clone(), REQUESTS_EXCHANGE, format!("host.{h}")));
         bindings.push((q, REQUESTS_EXCHANGE, "all".to_string()));
     }
+    // The events exchange and stream, by the code the agent and provisioning use.
+    gearmq_io::topology::declare_events(&ch, false, std::time::Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("declare the events exchange and stream: {e}"));
     for (q, ex, key) in bindings {
         let args = FieldTable::default();
         ch.queue_bind(
