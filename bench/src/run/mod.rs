@@ -686,8 +686,14 @@ async fn fan_rounds(
 /// Pings `hosts` (one signed request published to each) and waits for every verified
 /// reply; returns how many were verified ok.
 async fn ping_hosts(orch: &Orchestrator, hosts: &[Name]) -> Result<usize> {
-    // As `ping --all` signs it (targets: all), published to these hosts only.
-    let resolved = orch.resolve(&Selection::All)?.subset(hosts.to_vec());
+    let resolved = if hosts.len() < orch.inventory().len() {
+        // As `gearmq ping h1 h2 …` resolves it: the named hosts, without a walk over
+        // the whole inventory for each call.
+        orch.resolve(&Selection::Hosts(hosts.to_vec()))?
+    } else {
+        // As `ping --all` signs it (targets: all), published to these hosts only.
+        orch.resolve(&Selection::All)?.subset(hosts.to_vec())
+    };
     let call = orch
         .start_resolved(
             &resolved,
