@@ -116,6 +116,15 @@ async fn non_matching_host_that_receives_a_selector_request_ignores_it() {
     // The signed role=web request, published to d1's queue as well (a misrouted copy).
     let sent = fleet.sent_requests();
     assert_eq!(sent.len(), 1);
+    // It reached every host the selector denotes, so it signs the selector itself.
+    let signed = gearmq_schemas::audit::peek_signed::<gearmq_schemas::Request>(&sent[0], 1 << 20)
+        .unwrap()
+        .0
+        .targets;
+    assert!(
+        matches!(signed, gearmq_schemas::Targets::Selector(_)),
+        "{signed:?}"
+    );
     fleet.forward_request(&sent[0], "d1").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     // d1 acked it silently as not a target (its counters, logged at shutdown).
