@@ -492,31 +492,7 @@ impl Orchestrator {
             return Ok(Targets::All);
         }
         let reach: BTreeSet<&Name> = resolved.hosts.iter().chain(&resolved.unknown).collect();
-        // Whether the publish reaches exactly the inventory hosts the selection
-        // denotes: every reached host is one of them and there are as many. Costs
-        // O(reach) for `all` and allocates nothing, so a small subset of a large
-        // inventory (a batch, one host) does not pay for the whole inventory.
-        let denoted_by = |n: &Name| match self.inventory.get(n) {
-            Some(h) => resolved.signed.includes(n, &h.credential.labels),
-            None => false,
-        };
-        let exact = match &resolved.signed {
-            Targets::Hosts(_) => false,
-            Targets::All => {
-                reach.len() == self.inventory.len() && reach.iter().all(|n| denoted_by(n))
-            }
-            Targets::Selector(_) => {
-                reach.len() <= self.inventory.len()
-                    && reach.iter().all(|n| denoted_by(n))
-                    && self
-                        .inventory
-                        .hosts()
-                        .filter(|(n, h)| resolved.signed.includes(n, &h.credential.labels))
-                        .count()
-                        == reach.len()
-            }
-        };
-        if exact {
+        if self.inventory.denotes_exactly(&resolved.signed, &reach) {
             return Ok(resolved.signed.clone());
         }
         if reach.is_empty() {
