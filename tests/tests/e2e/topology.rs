@@ -64,7 +64,7 @@ pub async fn declare_topology(url: &str, hosts: &[&str], queue_type: QueueType) 
         bindings.push((q.clone(), REQUESTS_EXCHANGE, format!("host.{h}")));
         bindings.push((q, REQUESTS_EXCHANGE, "all".to_string()));
     }
-    // The events exchange and stream, by the code the agent and provisioning use.
+    // The events exchange and stream, by the code the agent declares them with.
     gearmq_io::topology::declare_events(&ch, false, std::time::Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("declare the events exchange and stream: {e}"));
