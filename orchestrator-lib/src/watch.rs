@@ -35,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 /// A history read has reached the stream's end once nothing came for this long.
 const SETTLE: Duration = Duration::from_millis(500);
+/// Before the first event of a subscription: a busy broker can take longer than
+/// [`SETTLE`] to start delivering a stream from an offset, and calling the read done
+/// then would show every host unknown. An empty window costs this wait once.
+const FIRST_DELIVERY_WAIT: Duration = Duration::from_secs(3);
 /// Most events read from the broker and not yet acknowledged.
 const STREAM_PREFETCH: u16 = 512;
 /// Most verified events waiting for the caller.
@@ -368,9 +372,14 @@ impl Reader {
     async fn read(&mut self, mut consumer: Consumer) -> String {
         let mut first_after_resume = true;
         loop {
+            let quiet = if first_after_resume {
+                FIRST_DELIVERY_WAIT
+            } else {
+                SETTLE
+            };
             let next = tokio::select! {
                 _ = self.stop.cancelled() => return "stopped".into(),
-                n = tokio::time::timeout(SETTLE, consumer.next()) => n,
+                n = tokio::time::timeout(quiet, consumer.next()) => n,
             };
             let delivery = match next {
                 Err(_) => {
