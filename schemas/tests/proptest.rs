@@ -747,3 +747,153 @@ fn context_tags_are_ascii_and_prefix_free() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The verification equation. PROTOCOL.md ("Signing") fixes the cofactorless equation
+// and which keys and `R` are refused; verifiers are known to disagree exactly on
+// signatures with small-order (torsion) parts in the key or in `R`, and a batch verifier
+// (cofactored) would accept some the rules refuse. These craft such signatures and check
+// what gearmq answers against the rules written out with curve25519-dalek's arithmetic,
+// independently of ring.
+
+mod equation {
+    use super::*;
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    use curve25519_dalek::{EdwardsPoint, Scalar};
+
+    /// A signature by secret scalar `a` (the key `[a]B + T_key`) with nonce `r`
+    /// (`R = [r]B + T_r`), over `tag ‖ body`: `S = r + h·a`.
+    pub(super) fn craft(
+        a: Scalar,
+        t_key: usize,
+        r: Scalar,
+        t_r: usize,
+        body: &[u8],
+    ) -> ([u8; 32], [u8; 64]) {
+        let key = (B * a + EIGHT_TORSION[t_key]).compress().to_bytes();
+        let big_r = (B * r + EIGHT_TORSION[t_r]).compress().to_bytes();
+        let h = challenge(&big_r, &key, body);
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&big_r);
+        sig[32..].copy_from_slice((r + h * a).as_bytes());
+        (key, sig)
+    }
+
+    /// `h = SHA-512(R ‖ A ‖ tag ‖ body) mod L`.
+    pub(super) fn challenge(big_r: &[u8; 32], key: &[u8; 32], body: &[u8]) -> Scalar {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA512);
+        ctx.update(big_r);
+        ctx.update(key);
+        ctx.update(Context::Request.tag());
+        ctx.update(body);
+        let mut wide = [0u8; 64];
+        wide.copy_from_slice(ctx.finish().as_ref());
+        Scalar::from_bytes_mod_order_wide(&wide)
+    }
+
+    /// PROTOCOL.md's five rules, written out.
+    pub(super) fn by_the_rules(key: &[u8; 32], sig: &[u8; 64], body: &[u8]) -> bool {
+        let big_r: [u8; 32] = sig[..32].try_into().unwrap_or_default();
+        let s: [u8; 32] = sig[32..].try_into().unwrap_or_default();
+        // 1: S < L.
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
+            return false;
+        };
+        // 3: A decodes; 2: and is neither a non-canonical encoding nor of small order
+        // (the only points whose encoding with x = 0 and the sign bit set decodes).
+        let Some(a) = CompressedEdwardsY(*key).decompress() else {
+            return false;
+        };
+        if a.is_small_order() || a.compress().to_bytes() != *key {
+            return false;
+        }
+        // 4: R is not of small order (a non-canonical R fails 5: the encoding compared
+        // there is canonical).
+        if CompressedEdwardsY(big_r)
+            .decompress()
+            .is_some_and(|p| p.is_small_order())
+        {
+            return false;
+        }
+        // 5: the cofactorless equation, R compared by its bytes.
+        let h = challenge(&big_r, key, body);
+        (B * s - a * h).compress().to_bytes() == big_r
+    }
+
+    pub(super) fn by_gearmq(key: &[u8; 32], sig: &[u8; 64], body: &[u8]) -> bool {
+        PublicKey::from_bytes(*key)
+            .verify(Context::Request, body, sig)
+            .is_ok()
+    }
+
+    /// Whether `[h]T_key + T_r`, the small-order part left over in `[S]B − [h]A − R`
+    /// for a [`craft`]ed signature, is the identity.
+    pub(super) fn cancels(h: Scalar, t_key: usize, t_r: usize) -> bool {
+        (EIGHT_TORSION[t_key] * h + EIGHT_TORSION[t_r]) == EdwardsPoint::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn verification_follows_the_rules_with_small_order_parts(
+        a in any::<[u8; 32]>(),
+        r in any::<[u8; 32]>(),
+        t_key in 0usize..8,
+        t_r in 0usize..8,
+        body in bytes(64),
+        flip in option::of(0usize..512),
+    ) {
+        let (key, mut sig) = equation::craft(
+            Scalar::from_bytes_mod_order(a),
+            t_key,
+            Scalar::from_bytes_mod_order(r),
+            t_r,
+            &body,
+        );
+        if let Some(bit) = flip {
+            sig[bit / 8] ^= 1 << (bit % 8);
+        }
+        prop_assert_eq!(
+            equation::by_gearmq(&key, &sig, &body),
+            equation::by_the_rules(&key, &sig, &body)
+        );
+    }
+}
+
+use curve25519_dalek::Scalar;
+
+/// The cases random ones reach only by chance. For every key of mixed order (`T_key` not
+/// the identity): a signature whose small-order parts cancel, which is accepted, and one
+/// whose parts do not — the cofactored equation (`[8][S]B = [8]R + [8][h]A`, what batch
+/// verification checks) holds, the cofactorless one does not — which is refused.
+#[test]
+fn mixed_order_keys_are_judged_by_the_cofactorless_equation() {
+    let a = Scalar::from_bytes_mod_order([9; 32]);
+    let body = b"mixed order";
+    for t_key in 1..8 {
+        let (mut accepted, mut refused) = (false, false);
+        for nonce in 1u64..200 {
+            for t_r in 0..8 {
+                let (key, sig) = equation::craft(a, t_key, Scalar::from(nonce), t_r, body);
+                let big_r: [u8; 32] = sig[..32].try_into().unwrap();
+                let h = equation::challenge(&big_r, &key, body);
+                let ours = equation::by_gearmq(&key, &sig, body);
+                let at = format!("T_key {t_key}, r {nonce}, T_r {t_r}");
+                assert_eq!(ours, equation::by_the_rules(&key, &sig, body), "{at}");
+                assert_eq!(ours, equation::cancels(h, t_key, t_r), "{at}");
+                accepted |= ours;
+                refused |= !ours;
+            }
+            if accepted && refused {
+                break;
+            }
+        }
+        assert!(
+            accepted && refused,
+            "T_key {t_key}: accepted {accepted}, refused {refused}"
+        );
+    }
+}
