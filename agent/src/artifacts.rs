@@ -446,7 +446,7 @@ impl ArtifactStore {
                 .any(|text| text.contains(path.to_string_lossy().as_ref()));
             let digest = name.strip_suffix(TREE_SUFFIX).unwrap_or(&name);
             let ours = name.starts_with(PARTIAL_PREFIX)
-                || (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
+                || (digest.len() == 64 && gearmq_schemas::names::is_lower_hex(digest));
             if !(ours && old && !named) {
                 continue;
             }

@@ -167,15 +167,7 @@ fn main() -> ExitCode {
 fn enroll_main(a: EnrollArgs) -> ExitCode {
     use gearmq_agent::enroll::{Ended, EnrollOptions, enroll, read_secret};
     let options = (|| -> anyhow::Result<EnrollOptions> {
-        let mut labels = std::collections::BTreeMap::new();
-        for l in &a.labels {
-            let Some((k, v)) = l.split_once('=') else {
-                anyhow::bail!("label {l:?} is not KEY=VALUE");
-            };
-            gearmq_schemas::names::check_label_key(k)?;
-            gearmq_schemas::names::check_label_value(v)?;
-            labels.insert(k.to_string(), v.to_string());
-        }
+        let labels = gearmq_schemas::names::parse_labels(&a.labels)?;
         Ok(EnrollOptions {
             name: gearmq_schemas::Name::new(a.name.as_str())?,
             dir: a.dir.clone(),

@@ -187,16 +187,7 @@ pub fn new_serial() -> Result<u64> {
 
 /// Parses `key=value` labels, checking both halves.
 pub fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
-    let mut out = std::collections::BTreeMap::new();
-    for l in labels {
-        let Some((k, v)) = l.split_once('=') else {
-            bail!("label {l:?} is not KEY=VALUE");
-        };
-        gearmq_schemas::names::check_label_key(k)?;
-        gearmq_schemas::names::check_label_value(v)?;
-        out.insert(k.to_string(), v.to_string());
-    }
-    Ok(out)
+    Ok(gearmq_schemas::names::parse_labels(labels)?)
 }
 
 /// Parses action names, checking each is known.

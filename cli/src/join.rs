@@ -128,7 +128,7 @@ struct State {
 }
 
 fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    !s.is_empty() && gearmq_schemas::names::is_lower_hex(s)
 }
 
 impl State {

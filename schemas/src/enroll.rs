@@ -104,7 +104,7 @@ pub struct EnrollReply {
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    s.len() == len && crate::names::is_lower_hex(s)
 }
 
 impl Body for EnrollRequest {

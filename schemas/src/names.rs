@@ -22,6 +22,9 @@ pub enum NameError {
         "invalid label {0:?}: keys are 1 to 63 characters of a-z, 0-9, '_', '.', '-' starting with a letter or digit; values are at most 128 printable characters"
     )]
     Label(String),
+    /// A label given as text (a command line's `--label`) is not `KEY=VALUE`.
+    #[error("label {0:?} is not KEY=VALUE")]
+    NotKeyValue(String),
 }
 
 /// A host, operator or issuer name: `[a-z0-9][a-z0-9-]{0,62}`.
@@ -156,9 +159,62 @@ pub fn check_label_value(v: &str) -> Result<(), NameError> {
     }
 }
 
+/// Parses labels written `KEY=VALUE` (a command line's repeated `--label`), checking
+/// both halves; a later key replaces an earlier one.
+pub fn parse_labels<S: AsRef<str>>(
+    labels: &[S],
+) -> Result<std::collections::BTreeMap<String, String>, NameError> {
+    let mut out = std::collections::BTreeMap::new();
+    for l in labels {
+        let l = l.as_ref();
+        let Some((k, v)) = l.split_once('=') else {
+            return Err(NameError::NotKeyValue(l.to_string()));
+        };
+        check_label_key(k)?;
+        check_label_value(v)?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// Whether `s` is lower-case hexadecimal (`[0-9a-f]`, possibly empty): the one spelling
+/// gearmq writes and accepts for keys, digests and fingerprints.
+pub fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_parse_as_key_value_with_both_halves_checked() {
+        let l = parse_labels(&["role=web", "dc=x=y", "role=db"]).unwrap();
+        assert_eq!(l.get("role").map(String::as_str), Some("db"));
+        assert_eq!(l.get("dc").map(String::as_str), Some("x=y"));
+        assert!(matches!(
+            parse_labels(&["role"]),
+            Err(NameError::NotKeyValue(_))
+        ));
+        assert!(matches!(
+            parse_labels(&["Role=web"]),
+            Err(NameError::Label(_))
+        ));
+        assert!(matches!(
+            parse_labels(&["k=a\nb"]),
+            Err(NameError::Label(_))
+        ));
+        assert!(parse_labels::<&str>(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn lower_hex_is_digits_and_a_to_f_only() {
+        assert!(is_lower_hex("0123456789abcdef"));
+        assert!(is_lower_hex(""));
+        for bad in ["ABCDEF", "0x12", "g", " 00"] {
+            assert!(!is_lower_hex(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn names_follow_the_rule() {
