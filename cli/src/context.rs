@@ -6,6 +6,7 @@ use gearmq_orchestrator::{Orchestrator, OrchestratorConfig, Selection};
 use std::path::{Path, PathBuf};
 
 /// The global options of one `gearmq` run.
+#[derive(Clone)]
 pub struct Context {
     /// `--config`: the orchestrator config file.
     pub config: PathBuf,

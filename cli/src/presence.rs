@@ -157,7 +157,7 @@ pub fn hosts(ctx: &Context, a: HostsCmd) -> Result<ExitCode> {
     let config = ctx.load_config()?;
     let selection = selection(&a.targets, &a.wheres)?;
     let rt = runtime()?;
-    rt.block_on(async {
+    crate::call::on_workers(&rt, async move {
         let orch = Orchestrator::connect(&config).await?;
         let hosts = selected(&orch, &selection)?;
         let watch = orch
@@ -362,7 +362,7 @@ pub fn watch(ctx: &Context, a: WatchCmd) -> Result<ExitCode> {
     let config = ctx.load_config()?;
     let selection = selection(&a.targets, &a.wheres)?;
     let rt = runtime()?;
-    rt.block_on(async {
+    crate::call::on_workers(&rt, async move {
         let orch = Orchestrator::connect(&config).await?;
         let hosts = selected(&orch, &selection)?;
         let window = humantime::parse_duration(DEFAULT_WINDOW)?;

@@ -584,10 +584,10 @@ pub fn logs(ctx: &Context, a: LogsCmd) -> Result<ExitCode> {
     });
     let json = a.opts.out.json;
     let rt = call::runtime()?;
-    let result = rt.block_on(async {
-        let orch = ctx
-            .connect(&config, &selection, a.opts.token.as_deref())
-            .await?;
+    let ctx = ctx.clone();
+    let token = a.opts.token.clone();
+    let result = call::on_workers(&rt, async move {
+        let orch = ctx.connect(&config, &selection, token.as_deref()).await?;
         let mut c = orch
             .start(CallSpec {
                 selection: selection.clone(),

@@ -114,7 +114,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         runtime.block_on(serve_raw(&url, n, a.raw_reply_bytes, a.raw_mode))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let report = runtime.block_on(bench(&a))?;
+    // On a worker thread, as `gearmq` runs its calls (cli/src/call.rs, `on_workers`):
+    // the replies' events then reach the call without waking a parked main thread.
+    let a = std::sync::Arc::new(a);
+    let report = {
+        let a = a.clone();
+        runtime.block_on(async move { tokio::spawn(async move { bench(&a).await }).await })??
+    };
     print_table(&report);
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&a.out, format!("{json}\n"))
