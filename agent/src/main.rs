@@ -151,7 +151,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    // On the runtime's workers, not on this thread: a delivery then reaches the consumer
+    // loop without waking a thread outside the runtime (a futex wake and a context
+    // switch per request; BENCHMARKS.md, run K).
+    let outcome = runtime.block_on(async move {
+        tokio::spawn(run(args)).await.unwrap_or_else(|e| {
+            Err(Failure::Runtime(anyhow::anyhow!(
+                "the agent's task failed: {e}"
+            )))
+        })
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
             eprintln!("gearmq-agent: {e:#}");
