@@ -421,24 +421,29 @@ fn write(
     if entries.is_empty() {
         return vec![lock(log).flush().or_else(fail)];
     }
-    let n = entries.len();
-    let copies = (n > 1).then(|| entries.clone());
-    // Bound first: the guard must be released before the one-by-one fallback locks.
-    let appended = lock(log).append_batch(entries);
-    match appended {
-        Ok(_) => vec![Ok(()); n],
-        Err(e) if is_entry_refused(&e) => match copies {
-            Some(entries) => entries
-                .into_iter()
-                .map(|entry| lock(log).append(entry).map(|_| ()).or_else(fail))
-                .collect(),
-            None => vec![fail(e)],
-        },
-        Err(e) => {
-            let shared = fail(e);
-            vec![shared; n]
+    let mut log = lock(log);
+    // An entry the log refuses (invalid, too large) fails alone; the others are
+    // appended together.
+    let mut results = Vec::with_capacity(entries.len());
+    let mut batch = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match log.check_entry(&entry) {
+            Ok(()) => {
+                results.push(None);
+                batch.push(entry);
+            }
+            Err(e) => results.push(Some(fail(e))),
         }
     }
+    let shared = if batch.is_empty() {
+        Ok(())
+    } else {
+        log.append_checked(batch).map(|_| ()).or_else(fail)
+    };
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| shared.clone()))
+        .collect()
 }
 
 #[cfg(test)]

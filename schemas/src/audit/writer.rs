@@ -24,7 +24,20 @@ use crate::time::{Millis, now_ms};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// What a record's fields other than its entry add to the encoding of the entry, at
+/// their widest (`index` and `time` at their maximum): the entry is one field of the
+/// record, encoded the same inside it as alone.
+fn record_overhead() -> usize {
+    static OVERHEAD: OnceLock<usize> = OnceLock::new();
+    *OVERHEAD.get_or_init(|| {
+        let entry = Entry::reply_accepted(&[]);
+        let alone = codec::encode(&entry).len();
+        let record = AuditRecord::new([0; 16], u64::MAX, [0; 32], Millis::MAX, entry);
+        codec::encode(&record).len() - alone
+    })
+}
 use std::time::{Duration, Instant};
 
 /// How a log is written.
@@ -268,20 +281,32 @@ impl AuditLog {
     /// replies, a burst of replies).
     pub fn append_batch(&mut self, entries: Vec<Entry>) -> Result<Vec<Appended>> {
         for e in &entries {
-            e.validate()
-                .map_err(|reason| AuditError::InvalidEntry { reason })?;
-            // Checked before anything is written, so a batch is never cut in half by
-            // one oversize entry. The envelope adds the credential, the signature and
-            // a few bytes of framing to the encoded body.
-            let probe = AuditRecord::new([0; 16], u64::MAX, [0; 32], Millis::MAX, e.clone());
-            let size = codec::encode(&probe).len() + self.credential.len() + 128;
-            if size > MAX_RECORD_BYTES {
-                return Err(AuditError::RecordTooLarge {
-                    size,
-                    max: MAX_RECORD_BYTES,
-                });
-            }
+            self.check_entry(e)?;
         }
+        self.append_checked(entries)
+    }
+
+    /// Whether `entry` can be appended: valid, and its record within
+    /// [`MAX_RECORD_BYTES`]. [`AuditLog::append_batch`] checks every entry so before
+    /// anything is written, so a batch is never cut in half by one bad entry.
+    pub fn check_entry(&self, entry: &Entry) -> Result<()> {
+        entry
+            .validate()
+            .map_err(|reason| AuditError::InvalidEntry { reason })?;
+        // The envelope adds the credential, the signature and a few bytes of framing
+        // to the encoded record.
+        let size = codec::encode(entry).len() + record_overhead() + self.credential.len() + 128;
+        if size > MAX_RECORD_BYTES {
+            return Err(AuditError::RecordTooLarge {
+                size,
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// [`AuditLog::append_batch`] of entries that passed [`AuditLog::check_entry`].
+    pub(crate) fn append_checked(&mut self, entries: Vec<Entry>) -> Result<Vec<Appended>> {
         self.with_lock(|log| {
             log.refresh()?;
             let result = log.write_entries(entries);
@@ -760,4 +785,27 @@ fn has_rotated_files(path: &Path) -> Result<bool> {
 
 fn next_rotation_number(path: &Path) -> Result<u64> {
     Ok(rotated_numbers(path)?.into_iter().max().unwrap_or(0) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_encodes_as_its_entry_plus_the_overhead_at_most() {
+        let entries = [
+            Entry::reply_accepted(&[]),
+            Entry::reply_accepted(&[7; 700]),
+            Entry::request_sent(&[1; 70_000]),
+            Entry::reply_rejected(&[2; 300], "forged", Some("web1")),
+            Entry::request_handled(&[3; 500], Some(&[4; 600])),
+        ];
+        for e in entries {
+            let alone = codec::encode(&e).len();
+            let widest = AuditRecord::new([9; 16], u64::MAX, [9; 32], Millis::MAX, e.clone());
+            assert_eq!(codec::encode(&widest).len(), alone + record_overhead());
+            let narrow = AuditRecord::new([9; 16], 1, [9; 32], 1, e);
+            assert!(codec::encode(&narrow).len() <= alone + record_overhead());
+        }
+    }
 }
