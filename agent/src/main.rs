@@ -152,14 +152,11 @@ fn main() -> ExitCode {
         }
     };
     // On the runtime's workers, not on this thread: a delivery then reaches the consumer
-    // loop without waking a thread outside the runtime (a futex wake and a context
-    // switch per request; BENCHMARKS.md, run K).
-    let outcome = runtime.block_on(async move {
-        tokio::spawn(run(args)).await.unwrap_or_else(|e| {
-            Err(Failure::Runtime(anyhow::anyhow!(
-                "the agent's task failed: {e}"
-            )))
-        })
+    // loop without waking a thread outside the runtime.
+    let outcome = gearmq_io::runtime::block_on_worker(&runtime, run(args)).unwrap_or_else(|e| {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "the agent's task failed: {e}"
+        )))
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -245,21 +245,15 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Runs `work` as a task on `rt`'s worker threads and waits for it. A call's replies are
-/// opened on the workers and handed to the call through a channel; a call awaited on
-/// the thread that called `block_on` is woken from outside the runtime for each of them
-/// (a futex wake and a context switch per reply). On a worker it is not: 12 % less CPU
-/// per reply in a 1,000-host fan-out (BENCHMARKS.md, run K).
+/// Runs a command's `work` on `rt`'s worker threads
+/// ([`gearmq_io::runtime::block_on_worker`]): a call's replies then reach it without
+/// waking a thread outside the runtime.
 pub fn on_workers<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     work: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    rt.block_on(async move {
-        match tokio::spawn(work).await {
-            Ok(r) => r,
-            Err(e) => Err(anyhow::anyhow!("the call's task failed: {e}")),
-        }
-    })
+    gearmq_io::runtime::block_on_worker(rt, work)
+        .map_err(|e| anyhow::anyhow!("the command's task failed: {e}"))?
 }
 
 /// Adds the orchestrator's rejections that could not be tied to the call (replays,

@@ -5,7 +5,8 @@
 //! broker's administration through `rabbitmqctl` or the management HTTP API behind one
 //! seam ([`broker_admin`], [`rabbitmqctl`](mod@rabbitmqctl), [`management`]); and what
 //! both do with files ([`files`]): key, credential and secret loading with their
-//! permission checks, and atomic writes.
+//! permission checks, and atomic writes; and running a program's main future on the
+//! runtime's workers ([`runtime`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod docs;
 pub mod files;
 pub mod management;
 pub mod rabbitmqctl;
+pub mod runtime;
 pub mod topology;
 
 /// Runs `rabbitmqctl [-n NODE] ARGS` on this machine and returns what it printed, or

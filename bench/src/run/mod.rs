@@ -114,18 +114,16 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         runtime.block_on(serve_raw(&url, n, a.raw_reply_bytes, a.raw_mode))?;
         return Ok(ExitCode::SUCCESS);
     }
-    // On a worker thread, as `gearmq` runs its calls (cli/src/call.rs, `on_workers`):
-    // the replies' events then reach the call without waking a parked main thread.
-    let a = std::sync::Arc::new(a);
-    let report = {
-        let a = a.clone();
-        runtime.block_on(async move { tokio::spawn(async move { bench(&a).await }).await })??
-    };
+    // On a worker thread, as `gearmq` runs its calls: the replies then reach the call
+    // without waking a thread outside the runtime.
+    let out = a.out.clone();
+    let report = gearmq_io::runtime::block_on_worker(&runtime, async move { bench(&a).await })
+        .map_err(|e| anyhow::anyhow!("the benchmark's task failed: {e}"))??;
     print_table(&report);
     let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&a.out, format!("{json}\n"))
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
-    println!("\nJSON report: {}", a.out.display());
+    std::fs::write(&out, format!("{json}\n"))
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!("\nJSON report: {}", out.display());
     Ok(if report.all_replies_verified {
         ExitCode::SUCCESS
     } else {
