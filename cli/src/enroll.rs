@@ -185,11 +185,6 @@ pub fn new_serial() -> Result<u64> {
     Ok(u64::from_be_bytes(b) >> 1)
 }
 
-/// Parses `key=value` labels, checking both halves.
-pub fn parse_labels(labels: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
-    Ok(gearmq_schemas::names::parse_labels(labels)?)
-}
-
 /// Parses action names, checking each is known.
 pub fn parse_actions(actions: &[String]) -> Result<Vec<ActionName>> {
     actions
@@ -253,7 +248,7 @@ pub fn enroll(cmd: EnrollCommand) -> Result<()> {
                 role: Role::Host,
                 public_key: load_public_key(&common.pubkey)?,
                 valid_for,
-                labels: parse_labels(&labels)?,
+                labels: gearmq_schemas::names::parse_labels(&labels)?,
                 actions: Vec::new(),
                 may_delegate: false,
                 sealing_key: sealing_pubkey
@@ -372,9 +367,10 @@ mod tests {
 
     #[test]
     fn labels_and_actions_are_checked() {
-        assert!(parse_labels(&["role=web".into()]).is_ok());
-        assert!(parse_labels(&["role".into()]).is_err());
-        assert!(parse_labels(&["Role=web".into()]).is_err());
+        use gearmq_schemas::names::parse_labels;
+        assert!(parse_labels(&["role=web"]).is_ok());
+        assert!(parse_labels(&["role"]).is_err());
+        assert!(parse_labels(&["Role=web"]).is_err());
         assert!(parse_actions(&["ping".into()]).is_ok());
         assert!(parse_actions(&["reboot".into()]).is_err());
     }

@@ -576,7 +576,7 @@ pub fn approve(ctx: &crate::context::Context, a: ApproveArgs) -> Result<ExitCode
     let labels = if a.labels.is_empty() {
         req.labels.clone()
     } else {
-        crate::enroll::parse_labels(&a.labels)?
+        gearmq_schemas::names::parse_labels(&a.labels)?
     };
     let issuer = load_signing_key(&a.decide.issuer_key)?;
     let (cred, cred_bytes) = crate::enroll::Enrollment {
