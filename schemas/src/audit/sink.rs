@@ -404,8 +404,8 @@ fn write_jobs(target: &Target, jobs: Vec<Job>) {
     }
 }
 
-/// Appends `entries` as one batch; if the batch is refused because of one entry
-/// (too large, invalid), appends them one by one so that only that entry fails.
+/// Appends `entries` as one batch, under one lock, one signature and one fsync. An
+/// entry the log refuses (too large, invalid) is checked out first and fails alone.
 /// Returns one result per entry (an fsync result alone when there are none).
 fn write(
     log: &Mutex<AuditLog>,
@@ -586,6 +586,30 @@ mod tests {
         assert!(e.entry_refused(), "{e}");
         assert!(small.join().unwrap().iter().all(Result::is_ok));
         assert_eq!(verify(&path, &issuer).replies_rejected, 20);
+    }
+
+    #[test]
+    fn a_refused_entry_in_a_batch_fails_alone_and_the_others_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (key, cred, issuer) = writer();
+        let log = Mutex::new(AuditLog::open(&path, key, &cred, AuditOptions::default()).unwrap());
+        let small = || Entry::reply_rejected(b"x", "forged", None);
+        let big = Entry::request_handled(&vec![0; MAX_RECORD_BYTES], None);
+        let told = Arc::new(AtomicU64::new(0));
+        let counter = told.clone();
+        let on_error: OnError = Arc::new(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let results = write(&log, vec![small(), big, small(), small()], Some(&on_error));
+        assert_eq!(results.len(), 4);
+        assert!(results[1].as_ref().unwrap_err().entry_refused());
+        for i in [0, 2, 3] {
+            assert!(results[i].is_ok(), "entry {i}: {:?}", results[i]);
+        }
+        assert_eq!(told.load(Ordering::Relaxed), 1);
+        drop(log);
+        assert_eq!(verify(&path, &issuer).replies_rejected, 3);
     }
 
     #[test]

@@ -26,18 +26,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-/// What a record's fields other than its entry add to the encoding of the entry, at
-/// their widest (`index` and `time` at their maximum): the entry is one field of the
-/// record, encoded the same inside it as alone.
-fn record_overhead() -> usize {
-    static OVERHEAD: OnceLock<usize> = OnceLock::new();
-    *OVERHEAD.get_or_init(|| {
-        let entry = Entry::reply_accepted(&[]);
-        let alone = codec::encode(&entry).len();
-        let record = AuditRecord::new([0; 16], u64::MAX, [0; 32], Millis::MAX, entry);
-        codec::encode(&record).len() - alone
-    })
-}
 use std::time::{Duration, Instant};
 
 /// How a log is written.
@@ -785,6 +773,19 @@ fn has_rotated_files(path: &Path) -> Result<bool> {
 
 fn next_rotation_number(path: &Path) -> Result<u64> {
     Ok(rotated_numbers(path)?.into_iter().max().unwrap_or(0) + 1)
+}
+
+/// What a record's fields other than its entry add to the encoding of the entry, at
+/// their widest (`index` and `time` at their maximum): the entry is one field of the
+/// record, encoded the same inside it as alone.
+fn record_overhead() -> usize {
+    static OVERHEAD: OnceLock<usize> = OnceLock::new();
+    *OVERHEAD.get_or_init(|| {
+        let entry = Entry::reply_accepted(&[]);
+        let alone = codec::encode(&entry).len();
+        let record = AuditRecord::new([0; 16], u64::MAX, [0; 32], Millis::MAX, entry);
+        codec::encode(&record).len() - alone
+    })
 }
 
 #[cfg(test)]
