@@ -115,7 +115,8 @@ enum Command {
     Hosts(presence::HostsCmd),
     /// A live stream of the fleet's verified events (started, alive, stopping, unit
     /// failed/exited/restarted) and of hosts going down or coming up; --json for one
-    /// object a line. Accepted events go to the audit log.
+    /// object a line. Accepted events go to the audit log; routine alives one per host
+    /// per --record-alive-every (5m).
     Watch(presence::WatchCmd),
     /// Delegation tokens: let host A call named actions on host B, briefly.
     #[command(subcommand)]

@@ -74,6 +74,12 @@ pub struct WatchCmd {
     /// Only events, no presence changes (up, down, stopped).
     #[arg(long)]
     events_only: bool,
+    /// Of the `alive` events that only repeat that a host is up, write one per host
+    /// per this much time to the audit log (0: every one). Every other event (started,
+    /// stopping, unit, an alive after silence or from a new boot) is always written.
+    /// Every event is shown either way.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    record_alive_every: Duration,
     /// One JSON object a line: {"type":"event",…} or {"type":"presence",…}.
     #[arg(long)]
     json: bool,
@@ -166,6 +172,7 @@ pub fn hosts(ctx: &Context, a: HostsCmd) -> Result<ExitCode> {
                 // A look, not a watch: nothing is recorded.
                 record: false,
                 yield_events: false,
+                ..WatchOptions::default()
             })
             .await?;
         let complete = watch.caught_up(a.wait).await;
@@ -373,6 +380,7 @@ pub fn watch(ctx: &Context, a: WatchCmd) -> Result<ExitCode> {
             .events(WatchOptions {
                 since: window.max(shown_since),
                 record: true,
+                record_alive_every: a.record_alive_every,
                 yield_events: true,
             })
             .await?;

@@ -344,6 +344,19 @@ pub struct HostPresence {
     pub restarts_seen: u64,
 }
 
+/// What an accepted event told the presence view ([`Presence::record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Something the view did not hold: the host's first event, a new boot, an `alive`
+    /// after `stopping` or after a silence past the down limit, or any event other
+    /// than `alive`.
+    News,
+    /// An `alive` of the same boot from a host that was up: it only says so again.
+    StillUp,
+    /// Signed before the latest event of the same boot the view holds: not taken.
+    Older,
+}
+
 #[derive(Debug, Clone, Default)]
 struct Seen {
     last_seen: Millis,
@@ -387,13 +400,26 @@ impl Presence {
         self.heard_from
     }
 
-    /// Takes an accepted event.
-    pub fn record(&mut self, ev: &Event) {
+    /// Takes an accepted event, and says whether it told the view anything new.
+    pub fn record(&mut self, ev: &Event) -> Taken {
         let s = self.seen.entry(ev.host.clone()).or_default();
         let first = s.last_event.is_empty();
         if ev.time < s.last_seen && *ev.boot == s.boot {
-            return;
+            return Taken::Older;
         }
+        let silent_limit = s
+            .interval_ms
+            .unwrap_or(DEFAULT_INTERVAL_MS)
+            .saturating_mul(DOWN_AFTER_INTERVALS);
+        let was_up = !first
+            && *ev.boot == s.boot
+            && !s.stopped
+            && ev.time.saturating_sub(s.last_seen) <= silent_limit;
+        let taken = if was_up && matches!(ev.what, What::Alive { .. }) {
+            Taken::StillUp
+        } else {
+            Taken::News
+        };
         if !first && *ev.boot != s.boot {
             s.restarts_seen += 1;
         }
@@ -407,6 +433,7 @@ impl Presence {
         if let Some(v) = ev.what.agent_version() {
             s.agent_version = Some(v.to_string());
         }
+        taken
     }
 
     /// The watch stopped listening at `at` (the link broke).
@@ -634,7 +661,7 @@ mod tests {
         let v = p.view(NOW);
         assert!(v.iter().all(|h| h.state == PresenceState::Unknown));
         assert_eq!(v[0].unknown_since, Some(start));
-        p.record(&alive("web1", 1, 0, NOW));
+        assert_eq!(p.record(&alive("web1", 1, 0, NOW)), Taken::News);
         let v = p.view(NOW + 100);
         assert_eq!(v[0].state, PresenceState::Up);
         assert_eq!(v[0].agent_version.as_deref(), Some("0.1.0"));
@@ -664,5 +691,26 @@ mod tests {
         assert_eq!(v[0].state, PresenceState::Stopped);
         assert_eq!(v[0].restarts_seen, 1);
         assert_eq!(v[0].last_event, Some("stopping"));
+    }
+
+    #[test]
+    fn only_an_alive_from_a_host_that_was_up_is_not_news() {
+        let mut p = Presence::new(inventory(), NOW - 60_000);
+        // web1 declares 1-s intervals: down after 3 s of silence.
+        assert_eq!(p.record(&alive("web1", 1, 0, NOW)), Taken::News);
+        assert_eq!(p.record(&alive("web1", 1, 1, NOW + 1_000)), Taken::StillUp);
+        assert_eq!(p.record(&alive("web1", 1, 2, NOW + 4_000)), Taken::StillUp);
+        // Older than what the view holds of that boot.
+        assert_eq!(p.record(&alive("web1", 1, 1, NOW + 1_000)), Taken::Older);
+        // Back after a silence past the down limit.
+        assert_eq!(p.record(&alive("web1", 1, 3, NOW + 7_001)), Taken::News);
+        // A new boot.
+        assert_eq!(p.record(&alive("web1", 2, 0, NOW + 7_500)), Taken::News);
+        // Anything but alive is news, and so is the alive after a stop.
+        let mut stop = alive("web1", 2, 1, NOW + 7_600);
+        stop.what = What::Stopping {};
+        assert_eq!(p.record(&stop), Taken::News);
+        assert_eq!(p.record(&alive("web1", 2, 2, NOW + 7_700)), Taken::News);
+        assert_eq!(p.record(&alive("web1", 2, 3, NOW + 8_700)), Taken::StillUp);
     }
 }

@@ -12,7 +12,7 @@
 use crate::audit::AuditSink;
 use crate::client::OrchestratorError;
 use crate::config::BrokerConfig;
-use crate::events::{EventJudge, EventRejection, HostPresence, Presence, VerifiedEvent};
+use crate::events::{EventJudge, EventRejection, HostPresence, Presence, Taken, VerifiedEvent};
 use futures_util::StreamExt;
 use gearmq_io::broker::{backoff_delay, redact_url};
 use gearmq_io::topology::{self, EVENTS_STREAM};
@@ -24,7 +24,7 @@ use gearmq_schemas::{Credential, CredentialVerifier, Name};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties, Consumer};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +43,9 @@ const FIRST_DELIVERY_WAIT: Duration = Duration::from_secs(3);
 const STREAM_PREFETCH: u16 = 512;
 /// Most verified events waiting for the caller.
 const HANDED_QUEUE: usize = 4096;
+/// [`WatchOptions::record_alive_every`] by default: the log then says each host was up
+/// at least every five minutes, with one record where thirty come.
+pub const DEFAULT_RECORD_ALIVE_EVERY: Duration = Duration::from_secs(300);
 
 /// How to watch.
 #[derive(Debug, Clone)]
@@ -50,8 +53,16 @@ pub struct WatchOptions {
     /// Read the events signed in this much time before now first (the presence view is
     /// then right at once); zero reads only what comes.
     pub since: Duration,
-    /// Record each accepted event in the audit log (when one is configured).
+    /// Record accepted events in the audit log (when one is configured): every event
+    /// that tells something new (a host's first, `started`, `stopping`, unit events,
+    /// a new boot, an `alive` after silence) and routine `alive`s as
+    /// [`WatchOptions::record_alive_every`] says.
     pub record: bool,
+    /// Of the `alive` events that only repeat that a host is up, record at most one
+    /// per host per this much of its signed time (zero: every one). Each host sends
+    /// one per interval (10 s by default), so a watch of 10,000 hosts recording every
+    /// one writes ~1,000 records a second.
+    pub record_alive_every: Duration,
     /// Hand verified events to [`EventWatch::next`]; without it only the presence view
     /// and the counts are kept.
     pub yield_events: bool,
@@ -62,6 +73,7 @@ impl Default for WatchOptions {
         WatchOptions {
             since: Duration::from_secs(35),
             record: true,
+            record_alive_every: DEFAULT_RECORD_ALIVE_EVERY,
             yield_events: true,
         }
     }
@@ -130,6 +142,7 @@ impl EventWatch {
         let reader = Reader {
             inputs,
             record: options.record,
+            filter: RecordFilter::new(options.record_alive_every),
             state: state.clone(),
             tx,
             caught_up: caught_up.clone(),
@@ -218,6 +231,8 @@ enum Start {
 struct Reader {
     inputs: WatchInputs,
     record: bool,
+    /// Which accepted events are recorded.
+    filter: RecordFilter,
     state: Arc<Mutex<State>>,
     tx: Option<mpsc::Sender<VerifiedEvent>>,
     caught_up: Arc<(AtomicBool, Notify)>,
@@ -448,15 +463,17 @@ impl Reader {
                 routing_key.as_str(),
                 now_ms(),
             );
-            if let Ok(o) = &v {
-                st.presence.record(o.body());
-            }
-            v
+            let taken = match &v {
+                Ok(o) => st.presence.record(o.body()),
+                Err(_) => Taken::Older,
+            };
+            (v, taken)
         };
         match verdict {
-            Ok(o) => {
+            (Ok(o), taken) => {
                 if self.record
                     && let Some(a) = &self.inputs.audit
+                    && self.filter.admit(&o.body().host, o.body().time, taken)
                 {
                     a.record_later(Entry::event_accepted(bytes));
                 }
@@ -473,7 +490,7 @@ impl Reader {
                     let _ = tx.send(verified).await;
                 }
             }
-            Err(r) => {
+            (Err(r), _) => {
                 let level_security = !matches!(r.reason, EventRejection::Stale);
                 if level_security {
                     tracing::warn!(reason = r.reason.as_str(), host = ?r.host, detail = %r.detail, "event rejected");
@@ -485,11 +502,76 @@ impl Reader {
     }
 }
 
+/// Which accepted events a watch records: news always, a routine `alive` once per
+/// host per [`WatchOptions::record_alive_every`] of its signed time.
+struct RecordFilter {
+    every_ms: u64,
+    /// Per host, the signed time of the latest of its events recorded.
+    recorded: HashMap<Name, u64>,
+}
+
+impl RecordFilter {
+    fn new(every: Duration) -> Self {
+        RecordFilter {
+            every_ms: gearmq_schemas::time::duration_ms(every),
+            recorded: HashMap::new(),
+        }
+    }
+
+    /// Whether `host`'s event signed at `time`, which told the view `taken`, is
+    /// recorded (and if so, remembered as recorded).
+    fn admit(&mut self, host: &Name, time: u64, taken: Taken) -> bool {
+        let last = self.recorded.get(host).copied();
+        let due = self.every_ms == 0
+            || match (taken, last) {
+                (Taken::News, _) | (_, None) => true,
+                (_, Some(last)) => time >= last.saturating_add(self.every_ms),
+            };
+        if due {
+            let at = last.map_or(time, |l| l.max(time));
+            self.recorded.insert(host.clone(), at);
+        }
+        due
+    }
+}
+
 fn stream_offset(props: &lapin::BasicProperties) -> Option<i64> {
     let headers = props.headers().as_ref()?;
     match headers.inner().get(&ShortString::from("x-stream-offset"))? {
         AMQPValue::LongLongInt(o) => Some(*o),
         AMQPValue::LongInt(o) => Some(i64::from(*o)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn news_is_always_recorded_and_a_routine_alive_once_per_period() {
+        let web1 = Name::new("web1").unwrap();
+        let db1 = Name::new("db1").unwrap();
+        let mut f = RecordFilter::new(Duration::from_secs(300));
+        let t = 1_800_000_000_000u64;
+        assert!(f.admit(&web1, t, Taken::News));
+        // Routine alives every 10 s: the first one five minutes after the last record.
+        let admitted: Vec<u64> = (1..=61)
+            .map(|i| t + i * 10_000)
+            .filter(|&at| f.admit(&web1, at, Taken::StillUp))
+            .collect();
+        assert_eq!(admitted, [t + 300_000, t + 600_000]);
+        // News in between is recorded and restarts the period; hosts are apart.
+        assert!(f.admit(&web1, t + 610_000, Taken::News));
+        assert!(!f.admit(&web1, t + 620_000, Taken::StillUp));
+        assert!(f.admit(&db1, t + 620_000, Taken::StillUp));
+        assert!(!f.admit(&web1, t + 609_000, Taken::Older));
+        assert!(f.admit(&web1, t + 910_000, Taken::StillUp));
+
+        // Zero records every one, older ones too.
+        let mut all = RecordFilter::new(Duration::ZERO);
+        for (at, taken) in [(t, Taken::News), (t + 1, Taken::StillUp), (t, Taken::Older)] {
+            assert!(all.admit(&web1, at, taken));
+        }
     }
 }

@@ -33,6 +33,8 @@ async fn watch(fleet: &Fleet, since: Duration) -> (Orchestrator, EventWatch) {
             since,
             record: true,
             yield_events: true,
+            // The default (five minutes): within a test, no routine alive is recorded.
+            ..WatchOptions::default()
         })
         .await
         .expect("watch starts");
@@ -154,17 +156,29 @@ async fn a_stopped_agent_is_down_within_three_intervals_and_up_after_it_continue
     assert_eq!(web1.terminate(), Some(0));
     wait_state(&w, "web1", PresenceState::Stopped, Duration::from_secs(5)).await;
 
-    // Every event taken is in the orchestrator's audit log, which verifies.
+    // What told something new is in the orchestrator's audit log, which verifies:
+    // each host's first event, web2 back after its silence, web1's stop; none of the
+    // routine alives in between (one per host per five minutes is the default).
     assert!(w.rejections().is_empty(), "{:?}", w.rejections());
     w.close().await;
     orch.flush_audit().await.unwrap();
     orch.close().await;
     let log = std::fs::read(fleet.audit_log()).unwrap();
-    let accepted = gearmq_schemas::audit::frames(&log)
-        .map(|f| gearmq_schemas::audit::read_record(f.unwrap().bytes).unwrap())
-        .filter(|v| v.record.entry.name() == "event_accepted")
-        .count();
-    assert!(accepted >= 6, "{accepted} event records");
+    let mut recorded: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    for f in gearmq_schemas::audit::frames(&log) {
+        let v = gearmq_schemas::audit::read_record(f.unwrap().bytes).unwrap();
+        if let gearmq_schemas::audit::Entry::EventAccepted { event } = &v.record.entry {
+            let (ev, _) = gearmq_schemas::audit::peek_signed::<Event>(event, 1 << 20).unwrap();
+            recorded
+                .entry(ev.host.to_string())
+                .or_default()
+                .push(ev.what.name());
+        }
+    }
+    assert_eq!(recorded["web1"].len(), 2, "{recorded:?}");
+    assert_eq!(recorded["web1"][1], "stopping", "{recorded:?}");
+    assert_eq!(recorded["web2"].len(), 2, "{recorded:?}");
+    assert_eq!(recorded["web2"][1], "alive", "{recorded:?}");
     let verified = fleet.verify_audit(&fleet.audit_log());
     assert_eq!(verified.code, 0, "{}{}", verified.stdout, verified.stderr);
 }
@@ -291,6 +305,9 @@ async fn units_that_fail_or_are_restarted_by_systemd_are_told_at_once() {
         "--for",
         "2s",
         "--events-only",
+        // Every alive to the audit log, not one per five minutes (checked below).
+        "--record-alive-every",
+        "0",
     ]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let lines: Vec<Value> = out
@@ -319,7 +336,23 @@ async fn units_that_fail_or_are_restarted_by_systemd_are_told_at_once() {
         out.stdout
     );
     w.close().await;
+    orch.flush_audit().await.unwrap();
     orch.close().await;
+
+    // The CLI's watch recorded every alive it showed (the library watch above only
+    // news: none of the routine ones).
+    let shown = lines.iter().filter(|l| l["event"] == "alive").count();
+    assert!(shown >= 2, "{}", out.stdout);
+    let log = std::fs::read(fleet.audit_log()).unwrap();
+    let recorded = gearmq_schemas::audit::frames(&log)
+        .filter(|f| {
+            let v = gearmq_schemas::audit::read_record(f.as_ref().unwrap().bytes).unwrap();
+            matches!(&v.record.entry, gearmq_schemas::audit::Entry::EventAccepted { event }
+                if gearmq_schemas::audit::peek_signed::<Event>(event, 1 << 20)
+                    .unwrap().0.what.name() == "alive")
+        })
+        .count();
+    assert!(recorded >= shown, "{recorded} alive records, {shown} shown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
