@@ -1110,12 +1110,15 @@ impl Drop for Call {
 /// Whether a request signed for `signed`, meant for `targets` of `inventory` hosts,
 /// goes out as one publish on the `all` route (`defaults.broadcast_min_hosts` = `min`;
 /// 0 never) instead of one per host. Only where what is signed still denotes exactly
-/// the intended hosts among every host bound to `all`: `all` (signed only for a call to
-/// every inventory host) or a selector (each agent matches it against its own
-/// credential's labels) holding at least half the inventory, so the broker makes at
-/// most twice the copies needed. Never a host list (it names part of a selection: the
-/// rest would each verify and drop a request not meant for them) nor a `delegated`
-/// call (a host may publish to single hosts only).
+/// the intended hosts among every host bound to `all`, each agent judging it for
+/// itself: `all` (signed only for a call to every inventory host); a selector holding
+/// at least half the inventory; or a host list holding at least half of it, every name
+/// an inventory host (a name outside it would be reached through `all` after the
+/// caller reported it unknown). At half or more, one copy per bound host is no more
+/// than twice the copies needed, and for a host list it is fewer bytes than one
+/// publish per host: T copies of a T-name list cost the broker 2·T² names against
+/// (1 + I)·T for one publish to I hosts. Never a `delegated` call (a host may publish
+/// to single hosts only).
 pub fn publishes_once(
     signed: &Targets,
     targets: usize,
@@ -1129,7 +1132,7 @@ pub fn publishes_once(
     match signed {
         Targets::All => true,
         Targets::Selector(_) => targets.saturating_mul(2) >= inventory,
-        Targets::Hosts(_) => false,
+        Targets::Hosts(names) => names.len() == targets && targets.saturating_mul(2) >= inventory,
     }
 }
 
@@ -1161,7 +1164,7 @@ mod tests {
             op: MatchOp::Eq,
             value: "web".into(),
         }]);
-        let list = Targets::hosts([Name::new("web1").unwrap()]);
+        let list = |n: usize| Targets::hosts((0..n).map(|i| Name::new(format!("h{i}")).unwrap()));
         // The whole inventory, at or above the threshold.
         assert!(publishes_once(&Targets::All, 32, 32, 32, false));
         assert!(!publishes_once(&Targets::All, 31, 31, 32, false));
@@ -1171,8 +1174,13 @@ mod tests {
         // A selector: only when it holds half the inventory or more.
         assert!(publishes_once(&selector, 500, 1000, 32, false));
         assert!(!publishes_once(&selector, 499, 1000, 32, false));
-        // A host list never: it is a narrowed call.
-        assert!(!publishes_once(&list, 1000, 1000, 1, false));
+        // A host list likewise, when every name it signs is a target (an inventory
+        // host): a name outside the inventory must not be reached through `all`.
+        assert!(publishes_once(&list(500), 500, 1000, 32, false));
+        assert!(!publishes_once(&list(499), 499, 1000, 32, false));
+        assert!(!publishes_once(&list(501), 500, 1000, 32, false));
+        assert!(!publishes_once(&list(31), 31, 31, 32, false));
+        assert!(!publishes_once(&list(1000), 1000, 1000, 32, true));
     }
 
     #[test]

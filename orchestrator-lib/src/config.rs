@@ -82,8 +82,9 @@ pub struct CallDefaults {
     #[serde(default)]
     pub persistent_reads: bool,
     /// A call reaching at least this many hosts goes out as **one** publish on the
-    /// `all` route instead of one per host, when it is for the whole inventory (`--all`)
-    /// or for a label selection holding at least half of it; every host the broker
+    /// `all` route instead of one per host, when it is for the whole inventory (`--all`),
+    /// or for a label selection or a list of inventory hosts holding at least half of
+    /// it; every host the broker
     /// binds to `all` receives it, and those the signed targets do not name drop it
     /// unanswered. 0: always one publish per host.
     #[serde(default = "default_broadcast_min_hosts")]

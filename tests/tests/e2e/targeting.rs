@@ -284,13 +284,13 @@ async fn ping(orch: &Orchestrator, selection: Selection) -> gearmq_orchestrator:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whole_fleet_and_large_label_calls_are_published_once_on_the_all_route() {
+async fn whole_fleet_and_large_label_and_host_list_calls_are_published_once_on_the_all_route() {
     let fleet = Fleet::init("onepub", &["w1", "w2", "d1"]);
     label(&fleet, "w1", &["role=web"]);
     label(&fleet, "w2", &["role=web"]);
     label(&fleet, "d1", &["role=db"]);
     let _w1 = fleet.start_agent("w1");
-    let _w2 = fleet.start_agent("w2");
+    let mut w2 = fleet.start_agent("w2");
     let mut d1 = fleet.start_agent("d1");
     // A probe queue bound to `all`, as every host queue is: what the broker routes on
     // that key lands here once per publish.
@@ -337,7 +337,7 @@ async fn whole_fleet_and_large_label_calls_are_published_once_on_the_all_route()
     assert_eq!(r.summary.ok, 2, "{:?}", r.results);
     assert_eq!(r.results.len(), 2);
     assert_eq!(queued(&ch, "probe").await, 2);
-    // role=db (1 host: under the threshold of 2) and a host list: one publish per host.
+    // role=db (1 host: under the threshold of 2): one publish per host.
     assert_eq!(
         ping(
             &orch,
@@ -352,9 +352,25 @@ async fn whole_fleet_and_large_label_calls_are_published_once_on_the_all_route()
         .ok,
         1
     );
-    let both = vec![Name::new("w1").unwrap(), Name::new("d1").unwrap()];
-    assert_eq!(ping(&orch, Selection::Hosts(both)).await.summary.ok, 2);
-    assert_eq!(queued(&ch, "probe").await, 2);
+    // A host list of 2 of 3: one publish (two copies of a 2-name list would cost
+    // the broker more); w2, which it does not name, drops it unanswered.
+    let names = |n: &[&str]| n.iter().map(|h| Name::new(*h).unwrap()).collect::<Vec<_>>();
+    let r = ping(&orch, Selection::Hosts(names(&["w1", "d1"]))).await;
+    assert_eq!(r.summary.ok, 2, "{:?}", r.results);
+    assert_eq!(r.results.len(), 2);
+    assert_eq!(queued(&ch, "probe").await, 3);
+    // One host, or a list naming a host outside the inventory (which `all` could
+    // reach): one publish per inventory host.
+    assert_eq!(
+        ping(&orch, Selection::Hosts(names(&["w1"])))
+            .await
+            .summary
+            .ok,
+        1
+    );
+    let r = ping(&orch, Selection::Hosts(names(&["w1", "d1", "x9"]))).await;
+    assert_eq!(r.summary.ok, 2, "{:?}", r.results);
+    assert_eq!(queued(&ch, "probe").await, 3);
     assert!(orch.rejections().is_empty(), "{:?}", orch.rejections());
     orch.close().await;
 
@@ -362,7 +378,7 @@ async fn whole_fleet_and_large_label_calls_are_published_once_on_the_all_route()
     config.defaults.broadcast_min_hosts = 0;
     let orch = Orchestrator::connect(&config).await.unwrap();
     assert_eq!(ping(&orch, Selection::All).await.summary.ok, 3);
-    assert_eq!(queued(&ch, "probe").await, 2);
+    assert_eq!(queued(&ch, "probe").await, 3);
     orch.close().await;
 
     // The CLI reads it from orchestrator.toml.
@@ -372,10 +388,12 @@ async fn whole_fleet_and_large_label_calls_are_published_once_on_the_all_route()
     let out = fleet.cli(&["ping", "--all", "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json()["summary"]["ok"], 3);
-    assert_eq!(queued(&ch, "probe").await, 3);
+    assert_eq!(queued(&ch, "probe").await, 4);
     let _ = conn.close(200, "done".into()).await;
-    // d1 dropped the role=web request as not a target (its counters, logged at
-    // shutdown); it answered every call that selected it.
+    // d1 dropped the role=web request and w2 the list of w1 and d1, as not a target
+    // (their counters, logged at shutdown); each answered every call that chose it.
     assert_eq!(d1.terminate(), Some(0));
     assert!(d1.log_text().contains("not_target=1"), "{}", d1.log_text());
+    assert_eq!(w2.terminate(), Some(0));
+    assert!(w2.log_text().contains("not_target=1"), "{}", w2.log_text());
 }
