@@ -25,7 +25,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties, Consumer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one connection attempt may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
-/// A history read has reached the stream's end once nothing came for this long.
+/// A history read has reached the stream's end once nothing came for this long (a
+/// quiet stream), or once it has read what the stream held when a second consumer,
+/// started at its end, received its first message (a busy one: see `probe_tail`).
 const SETTLE: Duration = Duration::from_millis(500);
 /// Before the first event of a subscription: a busy broker can take longer than
 /// [`SETTLE`] to start delivering a stream from an offset, and calling the read done
@@ -146,6 +148,7 @@ impl EventWatch {
             state: state.clone(),
             tx,
             caught_up: caught_up.clone(),
+            tail: Arc::new(AtomicI64::new(i64::MAX)),
             listening: listening.clone(),
             stop: stop.clone(),
             from: Start::Time(heard_from),
@@ -171,8 +174,9 @@ impl EventWatch {
         }
     }
 
-    /// Waits (up to `limit`) until the history asked for is read: the stream had
-    /// nothing more for a moment. Whether it was.
+    /// Waits (up to `limit`) until the history asked for is read: everything the stream
+    /// held when the watch began was taken, or (a quiet stream) it had nothing more for
+    /// a moment. Whether it was.
     pub async fn caught_up(&self, limit: Duration) -> bool {
         let (flag, notify) = &*self.caught_up;
         let wait = async {
@@ -236,6 +240,8 @@ struct Reader {
     state: Arc<Mutex<State>>,
     tx: Option<mpsc::Sender<VerifiedEvent>>,
     caught_up: Arc<(AtomicBool, Notify)>,
+    /// The first offset the tail probe received (`i64::MAX` until then).
+    tail: Arc<AtomicI64>,
     listening: Arc<AtomicBool>,
     stop: CancellationToken,
     from: Start,
@@ -317,7 +323,9 @@ impl Reader {
             let why = match self.subscribe(&link.connection).await {
                 Ok(consumer) => {
                     self.listening.store(true, Ordering::Relaxed);
+                    let probe = self.probe_tail(&link.connection).await;
                     let why = self.read(consumer).await;
+                    probe.cancel();
                     self.listening.store(false, Ordering::Relaxed);
                     why
                 }
@@ -383,6 +391,76 @@ impl Reader {
         .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))
     }
 
+    /// Until the history is read: a second consumer from the stream's end (`next`).
+    /// The offset of the first message it receives, N, was not yet in the stream when
+    /// it subscribed, after the reader did; so once the reader has taken offset N − 1,
+    /// it has taken all the stream held when the watch began. On a busy stream (a
+    /// fleet's alives arrive every few ms) the reader never sees [`SETTLE`] of
+    /// silence; this is how it knows it has caught up there. Stopped by the returned
+    /// token, by the watch's end or by its first message. Without it (it could not
+    /// subscribe) only the silence tells.
+    async fn probe_tail(&self, connection: &Connection) -> CancellationToken {
+        let done = self.stop.child_token();
+        if self.caught_up.0.load(Ordering::Acquire) {
+            return done;
+        }
+        let subscribed = async {
+            let ch = connection
+                .create_channel()
+                .await
+                .map_err(|e| e.to_string())?;
+            ch.basic_qos(1, BasicQosOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongString("next".into()),
+            );
+            let consumer = ch
+                .basic_consume(
+                    EVENTS_STREAM.into(),
+                    ShortString::from(format!("gearmq-watch-tail-{}", self.inputs.name)),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((ch, consumer))
+        }
+        .await;
+        let (ch, mut consumer) = match subscribed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "events watch: no tail probe; a quiet moment tells the history is read");
+                return done;
+            }
+        };
+        let tail = self.tail.clone();
+        let until = done.clone();
+        tokio::spawn(async move {
+            let first = tokio::select! {
+                _ = until.cancelled() => None,
+                d = consumer.next() => d,
+            };
+            if let Some(Ok(d)) = first
+                && let Some(o) = stream_offset(&d.properties)
+            {
+                tail.store(o, Ordering::Release);
+            }
+            let _ = ch.close(200, "probed".into()).await;
+        });
+        done
+    }
+
+    /// Marks the history read (once) and wakes whoever waits for it.
+    fn mark_caught_up(&self) {
+        let (flag, notify) = &*self.caught_up;
+        if !flag.swap(true, Ordering::AcqRel) {
+            notify.notify_waiters();
+        }
+    }
+
     /// Reads until the consumer ends (the connection broke) or the watch stops.
     async fn read(&mut self, mut consumer: Consumer) -> String {
         let mut first_after_resume = true;
@@ -398,10 +476,7 @@ impl Reader {
             };
             let delivery = match next {
                 Err(_) => {
-                    let (flag, notify) = &*self.caught_up;
-                    if !flag.swap(true, Ordering::AcqRel) {
-                        notify.notify_waiters();
-                    }
+                    self.mark_caught_up();
                     continue;
                 }
                 Ok(None) => return "the broker ended the stream consumer".into(),
@@ -427,6 +502,11 @@ impl Reader {
             }
             self.take(&delivery.data, &delivery.routing_key, &delivery.properties)
                 .await;
+            if let Some(o) = offset
+                && o >= self.tail.load(Ordering::Acquire).saturating_sub(1)
+            {
+                self.mark_caught_up();
+            }
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 return format!("ack failed: {e}");
             }

@@ -424,3 +424,67 @@ async fn forged_replayed_and_garbage_events_are_rejected_and_counted() {
     w.close().await;
     orch.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_stream_is_read_to_its_end_without_a_quiet_moment() {
+    // A fleet's alives arrive every few ms: the stream is never silent for the half
+    // second that tells a quiet one is read. The watch must know it caught up anyway.
+    let fleet = fast_fleet("evbusy", &["web1"]);
+    let _web1 = fleet.start_agent("web1");
+    let conn = fleet.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    let publish = |ch: lapin::Channel| async move {
+        ch.basic_publish(
+            "gearmq.events".into(),
+            "web1.alive".into(),
+            Default::default(),
+            b"\x93not an event",
+            Default::default(),
+        )
+        .await
+        .map(|_| ())
+    };
+    // History first, then a message every 20 ms for as long as the test runs.
+    for _ in 0..200 {
+        publish(ch.clone()).await.unwrap();
+    }
+    let flooding = tokio::spawn({
+        let ch = ch.clone();
+        async move {
+            while publish(ch.clone()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let orch = Orchestrator::connect(&fleet.orchestrator_config())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let w = orch
+        .events(WatchOptions {
+            since: Duration::from_secs(60),
+            record: false,
+            yield_events: false,
+            ..WatchOptions::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        w.caught_up(Duration::from_millis(2_500)).await,
+        "not caught up in {:?} on a busy stream",
+        started.elapsed()
+    );
+    // And what it read is the history: web1 is up, the garbage counted.
+    assert_eq!(state_of(&w, "web1"), PresenceState::Up);
+    assert!(
+        w.rejections().get("malformed").copied().unwrap_or(0) >= 200,
+        "{:?}",
+        w.rejections()
+    );
+    flooding.abort();
+    w.close().await;
+    orch.close().await;
+    let _ = conn.close(200, "done".into()).await;
+}
