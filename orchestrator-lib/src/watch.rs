@@ -396,8 +396,9 @@ impl Reader {
     /// it subscribed, after the reader did; so once the reader has taken offset N − 1,
     /// it has taken all the stream held when the watch began. On a busy stream (a
     /// fleet's alives arrive every few ms) the reader never sees [`SETTLE`] of
-    /// silence; this is how it knows it has caught up there. Stopped by the returned
-    /// token, by the watch's end or by its first message. Without it (it could not
+    /// silence; this is how it knows it has caught up there. It closes at its first
+    /// message, when the history is read (a quiet stream told first), or by the
+    /// returned token (the reader's end, the watch's). Without it (it could not
     /// subscribe) only the silence tells.
     async fn probe_tail(&self, connection: &Connection) -> CancellationToken {
         let done = self.stop.child_token();
@@ -438,9 +439,21 @@ impl Reader {
         };
         let tail = self.tail.clone();
         let until = done.clone();
+        let caught_up = self.caught_up.clone();
         tokio::spawn(async move {
+            let quiet = async {
+                let (flag, notify) = &*caught_up;
+                loop {
+                    let notified = notify.notified();
+                    if flag.load(Ordering::Acquire) {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
             let first = tokio::select! {
                 _ = until.cancelled() => None,
+                _ = quiet => None,
                 d = consumer.next() => d,
             };
             if let Some(Ok(d)) = first
