@@ -1115,10 +1115,10 @@ impl Drop for Call {
 /// at least half the inventory; or a host list holding at least half of it, every name
 /// an inventory host (a name outside it would be reached through `all` after the
 /// caller reported it unknown). At half or more, one copy per bound host is no more
-/// than twice the copies needed, and for a host list it is fewer bytes than one
-/// publish per host: T copies of a T-name list cost the broker 2·T² names against
-/// (1 + I)·T for one publish to I hosts. Never a `delegated` call (a host may publish
-/// to single hosts only).
+/// than twice the copies needed, and for a host list no more bytes than one publish
+/// per host: T copies of a T-name list cost the broker 2·T² names in and out against
+/// (1 + I)·T for one publish to I hosts (each host still receives all T names).
+/// Never a `delegated` call (a host may publish to single hosts only).
 pub fn publishes_once(
     signed: &Targets,
     targets: usize,
