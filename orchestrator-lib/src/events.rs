@@ -368,6 +368,14 @@ struct Seen {
     restarts_seen: u64,
 }
 
+/// How long a host that declared `interval_ms` (or none: the default) may be silent
+/// and still be up.
+fn silent_limit(interval_ms: Option<u64>) -> u64 {
+    interval_ms
+        .unwrap_or(DEFAULT_INTERVAL_MS)
+        .saturating_mul(DOWN_AFTER_INTERVALS)
+}
+
 /// The presence view of the inventory, from the events taken and the times the watch
 /// was listening.
 #[derive(Debug, Clone)]
@@ -407,14 +415,10 @@ impl Presence {
         if ev.time < s.last_seen && *ev.boot == s.boot {
             return Taken::Older;
         }
-        let silent_limit = s
-            .interval_ms
-            .unwrap_or(DEFAULT_INTERVAL_MS)
-            .saturating_mul(DOWN_AFTER_INTERVALS);
         let was_up = !first
             && *ev.boot == s.boot
             && !s.stopped
-            && ev.time.saturating_sub(s.last_seen) <= silent_limit;
+            && ev.time.saturating_sub(s.last_seen) <= silent_limit(s.interval_ms);
         let taken = if was_up && matches!(ev.what, What::Alive { .. }) {
             Taken::StillUp
         } else {
@@ -459,8 +463,7 @@ impl Presence {
 
     fn host(&self, host: &Name, now: Millis) -> HostPresence {
         let s = self.seen.get(host);
-        let interval = s.and_then(|s| s.interval_ms).unwrap_or(DEFAULT_INTERVAL_MS);
-        let silent_limit = interval.saturating_mul(DOWN_AFTER_INTERVALS);
+        let silent_limit = silent_limit(s.and_then(|s| s.interval_ms));
         let listened_long_enough =
             self.deaf_since.is_none() && now.saturating_sub(self.heard_from) >= silent_limit;
         let (state, unknown_since) = match s {

@@ -178,17 +178,9 @@ impl EventWatch {
     /// held when the watch began was taken, or (a quiet stream) it had nothing more for
     /// a moment. Whether it was.
     pub async fn caught_up(&self, limit: Duration) -> bool {
-        let (flag, notify) = &*self.caught_up;
-        let wait = async {
-            loop {
-                let notified = notify.notified();
-                if flag.load(Ordering::Acquire) {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(limit, wait).await.is_ok()
+        tokio::time::timeout(limit, until_caught_up(&self.caught_up))
+            .await
+            .is_ok()
     }
 
     /// Whether the watch is connected and reading now.
@@ -441,19 +433,9 @@ impl Reader {
         let until = done.clone();
         let caught_up = self.caught_up.clone();
         tokio::spawn(async move {
-            let quiet = async {
-                let (flag, notify) = &*caught_up;
-                loop {
-                    let notified = notify.notified();
-                    if flag.load(Ordering::Acquire) {
-                        return;
-                    }
-                    notified.await;
-                }
-            };
             let first = tokio::select! {
                 _ = until.cancelled() => None,
-                _ = quiet => None,
+                _ = until_caught_up(&caught_up) => None,
                 d = consumer.next() => d,
             };
             if let Some(Ok(d)) = first
@@ -556,14 +538,13 @@ impl Reader {
                 routing_key.as_str(),
                 now_ms(),
             );
-            let taken = match &v {
-                Ok(o) => st.presence.record(o.body()),
-                Err(_) => Taken::Older,
-            };
-            (v, taken)
+            v.map(|o| {
+                let taken = st.presence.record(o.body());
+                (o, taken)
+            })
         };
         match verdict {
-            (Ok(o), taken) => {
+            Ok((o, taken)) => {
                 if self.record
                     && let Some(a) = &self.inputs.audit
                     && self.filter.admit(&o.body().host, o.body().time, taken)
@@ -583,7 +564,7 @@ impl Reader {
                     let _ = tx.send(verified).await;
                 }
             }
-            (Err(r), _) => {
+            Err(r) => {
                 let level_security = !matches!(r.reason, EventRejection::Stale);
                 if level_security {
                     tracing::warn!(reason = r.reason.as_str(), host = ?r.host, detail = %r.detail, "event rejected");
@@ -625,6 +606,19 @@ impl RecordFilter {
             self.recorded.insert(host.clone(), at);
         }
         due
+    }
+}
+
+/// Returns once the history is read (at once if it is already).
+async fn until_caught_up(caught_up: &(AtomicBool, Notify)) {
+    let (flag, notify) = caught_up;
+    loop {
+        // Made before the flag is read: a notification between the two is not lost.
+        let notified = notify.notified();
+        if flag.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -25,7 +25,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-
 use std::time::{Duration, Instant};
 
 /// How a log is written.
