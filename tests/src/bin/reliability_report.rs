@@ -16,6 +16,11 @@ const ROWS: &[(&str, &str, &str)] = &[
         "tests/tests/e2e/faults.rs::orchestrator_reconnects_when_its_connection_drops_mid_call",
     ),
     (
+        "Broker connections dropped mid-call of a call published once on `all`",
+        "a ping to a host list of 2 of 3 hosts (`broadcast_min_hosts = 2`: one publish on `all`) while one named agent is stopped; every connection of the vhost closed, the agent restarted: the reconnect republishes on `all`",
+        "tests/tests/e2e/faults.rs::a_call_published_once_is_republished_once_on_all_after_a_reconnect",
+    ),
+    (
         "Broker restart mid fan-out, transient read",
         "a RabbitMQ node of the test's own is stopped (`rabbitmqctl stop`) and booted again while a 3-host ping (transient, the default for reads) waits for one host whose request is queued, and a second call starts while the node is down; the queued copy is lost with the restart and the reconnect's republished copy is answered",
         "tests/tests/e2e/faults.rs::broker_restart_mid_fan_out_ends_with_every_host_answered_once",
@@ -266,8 +271,28 @@ that is away when a broker restarts *and* whose caller is gone by then is lost �
 no one to answer anyway. What they buy (BENCHMARKS.md, run F): the broker's disk write\n\
 before every confirm, a third of a 1,000-host ping's time. The two broker-restart rows\n\
 above show both deliveries: the transient copy lost and the republished one answered\n\
-once, the persistent copy kept; each host executed each call once.\n\
+once, the persistent copy kept; each host executed each call once. A call published\n\
+once on `all` is republished on `all`: the hosts it does not select receive the copy\n\
+again and drop it again (`not_target`), as the row for it above shows.\n\
 \n\
+";
+
+/// What events guarantee, and what they do not (after the durability section).
+const EVENTS: &str = "## Events\n\
+\n\
+Events (`started`, `alive`, `stopping`, unit events) are best effort, unlike requests:\n\
+they are published transient, without publisher confirms, into a stream that keeps an\n\
+hour (or 1 GiB). An agent cut off from the broker does not store its `alive` events for\n\
+later — its silence is what marks it down — but keeps up to 64 unit events and sends\n\
+them when it is connected again, late and still signed with the time they happened. A\n\
+watch that loses the broker, or reads past what the stream already dropped, does not\n\
+invent what it missed: its presence view says `unknown since` for that time. What a\n\
+watch recorded is in its audit log (`event_accepted`) and verifies offline: every event\n\
+that told it something new, and of the routine `alive`s one per host per\n\
+`record_alive_every` (5 minutes by default); what it never received is nowhere. Failure detection therefore means \"silent for three intervals\",\n\
+not \"crashed\": a SIGSTOPped agent, a partitioned host and a broker user whose\n\
+connection was closed look the same. The end-to-end tests prove the first (down within\n\
+three intervals, up again after SIGCONT).\n\
 ";
 
 /// What the cluster row cannot say in a cell: how to stop a node, and why.
@@ -320,6 +345,7 @@ fn main() -> Result<()> {
         println!("| {what} | {how} | `{test}` | {observed} |");
     }
     println!("\n{}", DURABILITY.trim_end());
+    println!("\n{}", EVENTS.trim_end());
     println!("\n{BROKER_CLUSTER}");
     println!("## Attacks\n");
     println!(

@@ -65,6 +65,81 @@ async fn orchestrator_reconnects_when_its_connection_drops_mid_call() {
     orch.close().await;
 }
 
+/// A call published once on `all` (a host list of at least half the inventory) goes
+/// out again on `all` after a reconnect: each named host runs it once (a repeat is
+/// answered from the stored reply) and the host it does not name runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_published_once_is_republished_once_on_all_after_a_reconnect() {
+    let fleet = Fleet::init("frepub", &["a", "b", "c"]);
+    let mut a = fleet.start_agent("a");
+    let _b = fleet.start_agent("b");
+    let _c = fleet.start_agent("c");
+    let mut config = fleet.orchestrator_config();
+    config.defaults.broadcast_min_hosts = 2;
+    let orch = Orchestrator::connect(&config).await.unwrap();
+    let warm = orch
+        .request(ping_spec(&["a", "b", "c"], Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(warm.summary.ok, 3, "{:?}", warm.results);
+    let c_before = fleet.stats("c");
+
+    // a is away: its copy waits in its queue while every connection drops; b answers
+    // its copy first, c drops its own.
+    assert_eq!(a.terminate(), Some(0));
+    let call = orch
+        .start(ping_spec(&["a", "b"], Duration::from_secs(30)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.vhost.close_connections("test: dropped");
+    a.restart();
+    let result = call.finish().await;
+    assert_eq!(result.summary.ok, 2, "{:?}", result.results);
+    assert_eq!(result.results.len(), 2, "{:?}", result.results);
+    assert!(orch.reconnects() >= 1, "the orchestrator never reconnected");
+
+    // c counted both copies (the first and the one republished) as not for it.
+    let counter = |s: &Value, k: &str| s[k].as_u64().unwrap_or_else(|| panic!("no {k}: {s}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stats_calls = 0;
+    let c_after = loop {
+        let s = fleet.stats("c");
+        stats_calls += 1;
+        if counter(&s, "not_target") >= counter(&c_before, "not_target") + 2 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "c never saw the republished copy: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        counter(&c_after, "not_target"),
+        counter(&c_before, "not_target") + 2,
+        "{c_after}"
+    );
+    // Each stats call is itself one executed request; nothing else ran on c.
+    assert_eq!(
+        counter(&c_after, "executed"),
+        counter(&c_before, "executed") + stats_calls,
+        "{c_before} -> {c_after}"
+    );
+    // The restarted a ran its queued copy once and answered the republished one from
+    // its stored reply; b ran the warm-up and the call, once each. (The stats action
+    // reads the counters before it is itself counted.)
+    assert_eq!(counter(&fleet.stats("a"), "executed"), 1);
+    assert_eq!(counter(&fleet.stats("b"), "executed"), 2);
+    observe(
+        "a_call_published_once_is_republished_once_on_all_after_a_reconnect",
+        "broker connections closed mid-call of a host list published once on `all`",
+        json!({"call_ok": result.summary.ok, "reconnects": orch.reconnects(),
+               "c_not_target_added": counter(&c_after, "not_target") - counter(&c_before, "not_target")}),
+    );
+    orch.close().await;
+}
+
 /// Reads (ping) are published transient by default: the copy queued for an absent host
 /// is gone with the broker's restart, and the reconnected orchestrator's republished
 /// copy is what that host answers, once.
