@@ -15,6 +15,7 @@ use gearmq_schemas::{Role, SigningKey};
 use lapin::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How a fleet is made: [`Fleet::builder`], then [`FleetBuilder::init`].
 pub struct FleetBuilder {
@@ -280,6 +281,43 @@ impl Fleet {
         out.json()["results"][0]["data"].clone()
     }
 
+    /// Waits (20 s at most) until `host` has counted `more` requests as `not_target`
+    /// since its stats were `before`, then checks that it counted no more than that and
+    /// executed nothing but the stats calls made meanwhile (each one executed request,
+    /// counted after it reads the counters). Returns its stats then.
+    pub fn expect_not_target(
+        &self,
+        host: &str,
+        before: &serde_json::Value,
+        more: u64,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut stats_calls = 0;
+        let after = loop {
+            let s = self.stats(host);
+            stats_calls += 1;
+            if stat(&s, "not_target") >= stat(before, "not_target") + more {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} counted fewer than {more} requests as not_target: {before} -> {s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(
+            stat(&after, "not_target"),
+            stat(before, "not_target") + more,
+            "{host}: {before} -> {after}"
+        );
+        assert_eq!(
+            stat(&after, "executed"),
+            stat(before, "executed") + stats_calls,
+            "{host} executed something besides the stats calls: {before} -> {after}"
+        );
+        after
+    }
+
     /// `gearmq audit verify LOG… --issuer DIR/issuer.pub <extra>`: what an auditor
     /// runs on logs of this fleet (the orchestrator's or an agent's, rotated ones first).
     pub fn verify_audit_files(&self, logs: &[&Path], extra: &[&str]) -> CliOutput {
@@ -508,6 +546,13 @@ fn toml_str(s: &str) -> String {
         })
         .collect();
     format!("\"{escaped}\"")
+}
+
+/// One counter of an agent's `stats` (`executed`, `not_target`, …); panics if absent.
+pub fn stat(stats: &serde_json::Value, key: &str) -> u64 {
+    stats[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {stats}"))
 }
 
 #[cfg(test)]

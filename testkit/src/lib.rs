@@ -27,7 +27,7 @@ pub use agent::Agent;
 pub use agent_files::AgentFiles;
 pub use agent_world::AgentWorld;
 pub use cli::{CliOutput, Streaming, bin, run_cli, run_cli_env, run_program};
-pub use fleet::{Fleet, FleetBuilder};
+pub use fleet::{Fleet, FleetBuilder, stat};
 pub use node::{BrokerNode, Cluster};
 pub use observe::observe;
 pub use pki::{Identity, Pki};

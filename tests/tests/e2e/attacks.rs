@@ -4,16 +4,10 @@
 
 use gearmq_schemas::audit::peek_signed;
 use gearmq_schemas::{Name, Request, Targets};
-use gearmq_testkit::{Fleet, RawCaller, Streaming, UserSystemd, observe, write_program};
+use gearmq_testkit::{Fleet, RawCaller, Streaming, UserSystemd, observe, stat, write_program};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn counter(stats: &Value, key: &str) -> u64 {
-    stats[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {key} in {stats}"))
-}
 
 /// The main PID of `unit` on `host`.
 fn main_pid(fleet: &Fleet, host: &str, unit: &str) -> u64 {
@@ -31,31 +25,7 @@ async fn forwarded_copy_is_ignored(fleet: &Fleet, bytes: &[u8], hosts: &[&str]) 
     for h in hosts {
         let before = fleet.stats(h);
         fleet.forward_request(bytes, h).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut stats_calls = 0;
-        let after = loop {
-            let s = fleet.stats(h);
-            stats_calls += 1;
-            if counter(&s, "not_target") > counter(&before, "not_target") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{h} never counted the forwarded copy as not_target: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        assert_eq!(
-            counter(&after, "not_target"),
-            counter(&before, "not_target") + 1,
-            "{h}: {after}"
-        );
-        // Each stats call is itself one executed request; nothing else ran.
-        assert_eq!(
-            counter(&after, "executed"),
-            counter(&before, "executed") + stats_calls,
-            "{h} executed something besides the stats calls: {before} -> {after}"
-        );
+        fleet.expect_not_target(h, &before, 1);
     }
 }
 
@@ -220,8 +190,8 @@ async fn refusals_reserve_no_ids_and_cannot_fill_the_replay_store() {
     assert_eq!(after["refused"]["unauthorized"], FLOOD, "{after}");
     // Only the operator's own stats calls were kept (each is an executed request).
     assert_eq!(
-        counter(&after, "replay_entries"),
-        counter(&before, "replay_entries") + polls,
+        stat(&after, "replay_entries"),
+        stat(&before, "replay_entries") + polls,
         "{before} -> {after}"
     );
     nobody.close().await;
@@ -231,8 +201,8 @@ async fn refusals_reserve_no_ids_and_cannot_fill_the_replay_store() {
         serde_json::json!({
             "refused_unauthorized": after["refused"]["unauthorized"],
             "seconds": (flood_s * 10.0).round() / 10.0,
-            "replay_entries_added_by_the_flood": counter(&after, "replay_entries")
-                - counter(&before, "replay_entries") - polls,
+            "replay_entries_added_by_the_flood": stat(&after, "replay_entries")
+                - stat(&before, "replay_entries") - polls,
         }),
     );
 
@@ -350,7 +320,7 @@ async fn repeated_requests_cost_the_agent_log_a_digest_and_the_log_rotates_by_si
             );
         }
         let after = fleet.stats("a");
-        let repeats = counter(&after, "audited_repeats") - counter(&before, "audited_repeats");
+        let repeats = stat(&after, "audited_repeats") - stat(&before, "audited_repeats");
         assert_eq!(repeats, COPIES as u64, "{what}: {before} -> {after}");
         let grown = log_bytes(&log_family(&log)) - size_before;
         // A repeat record is ~650 bytes (two digests, and the chain fields, signature
@@ -609,7 +579,7 @@ async fn a_stream_cut_by_a_dropped_connection_takes_nothing_twice_and_the_log_ve
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let sent = fleet.stats("a");
-        if counter(&sent, "resent") >= 1 {
+        if stat(&sent, "resent") >= 1 {
             break;
         }
         assert!(Instant::now() < deadline, "the agent never resent: {sent}");
