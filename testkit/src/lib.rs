@@ -33,7 +33,7 @@ pub use observe::observe;
 pub use pki::{Identity, Pki};
 pub use raw::RawCaller;
 pub use systemd::UserSystemd;
-pub use vhost::{BrokerUsers, Vhost, rabbitmqctl, try_rabbitmqctl};
+pub use vhost::{BrokerUsers, Vhost, export_definitions, rabbitmqctl, try_rabbitmqctl};
 
 use gearmq_orchestrator::{CallSpec, Selection};
 use gearmq_schemas::actions::PingArgs;

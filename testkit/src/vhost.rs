@@ -32,6 +32,38 @@ pub fn try_rabbitmqctl(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A node's definitions (`export_definitions - --format json`, run by `ctl` with these
+/// arguments), parsed. Twice in full CI runs, on the shared broker and on a node of a
+/// test's own, RabbitMQ 3.10's rabbitmqctl exited 0 having printed something that is
+/// not JSON (`{` and then no string key); alone or under vhost churn it did not happen
+/// again. It is asked again (three tries, 500 ms apart); what it printed goes to stderr,
+/// and into the panic if it never answers JSON.
+pub fn export_definitions(ctl: &dyn Fn(&[&str]) -> Result<String>) -> serde_json::Value {
+    let mut printed = Vec::new();
+    loop {
+        let out = ctl(&["export_definitions", "-", "--format", "json"])
+            .unwrap_or_else(|e| panic!("export_definitions: {e:#}"));
+        match serde_json::from_str(out.trim()) {
+            Ok(v) => {
+                if !printed.is_empty() {
+                    eprintln!("export_definitions answered JSON after: {printed:?}");
+                }
+                return v;
+            }
+            Err(e) if printed.len() < 2 => {
+                let head: String = out.chars().take(300).collect();
+                eprintln!("export_definitions printed no JSON ({e}): {head}");
+                printed.push(format!("{e}: {head}"));
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(e) => {
+                let head: String = out.chars().take(300).collect();
+                panic!("export_definitions gives no JSON: {e}: {head}; earlier: {printed:?}")
+            }
+        }
+    }
+}
+
 /// A vhost of its own, deleted on drop.
 pub struct Vhost {
     /// Its name.

@@ -130,7 +130,12 @@ async fn a_stopped_agent_is_down_within_three_intervals_and_up_after_it_continue
         .iter()
         .map(|h| (h["host"].as_str().unwrap(), h["state"].as_str().unwrap()))
         .collect();
-    assert_eq!(states, BTreeMap::from([("web1", "up"), ("web2", "down")]));
+    assert_eq!(
+        states,
+        BTreeMap::from([("web1", "up"), ("web2", "down")]),
+        "{doc} (stderr: {})",
+        out.stderr
+    );
     assert_eq!(doc["summary"]["complete"], true, "{doc}");
     let only_down = fleet.cli(&["hosts", "--down", "--since", "5s"]);
     assert_eq!(only_down.code, 1, "{}", only_down.stderr);
@@ -419,7 +424,8 @@ async fn forged_replayed_and_garbage_events_are_rejected_and_counted() {
     assert_eq!(
         doc["summary"]["rejected"],
         serde_json::json!({"forged": 2, "malformed": 1, "replayed": 1}),
-        "{doc}"
+        "{doc} (stderr: {})",
+        out.stderr
     );
     w.close().await;
     orch.close().await;

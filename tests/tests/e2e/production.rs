@@ -621,11 +621,8 @@ fn ping_all_over_tls_and_external_works() {
 
 /// This fleet's part of the node's definitions (other tests share the node).
 fn fleet_definitions(fleet: &Fleet) -> Value {
-    let out = fleet
-        .node()
-        .ctl(&["-q", "export_definitions", "-", "--format", "json"])
-        .unwrap();
-    let all: Value = serde_json::from_str(out.trim()).unwrap();
+    let all =
+        gearmq_testkit::export_definitions(&|args| fleet.node().ctl(&[&["-q"], args].concat()));
     let mut users: Vec<&str> = fleet.hosts.iter().map(String::as_str).collect();
     users.push(&fleet.operator);
     let mine = |k: &str, by: &dyn Fn(&Value) -> bool| -> Value {

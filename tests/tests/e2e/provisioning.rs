@@ -434,30 +434,7 @@ fn same_report(what: &str, (ctl, api): &(CliOutput, CliOutput)) -> String {
 /// What rabbitmqctl exports of `vhost` and of `users`: the broker state provisioning
 /// makes, in one comparable document (lists sorted).
 fn exported(vhost: &str, users: &[&str]) -> serde_json::Value {
-    // Once in a full parallel run, rabbitmqctl exited 0 having printed something
-    // that is not JSON (`{` and then no string key); asked again, it answers. What it
-    // printed is kept for the message if it never does.
-    let mut printed = Vec::new();
-    let all: serde_json::Value = loop {
-        let out = rabbitmqctl(&["export_definitions", "-", "--format", "json"]);
-        match serde_json::from_str(&out) {
-            Ok(v) => break v,
-            Err(e) if printed.len() < 2 => {
-                printed.push(format!(
-                    "{e}: {}",
-                    out.chars().take(300).collect::<String>()
-                ));
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
-            Err(e) => panic!(
-                "export_definitions gives no JSON: {e}: {}; earlier: {printed:?}",
-                out.chars().take(300).collect::<String>()
-            ),
-        }
-    };
-    if !printed.is_empty() {
-        eprintln!("export_definitions answered JSON after {printed:?}");
-    }
+    let all = gearmq_testkit::export_definitions(&|args| gearmq_testkit::try_rabbitmqctl(args));
     let mut out = serde_json::Map::new();
     for key in [
         "users",
