@@ -1,7 +1,8 @@
 //! The events stream as an orchestrator reads it: a connection of its own, the
-//! `gearmq.events` stream read from a point in time and then followed, every event
-//! judged ([`EventJudge`]) and taken into the [`Presence`] view, accepted ones
-//! recorded in the audit log and handed to the caller.
+//! `gearmq.events` stream read from a point in time (found by offset: see
+//! [`Reader::locate`]) and then followed, every event judged ([`EventJudge`]) and
+//! taken into the [`Presence`] view, accepted ones recorded in the audit log and
+//! handed to the caller.
 //!
 //! When the connection breaks, the watch reconnects over the configured URLs with
 //! backoff and resumes at the offset after the last event it read, so nothing the
@@ -43,6 +44,12 @@ const SETTLE: Duration = Duration::from_millis(500);
 const FIRST_DELIVERY_WAIT: Duration = Duration::from_secs(3);
 /// Most events read from the broker and not yet acknowledged.
 const STREAM_PREFETCH: u16 = 512;
+/// Messages a look at one offset reads to find one that opens as an event.
+const PEEK_MESSAGES: u16 = 8;
+/// After a look's first message, how long the next may take (it is already read).
+const PEEK_NEXT_WAIT: Duration = Duration::from_millis(200);
+/// Where a window begins is found to within this many messages (read and skipped).
+const LOCATE_SLACK: i64 = 256;
 /// Most verified events waiting for the caller.
 const HANDED_QUEUE: usize = 4096;
 /// [`WatchOptions::record_alive_every`] by default: the log then says each host was up
@@ -151,7 +158,12 @@ impl EventWatch {
             tail: Arc::new(AtomicI64::new(i64::MAX)),
             listening: listening.clone(),
             stop: stop.clone(),
-            from: Start::Time(heard_from),
+            from: if options.since > Duration::ZERO {
+                Start::Time(heard_from)
+            } else {
+                Start::Next
+            },
+            since_ms,
             lead: options.since > Duration::ZERO,
         };
         let task = tokio::spawn(reader.run(first));
@@ -218,10 +230,23 @@ impl Drop for EventWatch {
 
 #[derive(Debug, Clone, Copy)]
 enum Start {
-    /// Events stored from this time (ms since epoch) on.
+    /// The events signed from this time (ms since epoch) on: an offset
+    /// [`Reader::locate`] finds before the reader subscribes.
     Time(u64),
-    /// From this offset on.
+    /// Only what comes (`next`).
+    Next,
+    /// From this offset on: where the window begins, or after the last event read.
     Offset(i64),
+}
+
+/// What a look at one offset of the stream saw.
+#[derive(Debug, Clone, Copy)]
+struct Peeked {
+    /// The offset of the first message delivered (above the one asked for when the
+    /// stream no longer holds that one).
+    offset: i64,
+    /// The signed time of the first of those messages that opened as an event.
+    time: Option<u64>,
 }
 
 struct Reader {
@@ -237,8 +262,11 @@ struct Reader {
     listening: Arc<AtomicBool>,
     stop: CancellationToken,
     from: Start,
-    /// Reading from a time: the stream starts at a chunk's beginning, so events from
-    /// before that time may come first; they are skipped, not counted as stale.
+    /// The window asked for (ms).
+    since_ms: u64,
+    /// Reading from a time: the located offset is before the window (and the broker
+    /// starts at a chunk's beginning), so events from before it come first; they are
+    /// skipped, not counted as stale.
     lead: bool,
 }
 
@@ -311,12 +339,23 @@ async fn connect(
 
 impl Reader {
     async fn run(mut self, mut link: Linked) {
+        let mut resumed = false;
         loop {
-            let why = match self.subscribe(&link.connection).await {
+            let located = match self.from {
+                Start::Time(from) => self.locate(&link.connection, from).await.map(|s| {
+                    self.from = s;
+                }),
+                _ => Ok(()),
+            };
+            let subscribed = match located {
+                Ok(()) => self.subscribe(&link.connection).await,
+                Err(e) => Err(e),
+            };
+            let why = match subscribed {
                 Ok(consumer) => {
                     self.listening.store(true, Ordering::Relaxed);
                     let probe = self.probe_tail(&link.connection).await;
-                    let why = self.read(consumer).await;
+                    let why = self.read(consumer, resumed).await;
                     probe.cancel();
                     self.listening.store(false, Ordering::Relaxed);
                     why
@@ -327,6 +366,7 @@ impl Reader {
                 let _ = link.connection.close(200, "bye".into()).await;
                 return;
             }
+            resumed = true;
             lock(&self.state).presence.deaf(now_ms());
             tracing::warn!(broker = %redact_url(&self.inputs.broker.urls[link.index]),
                 reason = %why, "events watch lost the broker; reconnecting");
@@ -369,8 +409,9 @@ impl Reader {
             .map_err(|e| e.to_string())?;
         let mut args = FieldTable::default();
         let offset = match self.from {
-            Start::Time(ms) => AMQPValue::Timestamp(ms / 1000),
             Start::Offset(o) => AMQPValue::LongLongInt(o),
+            Start::Next => AMQPValue::LongString("next".into()),
+            Start::Time(_) => return Err("the window's start was not located".into()),
         };
         args.insert("x-stream-offset".into(), offset);
         ch.basic_consume(
@@ -381,6 +422,149 @@ impl Reader {
         )
         .await
         .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))
+    }
+
+    /// The offset where the events signed from `from` (ms) begin, to within
+    /// [`LOCATE_SLACK`] messages and before it (the reader skips what precedes the
+    /// window). Found by looking at single offsets: the stream's last chunk
+    /// (`x-stream-offset = last`), then back from there in growing steps until an
+    /// event signed before the window (less the clock skew allowed) or the stream's
+    /// start, then halving the gap. Not by asking the broker for a timestamp: RabbitMQ
+    /// 3.10 sometimes starts a consumer attached at a recent timestamp at the next
+    /// new message, with no error, and a watch would then miss its whole history.
+    /// An empty stream has no history: it is read from its start, and at once.
+    async fn locate(&self, connection: &Connection, from: u64) -> Result<Start, String> {
+        let last = self
+            .peek(
+                connection,
+                AMQPValue::LongString("last".into()),
+                FIRST_DELIVERY_WAIT,
+            )
+            .await?;
+        let Some(last) = last else {
+            self.mark_caught_up();
+            return Ok(Start::Offset(0));
+        };
+        let skew = gearmq_schemas::time::duration_ms(self.inputs.skew);
+        let cutoff = from.saturating_sub(skew);
+        // Whether a look at `want` saw the window begin after it.
+        let before = |p: &Peeked, want: i64| p.offset > want || p.time.is_some_and(|t| t < cutoff);
+        if before(&last, last.offset) {
+            return Ok(Start::Offset(last.offset));
+        }
+        // A first step of about the events the window holds when each host sends one
+        // per default interval.
+        let hosts = i64::try_from(self.inputs.inventory.len()).unwrap_or(i64::MAX);
+        let per_host = i64::try_from(
+            self.since_ms.saturating_add(skew) / crate::events::DEFAULT_INTERVAL_MS + 1,
+        )
+        .unwrap_or(i64::MAX);
+        let mut step = hosts.saturating_mul(per_host).max(LOCATE_SLACK);
+        // In the window at `hi`; before it at `lo`.
+        let mut hi = last.offset;
+        let mut lo = loop {
+            let want = hi.saturating_sub(step).max(0);
+            if want == 0 {
+                break 0;
+            }
+            match self
+                .peek(
+                    connection,
+                    AMQPValue::LongLongInt(want),
+                    FIRST_DELIVERY_WAIT,
+                )
+                .await?
+            {
+                Some(p) if !before(&p, want) => {
+                    hi = want;
+                    step = step.saturating_mul(4);
+                }
+                _ => break want,
+            }
+        };
+        while hi - lo > LOCATE_SLACK {
+            let mid = lo + (hi - lo) / 2;
+            match self
+                .peek(connection, AMQPValue::LongLongInt(mid), FIRST_DELIVERY_WAIT)
+                .await?
+            {
+                Some(p) if !before(&p, mid) => hi = mid,
+                _ => lo = mid,
+            }
+        }
+        tracing::debug!(
+            offset = lo,
+            end = last.offset,
+            "events watch: window located"
+        );
+        Ok(Start::Offset(lo))
+    }
+
+    /// A look at the stream from `offset` (an `x-stream-offset` value): the first
+    /// message delivered within `wait`, and the signed time of the first of up to
+    /// [`PEEK_MESSAGES`] that opens as an event. `None` if nothing came.
+    async fn peek(
+        &self,
+        connection: &Connection,
+        offset: AMQPValue,
+        wait: Duration,
+    ) -> Result<Option<Peeked>, String> {
+        let ch = connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        let looked = async {
+            ch.basic_qos(PEEK_MESSAGES, BasicQosOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut args = FieldTable::default();
+            args.insert("x-stream-offset".into(), offset);
+            let mut consumer = ch
+                .basic_consume(
+                    EVENTS_STREAM.into(),
+                    ShortString::from(format!("gearmq-watch-locate-{}", self.inputs.name)),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))?;
+            let mut first: Option<i64> = None;
+            for _ in 0..PEEK_MESSAGES {
+                let limit = if first.is_some() {
+                    PEEK_NEXT_WAIT
+                } else {
+                    wait
+                };
+                let next = tokio::select! {
+                    _ = self.stop.cancelled() => return Err("stopped".to_string()),
+                    n = tokio::time::timeout(limit, consumer.next()) => n,
+                };
+                let delivery = match next {
+                    Err(_) => break,
+                    Ok(None) => return Err("the broker ended the stream consumer".into()),
+                    Ok(Some(Err(e))) => return Err(e.to_string()),
+                    Ok(Some(Ok(d))) => d,
+                };
+                let Some(at) = stream_offset(&delivery.properties) else {
+                    continue;
+                };
+                let offset = *first.get_or_insert(at);
+                if let Ok(o) = open::<Event>(
+                    &delivery.data,
+                    self.inputs.max_message_bytes,
+                    &self.inputs.verifier,
+                ) {
+                    return Ok(Some(Peeked {
+                        offset,
+                        time: Some(o.body().time),
+                    }));
+                }
+            }
+            Ok(first.map(|offset| Peeked { offset, time: None }))
+        }
+        .await;
+        let _ = ch.close(200, "looked".into()).await;
+        looked
     }
 
     /// Until the history is read: a second consumer from the stream's end (`next`).
@@ -456,8 +640,9 @@ impl Reader {
         }
     }
 
-    /// Reads until the consumer ends (the connection broke) or the watch stops.
-    async fn read(&mut self, mut consumer: Consumer) -> String {
+    /// Reads until the consumer ends (the connection broke) or the watch stops;
+    /// `resumed` after a reconnect.
+    async fn read(&mut self, mut consumer: Consumer, resumed: bool) -> String {
         let mut first_after_resume = true;
         loop {
             let quiet = if first_after_resume {
@@ -481,10 +666,14 @@ impl Reader {
             let offset = stream_offset(&delivery.properties);
             if first_after_resume {
                 first_after_resume = false;
-                let lost = match (self.from, offset) {
-                    (Start::Offset(want), Some(got)) => got > want,
-                    _ => false,
-                };
+                let lost = resumed
+                    && match (self.from, offset) {
+                        (Start::Offset(want), Some(got)) => got > want,
+                        // Nothing read yet of a watch of only what comes: what came
+                        // while it was away is not known.
+                        (Start::Next, _) => true,
+                        _ => false,
+                    };
                 if lost {
                     tracing::warn!(
                         "events watch: the stream no longer held every event of the time away"
@@ -515,8 +704,8 @@ impl Reader {
         props: &lapin::BasicProperties,
     ) {
         let opened = open::<Event>(bytes, self.inputs.max_message_bytes, &self.inputs.verifier);
-        // Events from before the window, in the stream's first chunk, are skipped
-        // until the first one the window covers.
+        // Events from before the window, read because it was located only to within a
+        // few hundred messages, are skipped until the first one the window covers.
         if self.lead
             && let Ok(o) = &opened
         {

@@ -494,3 +494,81 @@ async fn a_busy_stream_is_read_to_its_end_without_a_quiet_moment() {
     orch.close().await;
     let _ = conn.close(200, "done".into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_finds_its_window_in_a_long_stream_and_reads_from_there() {
+    // The watch locates where its window begins by looking at offsets, not by asking
+    // the broker for a timestamp (which RabbitMQ 3.10 sometimes answers with nothing
+    // but new messages). Before the window: 1,500 events web1 signed five minutes ago,
+    // each followed by a message that is not an event. How many of those the watch
+    // counts as malformed tells how far before the window it began to read.
+    const OLD: usize = 1_500;
+    let fleet = fast_fleet("evlocate", &["web1", "web2"]);
+    let web1 = fleet.host_identity("web1");
+    let conn = fleet.amqp().await;
+    let ch = conn.create_channel().await.unwrap();
+    gearmq_io::topology::declare_events(&ch, false, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let old = now_ms() - 300_000;
+    for i in 0..OLD {
+        let alive = Event::new(
+            name("web1"),
+            [7; 16],
+            i as u64,
+            old + i as u64,
+            What::Alive {
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+                interval_ms: 1000,
+            },
+        );
+        for bytes in [
+            Signed::seal(&alive, &web1.key, &web1.credential),
+            b"\x93not an event".to_vec(),
+        ] {
+            ch.basic_publish(
+                "gearmq.events".into(),
+                "web1.alive".into(),
+                Default::default(),
+                &bytes,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    // The window: web2's agent, alive every second.
+    let _web2 = fleet.start_agent("web2");
+    let (orch, w) = watch(&fleet, Duration::from_secs(60)).await;
+    assert!(
+        w.caught_up(Duration::from_secs(10)).await,
+        "history not read"
+    );
+    wait_state(&w, "web2", PresenceState::Up, Duration::from_secs(5)).await;
+    // web1 was heard only before the window.
+    assert_eq!(state_of(&w, "web1"), PresenceState::NeverSeen);
+    let malformed = w.rejections().get("malformed").copied().unwrap_or(0);
+    assert!(
+        malformed <= 200,
+        "read {malformed} of the {OLD} malformed messages before the window: {:?}",
+        w.rejections()
+    );
+    // The window located, the whole of it is read: a watch from long before the
+    // stream began reads everything, and counts every malformed message.
+    let (orch2, all) = watch(&fleet, Duration::from_secs(3_600)).await;
+    assert!(
+        all.caught_up(Duration::from_secs(10)).await,
+        "history not read"
+    );
+    gearmq_testkit::wait_until(
+        "every malformed message is counted",
+        Duration::from_secs(10),
+        || all.rejections().get("malformed").copied() == Some(OLD as u64),
+    );
+    assert_eq!(state_of(&all, "web2"), PresenceState::Up);
+    all.close().await;
+    orch2.close().await;
+    w.close().await;
+    orch.close().await;
+    let _ = conn.close(200, "done".into()).await;
+}
