@@ -44,8 +44,11 @@ const SETTLE: Duration = Duration::from_millis(500);
 const FIRST_DELIVERY_WAIT: Duration = Duration::from_secs(3);
 /// Most events read from the broker and not yet acknowledged.
 const STREAM_PREFETCH: u16 = 512;
-/// Messages a look at one offset reads to find one that opens as an event.
-const PEEK_MESSAGES: u16 = 8;
+/// Messages a look at one offset reads to find one that opens as an event. A look
+/// that finds none steps further back, so a host flooding garbage between its events
+/// can make a watch read more of what precedes its window; the more a look reads, the
+/// denser the flood that takes.
+const PEEK_MESSAGES: u16 = 64;
 /// After a look's first message, how long the next may take (it is already read).
 const PEEK_NEXT_WAIT: Duration = Duration::from_millis(200);
 /// Where a window begins is found to within this many messages (read and skipped).
