@@ -34,9 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one connection attempt may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
-/// A history read has reached the stream's end once nothing came for this long (a
-/// quiet stream), or once it has read what the stream held when a second consumer,
-/// started at its end, received its first message (a busy one: see `probe_tail`).
+/// A history read has reached the stream's end once the reader has taken the last
+/// offset the stream held: read by the look at its last chunk, which ends when nothing
+/// new came for this long (a quiet stream, see `locate`), or told by a second consumer
+/// started at its end (a busy one: see `probe_tail`). When neither could tell, once
+/// nothing came for this long.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Before the first event of a subscription: a busy broker can take longer than
 /// [`SETTLE`] to start delivering a stream from an offset, and calling the read done
@@ -51,6 +53,9 @@ const STREAM_PREFETCH: u16 = 512;
 const PEEK_MESSAGES: u16 = 64;
 /// After a look's first message, how long the next may take (it is already read).
 const PEEK_NEXT_WAIT: Duration = Duration::from_millis(200);
+/// The look at the stream's last chunk reads it whole unless messages keep coming
+/// for this long (a busy stream, whose end the tail probe tells).
+const END_BURST_LIMIT: Duration = Duration::from_millis(500);
 /// Where a window begins is found to within this many messages (read and skipped).
 const LOCATE_SLACK: i64 = 256;
 /// Most verified events waiting for the caller.
@@ -190,8 +195,8 @@ impl EventWatch {
     }
 
     /// Waits (up to `limit`) until the history asked for is read: everything the stream
-    /// held when the watch began was taken, or (a quiet stream) it had nothing more for
-    /// a moment. Whether it was.
+    /// held when the watch began was taken (or, where its end could not be learnt, it
+    /// had nothing more for a moment). Whether it was.
     pub async fn caught_up(&self, limit: Duration) -> bool {
         tokio::time::timeout(limit, until_caught_up(&self.caught_up))
             .await
@@ -250,6 +255,8 @@ struct Peeked {
     offset: i64,
     /// The signed time of the first of those messages that opened as an event.
     time: Option<u64>,
+    /// The highest offset the stream held, when the look read to its end.
+    end: Option<i64>,
 }
 
 struct Reader {
@@ -260,7 +267,9 @@ struct Reader {
     state: Arc<Mutex<State>>,
     tx: Option<mpsc::Sender<VerifiedEvent>>,
     caught_up: Arc<(AtomicBool, Notify)>,
-    /// The first offset the tail probe received (`i64::MAX` until then).
+    /// One past the stream's last offset when the watch began: from the look at its
+    /// last chunk (a quiet stream), or the first offset the tail probe received (a
+    /// busy one); `i64::MAX` while not known.
     tail: Arc<AtomicI64>,
     listening: Arc<AtomicBool>,
     stop: CancellationToken,
@@ -442,12 +451,17 @@ impl Reader {
                 connection,
                 AMQPValue::LongString("last".into()),
                 FIRST_DELIVERY_WAIT,
+                true,
             )
             .await?;
         let Some(last) = last else {
             self.mark_caught_up();
             return Ok(Start::Offset(0));
         };
+        // The history is read once the reader has taken the stream's last offset.
+        if let Some(end) = last.end {
+            self.tail.fetch_min(end.saturating_add(1), Ordering::AcqRel);
+        }
         let skew = gearmq_schemas::time::duration_ms(self.inputs.skew);
         let cutoff = from.saturating_sub(skew);
         // Whether a look at `want` saw the window begin after it.
@@ -475,6 +489,7 @@ impl Reader {
                     connection,
                     AMQPValue::LongLongInt(want),
                     FIRST_DELIVERY_WAIT,
+                    false,
                 )
                 .await?
             {
@@ -488,7 +503,12 @@ impl Reader {
         while hi - lo > LOCATE_SLACK {
             let mid = lo + (hi - lo) / 2;
             match self
-                .peek(connection, AMQPValue::LongLongInt(mid), FIRST_DELIVERY_WAIT)
+                .peek(
+                    connection,
+                    AMQPValue::LongLongInt(mid),
+                    FIRST_DELIVERY_WAIT,
+                    false,
+                )
                 .await?
             {
                 Some(p) if !before(&p, mid) => hi = mid,
@@ -497,7 +517,7 @@ impl Reader {
         }
         tracing::debug!(
             offset = lo,
-            end = last.offset,
+            last_chunk = last.offset,
             "events watch: window located"
         );
         Ok(Start::Offset(lo))
@@ -505,12 +525,16 @@ impl Reader {
 
     /// A look at the stream from `offset` (an `x-stream-offset` value): the first
     /// message delivered within `wait`, and the signed time of the first of up to
-    /// [`PEEK_MESSAGES`] that opens as an event. `None` if nothing came.
+    /// [`PEEK_MESSAGES`] that opens as an event. `None` if nothing came. With
+    /// `to_end`, it reads on until [`SETTLE`] passes with nothing new and says the
+    /// highest offset it saw, unless it read [`PEEK_MESSAGES`] or kept receiving for
+    /// [`END_BURST_LIMIT`] (a busy stream: the tail probe tells its end).
     async fn peek(
         &self,
         connection: &Connection,
         offset: AMQPValue,
         wait: Duration,
+        to_end: bool,
     ) -> Result<Option<Peeked>, String> {
         let ch = connection
             .create_channel()
@@ -531,19 +555,24 @@ impl Reader {
                 )
                 .await
                 .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))?;
-            let mut first: Option<i64> = None;
+            let mut seen: Option<Peeked> = None;
+            let mut burst_until = None;
+            let mut quiet = false;
             for _ in 0..PEEK_MESSAGES {
-                let limit = if first.is_some() {
-                    PEEK_NEXT_WAIT
-                } else {
-                    wait
+                let limit = match (&seen, to_end) {
+                    (None, _) => wait,
+                    (Some(_), false) => PEEK_NEXT_WAIT,
+                    (Some(_), true) => SETTLE,
                 };
                 let next = tokio::select! {
                     _ = self.stop.cancelled() => return Err("stopped".to_string()),
                     n = tokio::time::timeout(limit, consumer.next()) => n,
                 };
                 let delivery = match next {
-                    Err(_) => break,
+                    Err(_) => {
+                        quiet = true;
+                        break;
+                    }
                     Ok(None) => return Err("the broker ended the stream consumer".into()),
                     Ok(Some(Err(e))) => return Err(e.to_string()),
                     Ok(Some(Ok(d))) => d,
@@ -551,19 +580,36 @@ impl Reader {
                 let Some(at) = stream_offset(&delivery.properties) else {
                     continue;
                 };
-                let offset = *first.get_or_insert(at);
-                if let Ok(o) = open::<Event>(
-                    &delivery.data,
-                    self.inputs.max_message_bytes,
-                    &self.inputs.verifier,
-                ) {
-                    return Ok(Some(Peeked {
-                        offset,
-                        time: Some(o.body().time),
-                    }));
+                let look = seen.get_or_insert(Peeked {
+                    offset: at,
+                    time: None,
+                    end: None,
+                });
+                look.end = Some(look.end.map_or(at, |e| e.max(at)));
+                if look.time.is_none()
+                    && let Ok(o) = open::<Event>(
+                        &delivery.data,
+                        self.inputs.max_message_bytes,
+                        &self.inputs.verifier,
+                    )
+                {
+                    look.time = Some(o.body().time);
+                    if !to_end {
+                        break;
+                    }
+                }
+                let until = *burst_until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + END_BURST_LIMIT);
+                if to_end && tokio::time::Instant::now() >= until {
+                    break;
                 }
             }
-            Ok(first.map(|offset| Peeked { offset, time: None }))
+            if let Some(look) = &mut seen
+                && !(to_end && quiet)
+            {
+                look.end = None;
+            }
+            Ok(seen)
         }
         .await;
         let _ = ch.close(200, "looked".into()).await;
@@ -578,10 +624,12 @@ impl Reader {
     /// silence; this is how it knows it has caught up there. It closes at its first
     /// message, when the history is read (a quiet stream told first), or by the
     /// returned token (the reader's end, the watch's). Without it (it could not
-    /// subscribe) only the silence tells.
+    /// subscribe) only the silence tells. Not needed when [`Reader::locate`] read the
+    /// stream's end already (a quiet stream).
     async fn probe_tail(&self, connection: &Connection) -> CancellationToken {
         let done = self.stop.child_token();
-        if self.caught_up.0.load(Ordering::Acquire) {
+        if self.caught_up.0.load(Ordering::Acquire) || self.tail.load(Ordering::Acquire) != i64::MAX
+        {
             return done;
         }
         let subscribed = async {
@@ -659,7 +707,10 @@ impl Reader {
             };
             let delivery = match next {
                 Err(_) => {
-                    self.mark_caught_up();
+                    // A quiet moment ends the history only when its end is not known.
+                    if self.tail.load(Ordering::Acquire) == i64::MAX {
+                        self.mark_caught_up();
+                    }
                     continue;
                 }
                 Ok(None) => return "the broker ended the stream consumer".into(),
