@@ -56,6 +56,9 @@ const PEEK_NEXT_WAIT: Duration = Duration::from_millis(200);
 /// The look at the stream's last chunk reads it whole unless messages keep coming
 /// for this long (a busy stream, whose end the tail probe tells).
 const END_BURST_LIMIT: Duration = Duration::from_millis(500);
+/// Most messages the look at the last chunk reads (a chunk is what the broker wrote at
+/// once: one message on a quiet stream, hundreds after a burst).
+const LAST_CHUNK_MESSAGES: usize = 4096;
 /// Where a window begins is found to within this many messages (read and skipped).
 const LOCATE_SLACK: i64 = 256;
 /// Most verified events waiting for the caller.
@@ -527,8 +530,8 @@ impl Reader {
     /// message delivered within `wait`, and the signed time of the first of up to
     /// [`PEEK_MESSAGES`] that opens as an event. `None` if nothing came. With
     /// `to_end`, it reads on until [`SETTLE`] passes with nothing new and says the
-    /// highest offset it saw, unless it read [`PEEK_MESSAGES`] or kept receiving for
-    /// [`END_BURST_LIMIT`] (a busy stream: the tail probe tells its end).
+    /// highest offset it saw, unless it read [`LAST_CHUNK_MESSAGES`] or kept receiving
+    /// for [`END_BURST_LIMIT`] (a busy stream: the tail probe tells its end).
     async fn peek(
         &self,
         connection: &Connection,
@@ -558,7 +561,12 @@ impl Reader {
             let mut seen: Option<Peeked> = None;
             let mut burst_until = None;
             let mut quiet = false;
-            for _ in 0..PEEK_MESSAGES {
+            let most = if to_end {
+                LAST_CHUNK_MESSAGES
+            } else {
+                usize::from(PEEK_MESSAGES)
+            };
+            for _ in 0..most {
                 let limit = match (&seen, to_end) {
                     (None, _) => wait,
                     (Some(_), false) => PEEK_NEXT_WAIT,
@@ -577,6 +585,14 @@ impl Reader {
                     Ok(Some(Err(e))) => return Err(e.to_string()),
                     Ok(Some(Ok(d))) => d,
                 };
+                if to_end {
+                    // Read on past the prefetch.
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .map_err(|e| format!("ack failed: {e}"))?;
+                }
                 let Some(at) = stream_offset(&delivery.properties) else {
                     continue;
                 };

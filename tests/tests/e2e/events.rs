@@ -537,6 +537,21 @@ async fn a_watch_finds_its_window_in_a_long_stream_and_reads_from_there() {
             .unwrap();
         }
     }
+    // A quiet stream whose last chunk is already before the window: read from there
+    // (the broker wrote the burst in chunks of a few hundred), nothing in the window.
+    {
+        let (orch, w) = watch(&fleet, Duration::from_secs(60)).await;
+        assert!(
+            w.caught_up(Duration::from_secs(10)).await,
+            "history not read"
+        );
+        assert_eq!(state_of(&w, "web1"), PresenceState::NeverSeen);
+        assert_eq!(state_of(&w, "web2"), PresenceState::NeverSeen);
+        let malformed = w.rejections().get("malformed").copied().unwrap_or(0);
+        assert!(malformed < OLD as u64 / 2, "{:?}", w.rejections());
+        w.close().await;
+        orch.close().await;
+    }
     // The window: web2's agent, alive every second.
     let _web2 = fleet.start_agent("web2");
     let (orch, w) = watch(&fleet, Duration::from_secs(60)).await;
