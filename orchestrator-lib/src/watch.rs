@@ -419,24 +419,13 @@ impl Reader {
             .create_channel()
             .await
             .map_err(|e| e.to_string())?;
-        ch.basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut args = FieldTable::default();
         let offset = match self.from {
             Start::Offset(o) => AMQPValue::LongLongInt(o),
             Start::Next => AMQPValue::LongString("next".into()),
             Start::Time(_) => return Err("the window's start was not located".into()),
         };
-        args.insert("x-stream-offset".into(), offset);
-        ch.basic_consume(
-            EVENTS_STREAM.into(),
-            ShortString::from(format!("gearmq-watch-{}", self.inputs.name)),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))
+        let tag = format!("gearmq-watch-{}", self.inputs.name);
+        consume_events(&ch, STREAM_PREFETCH, offset, tag).await
     }
 
     /// The offset where the events signed from `from` (ms) begin, to within
@@ -544,20 +533,8 @@ impl Reader {
             .await
             .map_err(|e| e.to_string())?;
         let looked = async {
-            ch.basic_qos(PEEK_MESSAGES, BasicQosOptions::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut args = FieldTable::default();
-            args.insert("x-stream-offset".into(), offset);
-            let mut consumer = ch
-                .basic_consume(
-                    EVENTS_STREAM.into(),
-                    ShortString::from(format!("gearmq-watch-locate-{}", self.inputs.name)),
-                    BasicConsumeOptions::default(),
-                    args,
-                )
-                .await
-                .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))?;
+            let tag = format!("gearmq-watch-locate-{}", self.inputs.name);
+            let mut consumer = consume_events(&ch, PEEK_MESSAGES, offset, tag).await?;
             let mut seen: Option<Peeked> = None;
             let mut burst_until = None;
             let mut quiet = false;
@@ -653,23 +630,9 @@ impl Reader {
                 .create_channel()
                 .await
                 .map_err(|e| e.to_string())?;
-            ch.basic_qos(1, BasicQosOptions::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-stream-offset".into(),
-                AMQPValue::LongString("next".into()),
-            );
-            let consumer = ch
-                .basic_consume(
-                    EVENTS_STREAM.into(),
-                    ShortString::from(format!("gearmq-watch-tail-{}", self.inputs.name)),
-                    BasicConsumeOptions::default(),
-                    args,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let tag = format!("gearmq-watch-tail-{}", self.inputs.name);
+            let next = AMQPValue::LongString("next".into());
+            let consumer = consume_events(&ch, 1, next, tag).await?;
             Ok::<_, String>((ch, consumer))
         }
         .await;
@@ -866,6 +829,29 @@ impl RecordFilter {
         }
         due
     }
+}
+
+/// A consumer `tag` of the events stream on `ch` from `offset` (an `x-stream-offset`
+/// value), with at most `prefetch` messages unacknowledged.
+async fn consume_events(
+    ch: &lapin::Channel,
+    prefetch: u16,
+    offset: AMQPValue,
+    tag: String,
+) -> Result<Consumer, String> {
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), offset);
+    ch.basic_consume(
+        EVENTS_STREAM.into(),
+        ShortString::from(tag),
+        BasicConsumeOptions::default(),
+        args,
+    )
+    .await
+    .map_err(|e| format!("reading stream {EVENTS_STREAM}: {e}"))
 }
 
 /// Returns once the history is read (at once if it is already).
