@@ -455,12 +455,6 @@ impl Reader {
             self.tail.fetch_min(end.saturating_add(1), Ordering::AcqRel);
         }
         let skew = gearmq_schemas::time::duration_ms(self.inputs.skew);
-        let cutoff = from.saturating_sub(skew);
-        // Whether a look at `want` saw the window begin after it.
-        let before = |p: &Peeked, want: i64| p.offset > want || p.time.is_some_and(|t| t < cutoff);
-        if before(&last, last.offset) {
-            return Ok(Start::Offset(last.offset));
-        }
         // A first step of about the events the window holds when each host sends one
         // per default interval.
         let hosts = i64::try_from(self.inputs.inventory.len()).unwrap_or(i64::MAX);
@@ -468,51 +462,26 @@ impl Reader {
             self.since_ms.saturating_add(skew) / crate::events::DEFAULT_INTERVAL_MS + 1,
         )
         .unwrap_or(i64::MAX);
-        let mut step = hosts.saturating_mul(per_host).max(LOCATE_SLACK);
-        // In the window at `hi`; before it at `lo`.
-        let mut hi = last.offset;
-        let mut lo = loop {
-            let want = hi.saturating_sub(step).max(0);
-            if want == 0 {
-                break 0;
-            }
-            match self
-                .peek(
+        let at = search(
+            last,
+            from.saturating_sub(skew),
+            hosts.saturating_mul(per_host),
+            |offset| {
+                self.peek(
                     connection,
-                    AMQPValue::LongLongInt(want),
+                    AMQPValue::LongLongInt(offset),
                     FIRST_DELIVERY_WAIT,
                     false,
                 )
-                .await?
-            {
-                Some(p) if !before(&p, want) => {
-                    hi = want;
-                    step = step.saturating_mul(4);
-                }
-                _ => break want,
-            }
-        };
-        while hi - lo > LOCATE_SLACK {
-            let mid = lo + (hi - lo) / 2;
-            match self
-                .peek(
-                    connection,
-                    AMQPValue::LongLongInt(mid),
-                    FIRST_DELIVERY_WAIT,
-                    false,
-                )
-                .await?
-            {
-                Some(p) if !before(&p, mid) => hi = mid,
-                _ => lo = mid,
-            }
-        }
+            },
+        )
+        .await?;
         tracing::debug!(
-            offset = lo,
+            offset = at,
             last_chunk = last.offset,
             "events watch: window located"
         );
-        Ok(Start::Offset(lo))
+        Ok(Start::Offset(at))
     }
 
     /// A look at the stream from `offset` (an `x-stream-offset` value): the first
@@ -831,6 +800,57 @@ impl RecordFilter {
     }
 }
 
+/// Where to read from for the events signed from `cutoff` (ms) on, in a stream whose
+/// last chunk `last` shows (its first event in the window): an offset at most
+/// [`LOCATE_SLACK`] messages before the first event of the window, or the stream's
+/// start. `look(offset)` looks at one offset. Steps back from `last` by `first_step`
+/// (at least [`LOCATE_SLACK`]), ×4 each time, until a look sees an event from before
+/// the window, the stream's start, or nothing it can read (taken as before); then
+/// halves the gap. Signed times only roughly follow offsets (hosts' clocks, publish
+/// delays): with `cutoff` the window's start less twice the most any time is off,
+/// the offset found is before every event of the window. The watch passes the window
+/// less the clock skew allowed, so that holds while clocks are off by half of it.
+async fn search<F, Fut>(
+    last: Peeked,
+    cutoff: u64,
+    first_step: i64,
+    mut look: F,
+) -> Result<i64, String>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Peeked>, String>>,
+{
+    // Whether a look at `want` saw the window begin after it.
+    let before = |p: &Peeked, want: i64| p.offset > want || p.time.is_some_and(|t| t < cutoff);
+    if before(&last, last.offset) {
+        return Ok(last.offset);
+    }
+    let mut step = first_step.max(LOCATE_SLACK);
+    // In the window at `hi`; before it at `lo`.
+    let mut hi = last.offset;
+    let mut lo = loop {
+        let want = hi.saturating_sub(step).max(0);
+        if want == 0 {
+            break 0;
+        }
+        match look(want).await? {
+            Some(p) if !before(&p, want) => {
+                hi = want;
+                step = step.saturating_mul(4);
+            }
+            _ => break want,
+        }
+    };
+    while hi - lo > LOCATE_SLACK {
+        let mid = lo + (hi - lo) / 2;
+        match look(mid).await? {
+            Some(p) if !before(&p, mid) => hi = mid,
+            _ => lo = mid,
+        }
+    }
+    Ok(lo)
+}
+
 /// A consumer `tag` of the events stream on `ch` from `offset` (an `x-stream-offset`
 /// value), with at most `prefetch` messages unacknowledged.
 async fn consume_events(
@@ -904,6 +924,150 @@ mod tests {
         let mut all = RecordFilter::new(Duration::ZERO);
         for (at, taken) in [(t, Taken::News), (t + 1, Taken::StillUp), (t, Taken::Older)] {
             assert!(all.admit(&web1, at, taken));
+        }
+    }
+
+    /// A stream as looks at it see it: messages from offset `start` on, each an event
+    /// signed at a time or (`None`) something that does not open.
+    struct Synthetic {
+        start: i64,
+        times: Vec<Option<u64>>,
+        looks: std::cell::Cell<u32>,
+    }
+
+    impl Synthetic {
+        fn new(start: i64, times: Vec<Option<u64>>) -> Self {
+            Synthetic {
+                start,
+                times,
+                looks: std::cell::Cell::new(0),
+            }
+        }
+
+        /// A look at `want`, reading as [`Reader::peek`] does.
+        fn look(&self, want: i64) -> Option<Peeked> {
+            self.looks.set(self.looks.get() + 1);
+            let offset = want.max(self.start);
+            let from = usize::try_from(offset - self.start).unwrap();
+            if from >= self.times.len() {
+                return None;
+            }
+            let time = self.times[from..]
+                .iter()
+                .take(usize::from(PEEK_MESSAGES))
+                .flatten()
+                .next()
+                .copied();
+            Some(Peeked {
+                offset,
+                time,
+                end: None,
+            })
+        }
+
+        /// The look at the last chunk, which begins at `chunk`.
+        fn last(&self, chunk: i64) -> Peeked {
+            self.look(chunk).unwrap()
+        }
+
+        async fn search(&self, chunk: i64, cutoff: u64, first_step: i64) -> i64 {
+            let last = self.last(chunk);
+            search(last, cutoff, first_step, |o| {
+                let p = self.look(o);
+                async move { Ok(p) }
+            })
+            .await
+            .unwrap()
+        }
+
+        /// The first offset whose event is signed at `cutoff` or later.
+        fn first_from(&self, cutoff: u64) -> i64 {
+            let i = self
+                .times
+                .iter()
+                .position(|t| t.is_some_and(|t| t >= cutoff))
+                .unwrap();
+            self.start + i as i64
+        }
+    }
+
+    #[tokio::test]
+    async fn the_search_stops_within_the_slack_before_the_window_in_few_looks() {
+        let n = 200_000i64;
+        let stream = Synthetic::new(0, (0..n).map(|i| Some(1_000_000 + 10 * i as u64)).collect());
+        for k in [
+            1i64, 255, 256, 257, 1_000, 77_777, 150_000, 199_000, 199_990,
+        ] {
+            let cutoff = 1_000_000 + 10 * k as u64;
+            for first_step in [0, 1, 300, 50_000, i64::MAX] {
+                stream.looks.set(0);
+                let at = stream.search(n - 1, cutoff, first_step).await;
+                let first = stream.first_from(cutoff);
+                assert!(
+                    at <= first && first - at <= LOCATE_SLACK,
+                    "window at {first}, read from {at} (step {first_step})"
+                );
+                assert!(stream.looks.get() <= 40, "{} looks", stream.looks.get());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_from_before_the_stream_reads_it_from_its_start() {
+        let times = |n: u64| (0..n).map(|i| Some(5_000 + i)).collect::<Vec<_>>();
+        let whole = Synthetic::new(0, times(10_000));
+        assert_eq!(whole.search(9_990, 1_000, 256).await, 0);
+        // Retention dropped offsets up to 40,000: reading from the offset found starts
+        // at the first one kept.
+        let cut = Synthetic::new(40_000, times(10_000));
+        let at = cut.search(49_990, 1_000, 256).await;
+        assert!(at <= 40_000, "{at}");
+        assert_eq!(cut.look(at).unwrap().offset, 40_000);
+    }
+
+    #[tokio::test]
+    async fn a_last_chunk_before_the_window_is_where_reading_starts() {
+        let stream = Synthetic::new(0, (0..1_000u64).map(Some).collect());
+        stream.looks.set(0);
+        assert_eq!(stream.search(990, 5_000, 256).await, 990);
+        assert_eq!(stream.looks.get(), 1, "only the last chunk was looked at");
+    }
+
+    #[tokio::test]
+    async fn looks_that_find_no_event_read_further_back() {
+        // Nothing opens anywhere: every look is taken as inside the window.
+        let garbage = Synthetic::new(0, vec![None; 100_000]);
+        assert_eq!(garbage.search(99_999, 1_000, 256).await, 0);
+        // Garbage between the events, fewer than a look reads: still found.
+        let times: Vec<Option<u64>> = (0..100_000u64)
+            .map(|i| (i % 32 == 0).then_some(i * 10))
+            .collect();
+        let sparse = Synthetic::new(0, times);
+        let at = sparse.search(99_968, 600_000, 256).await;
+        let first = sparse.first_from(600_000);
+        assert!(
+            at <= first && first - at <= LOCATE_SLACK + 64,
+            "{first} {at}"
+        );
+    }
+
+    #[tokio::test]
+    async fn times_out_of_order_by_the_skew_still_leave_the_window_after_the_start() {
+        // Hosts' clocks and publish delays: each time is off by up to `jitter`. A search
+        // for `window` less twice the jitter begins before every event of the window.
+        let jitter = 30_000u64;
+        let mut x = 12_345u64;
+        let times: Vec<Option<u64>> = (0..100_000u64)
+            .map(|i| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                Some(10_000_000 + i * 10 + (x >> 33) % (2 * jitter) - jitter)
+            })
+            .collect();
+        let stream = Synthetic::new(0, times);
+        for window in [10_300_000u64, 10_600_000, 10_900_000] {
+            let at = stream.search(99_999, window - 2 * jitter, 256).await;
+            let first = stream.first_from(window);
+            assert!(at <= first, "window from {first}, read from {at}");
         }
     }
 }
