@@ -293,6 +293,13 @@ that told it something new, and of the routine `alive`s one per host per\n\
 not \"crashed\": a SIGSTOPped agent, a partitioned host and a broker user whose\n\
 connection was closed look the same. The end-to-end tests prove the first (down within\n\
 three intervals, up again after SIGCONT).\n\
+\n\
+A watch's history is its window's events as the stream holds them, found by offset\n\
+(`gearmq hosts` says `complete` once the reader took the last offset the stream held\n\
+when it began). RabbitMQ 3.10.8 sometimes started a consumer attached at a recent\n\
+timestamp at the next new message, with no error, so no watch relies on that; the\n\
+end-to-end tests read a window out of a 3,000-message stream and count what they\n\
+read before it.\n\
 ";
 
 /// What the cluster row cannot say in a cell: how to stop a node, and why.
