@@ -299,7 +299,8 @@ A watch's history is its window's events as the stream holds them, found by offs
 when it began). RabbitMQ 3.10.8 sometimes started a consumer attached at a recent\n\
 timestamp at the next new message, with no error, so no watch relies on that; the\n\
 end-to-end tests read a window out of a 3,000-message stream and count what they\n\
-read before it.\n\
+read before it, and drop a watch's connection for 2–4 s: it reads every event of that\n\
+time when it is back, each once.\n\
 ";
 
 /// What the cluster row cannot say in a cell: how to stop a node, and why.

@@ -587,3 +587,85 @@ async fn a_watch_finds_its_window_in_a_long_stream_and_reads_from_there() {
     orch.close().await;
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// Closes the vhost's connections whose client named itself `gearmq-watch …`; how many.
+fn close_watch_connections(fleet: &Fleet) -> usize {
+    let listed = fleet.vhost.ctl(&[
+        "list_connections",
+        "--no-table-headers",
+        "pid",
+        "vhost",
+        "client_properties",
+    ]);
+    let mut closed = 0;
+    for line in listed.lines() {
+        let mut cols = line.splitn(3, '\t');
+        let (Some(pid), Some(vhost), Some(props)) = (cols.next(), cols.next(), cols.next()) else {
+            continue;
+        };
+        if vhost == fleet.vhost.name && props.contains("{\"connection_name\",\"gearmq-watch ") {
+            fleet
+                .vhost
+                .ctl(&["close_connection", pid, "test: the watch's link dropped"]);
+            closed += 1;
+        }
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_loses_the_broker_resumes_after_the_last_event_it_read() {
+    // Only the watch's connection drops, and it waits 2-4 s before it reconnects: the
+    // agent's alives of that time are in the stream, and the watch reads them when it
+    // is back, each once, so web1's sequence numbers run on without a gap.
+    let fleet = fast_fleet("evresume", &["web1"]);
+    let _web1 = fleet.start_agent("web1");
+    let mut config = fleet.orchestrator_config();
+    config.broker.reconnect_initial = Duration::from_secs(4);
+    config.broker.reconnect_max = Duration::from_secs(4);
+    let orch = Orchestrator::connect(&config).await.unwrap();
+    let mut w = orch
+        .events(WatchOptions {
+            since: Duration::from_secs(5),
+            record: false,
+            yield_events: true,
+            ..WatchOptions::default()
+        })
+        .await
+        .unwrap();
+    let is_web1 = |e: &VerifiedEvent| e.host.as_str() == "web1";
+    let before = next_event(&mut w, Duration::from_secs(10), is_web1).await;
+    assert_eq!(close_watch_connections(&fleet), 1, "one watch connection");
+    // Away for its backoff (at least 2 s: two alives), then back.
+    let listening_is = |want: bool, limit: Duration| {
+        let w = &w;
+        async move {
+            let start = Instant::now();
+            while w.is_listening() != want {
+                assert!(start.elapsed() < limit, "listening never became {want}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            start.elapsed()
+        }
+    };
+    listening_is(false, Duration::from_secs(5)).await;
+    let away = listening_is(true, Duration::from_secs(10)).await;
+    assert!(
+        away >= Duration::from_millis(1_500),
+        "away for {away:?} only"
+    );
+    // Every one of web1's events across the drop, in order, none missed or repeated.
+    let mut seqs = vec![before.seq];
+    while seqs.len() < 8 {
+        let ev = next_event(&mut w, Duration::from_secs(15), is_web1).await;
+        assert_eq!(ev.boot, before.boot, "web1 did not restart");
+        seqs.push(ev.seq);
+    }
+    let want: Vec<u64> = (before.seq..before.seq + 8).collect();
+    assert_eq!(seqs, want, "web1's events across the drop");
+    // Nothing was read twice, and nothing of the time away was lost.
+    assert_eq!(w.rejections(), BTreeMap::new());
+    assert_eq!(state_of(&w, "web1"), PresenceState::Up);
+    w.close().await;
+    orch.close().await;
+}
