@@ -3,7 +3,9 @@
 //! verifying them and keeping the presence view, the CLI's `hosts` and `watch`, and a
 //! real `systemd --user` whose units fail and are restarted.
 
-use gearmq_orchestrator::{EventWatch, Orchestrator, PresenceState, VerifiedEvent, WatchOptions};
+use gearmq_orchestrator::{
+    EventWatch, Orchestrator, OrchestratorConfig, PresenceState, VerifiedEvent, WatchOptions,
+};
 use gearmq_schemas::Signed;
 use gearmq_schemas::event::{Event, UnitChange, What};
 use gearmq_schemas::time::now_ms;
@@ -25,7 +27,11 @@ fn fast_fleet(tag: &str, hosts: &[&str]) -> Fleet {
 }
 
 async fn watch(fleet: &Fleet, since: Duration) -> (Orchestrator, EventWatch) {
-    let orch = Orchestrator::connect(&fleet.orchestrator_config())
+    watch_with(&fleet.orchestrator_config(), since).await
+}
+
+async fn watch_with(config: &OrchestratorConfig, since: Duration) -> (Orchestrator, EventWatch) {
+    let orch = Orchestrator::connect(config)
         .await
         .expect("orchestrator connects");
     let w = orch
@@ -623,16 +629,7 @@ async fn a_watch_that_loses_the_broker_resumes_after_the_last_event_it_read() {
     let mut config = fleet.orchestrator_config();
     config.broker.reconnect_initial = Duration::from_secs(4);
     config.broker.reconnect_max = Duration::from_secs(4);
-    let orch = Orchestrator::connect(&config).await.unwrap();
-    let mut w = orch
-        .events(WatchOptions {
-            since: Duration::from_secs(5),
-            record: false,
-            yield_events: true,
-            ..WatchOptions::default()
-        })
-        .await
-        .unwrap();
+    let (orch, mut w) = watch_with(&config, Duration::from_secs(5)).await;
     let is_web1 = |e: &VerifiedEvent| e.host.as_str() == "web1";
     let before = next_event(&mut w, Duration::from_secs(10), is_web1).await;
     assert_eq!(close_watch_connections(&fleet), 1, "one watch connection");
