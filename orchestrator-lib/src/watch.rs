@@ -356,17 +356,7 @@ impl Reader {
     async fn run(mut self, mut link: Linked) {
         let mut resumed = false;
         loop {
-            let located = match self.from {
-                Start::Time(from) => self.locate(&link.connection, from).await.map(|s| {
-                    self.from = s;
-                }),
-                _ => Ok(()),
-            };
-            let subscribed = match located {
-                Ok(()) => self.subscribe(&link.connection).await,
-                Err(e) => Err(e),
-            };
-            let why = match subscribed {
+            let why = match self.subscribe(&link.connection).await {
                 Ok(consumer) => {
                     self.listening.store(true, Ordering::Relaxed);
                     let probe = self.probe_tail(&link.connection).await;
@@ -414,16 +404,22 @@ impl Reader {
         }
     }
 
-    async fn subscribe(&self, connection: &Connection) -> Result<Consumer, String> {
+    /// The reader's consumer, from where it stopped, or (the first time) from where
+    /// [`Reader::locate`] finds the window begins.
+    async fn subscribe(&mut self, connection: &Connection) -> Result<Consumer, String> {
+        let offset = match self.from {
+            Start::Time(from) => {
+                let at = self.locate(connection, from).await?;
+                self.from = Start::Offset(at);
+                AMQPValue::LongLongInt(at)
+            }
+            Start::Offset(o) => AMQPValue::LongLongInt(o),
+            Start::Next => AMQPValue::LongString("next".into()),
+        };
         let ch = connection
             .create_channel()
             .await
             .map_err(|e| e.to_string())?;
-        let offset = match self.from {
-            Start::Offset(o) => AMQPValue::LongLongInt(o),
-            Start::Next => AMQPValue::LongString("next".into()),
-            Start::Time(_) => return Err("the window's start was not located".into()),
-        };
         let tag = format!("gearmq-watch-{}", self.inputs.name);
         consume_events(&ch, STREAM_PREFETCH, offset, tag).await
     }
@@ -437,7 +433,7 @@ impl Reader {
     /// 3.10 sometimes starts a consumer attached at a recent timestamp at the next
     /// new message, with no error, and a watch would then miss its whole history.
     /// An empty stream has no history: it is read from its start, and at once.
-    async fn locate(&self, connection: &Connection, from: u64) -> Result<Start, String> {
+    async fn locate(&self, connection: &Connection, from: u64) -> Result<i64, String> {
         let last = self
             .peek(
                 connection,
@@ -448,7 +444,7 @@ impl Reader {
             .await?;
         let Some(last) = last else {
             self.mark_caught_up();
-            return Ok(Start::Offset(0));
+            return Ok(0);
         };
         // The history is read once the reader has taken the stream's last offset.
         if let Some(end) = last.end {
@@ -481,7 +477,7 @@ impl Reader {
             last_chunk = last.offset,
             "events watch: window located"
         );
-        Ok(Start::Offset(at))
+        Ok(at)
     }
 
     /// A look at the stream from `offset` (an `x-stream-offset` value): the first
