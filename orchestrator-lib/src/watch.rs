@@ -883,6 +883,9 @@ async fn until_caught_up(caught_up: &(AtomicBool, Notify)) {
     }
 }
 
+/// A delivery's offset in the stream: the `x-stream-offset` header, which the broker
+/// sets on delivery over any value the publisher put there (checked on RabbitMQ
+/// 3.10.8), so a host cannot move where a watch resumes or when it is caught up.
 fn stream_offset(props: &lapin::BasicProperties) -> Option<i64> {
     let headers = props.headers().as_ref()?;
     match headers.inner().get(&ShortString::from("x-stream-offset"))? {
