@@ -516,6 +516,14 @@ async fn a_watch_finds_its_window_in_a_long_stream_and_reads_from_there() {
     gearmq_io::topology::declare_events(&ch, false, Duration::from_secs(30))
         .await
         .unwrap();
+    // An empty stream has no history: the watch is caught up at once and then takes
+    // what comes.
+    let (orch0, empty) = watch(&fleet, Duration::from_secs(60)).await;
+    assert!(
+        empty.caught_up(Duration::from_secs(10)).await,
+        "an empty stream's history not read"
+    );
+    assert_eq!(state_of(&empty, "web1"), PresenceState::NeverSeen);
     let old = now_ms() - 300_000;
     for i in 0..OLD {
         let alive = Event::new(
@@ -543,6 +551,13 @@ async fn a_watch_finds_its_window_in_a_long_stream_and_reads_from_there() {
             .unwrap();
         }
     }
+    gearmq_testkit::wait_until(
+        "the watch begun on the empty stream counts what came",
+        Duration::from_secs(10),
+        || empty.rejections().get("malformed").copied() == Some(OLD as u64),
+    );
+    empty.close().await;
+    orch0.close().await;
     // A quiet stream whose last chunk is already before the window: read from there
     // (the broker wrote the burst in chunks of a few hundred), nothing in the window.
     {
